@@ -1,0 +1,103 @@
+//! `dir`: a directory with the wanted mode and owner.
+
+use super::{field, BoxFut, Decision, Op, OpCtx, OpError};
+use crate::quote::Script;
+use crate::ssh::Input;
+
+#[derive(Debug, Clone)]
+pub struct DirOp {
+    path: String,
+    mode: u32,
+    owner: String,
+    group: String,
+}
+
+impl DirOp {
+    /// A directory, mode 0755, owned by root.
+    pub fn new(path: impl Into<String>) -> Self {
+        DirOp {
+            path: path.into(),
+            mode: 0o755,
+            owner: "root".into(),
+            group: "root".into(),
+        }
+    }
+
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    pub fn owner(mut self, owner: &str, group: &str) -> Self {
+        self.owner = owner.into();
+        self.group = group.into();
+        self
+    }
+}
+
+impl Op for DirOp {
+    fn label(&self) -> String {
+        format!("dir {}", self.path)
+    }
+
+    fn probe(&self, _ctx: &OpCtx<'_>) -> Option<Script> {
+        let mut s = Script::new();
+        s.line(
+            "if [ -e {} ]; then stat -c 'stat %a %U:%G %F' -- {}; else echo 'stat absent'; fi",
+            &[&self.path, &self.path],
+        );
+        Some(s)
+    }
+
+    fn decide(&self, probe: &str, _recheck: Option<&str>, _triggered: bool) -> Decision {
+        let want = format!("{:o} {}:{} directory", self.mode, self.owner, self.group);
+        match field(probe, "stat") {
+            Some("absent") => Decision::change("create", 0),
+            Some(s) if s == want => Decision::Unchanged,
+            Some(s) if !s.ends_with(" directory") => Decision::Fail(format!(
+                "{} exists but is not a directory ({s}). Fix: remove it on the host",
+                self.path
+            )),
+            Some(s) => Decision::change(format!("{s} -> {want}"), 0),
+            None => Decision::Fail(format!("cannot stat {}: {}", self.path, probe.trim())),
+        }
+    }
+
+    fn apply<'a>(&'a self, ctx: &'a OpCtx<'a>, _flags: u32) -> BoxFut<'a, Result<bool, OpError>> {
+        Box::pin(async move {
+            let mut s = Script::new();
+            s.raw("set -e");
+            s.line("mkdir -p -- {}", &[&self.path]);
+            s.line(
+                "chown {} -- {}",
+                &[&format!("{}:{}", self.owner, self.group), &self.path],
+            );
+            s.line("chmod {} -- {}", &[&format!("{:o}", self.mode), &self.path]);
+            ctx.run_ok(&self.label(), s.as_str(), Input::None).await?;
+            Ok(true)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decides_from_stat() {
+        let d = DirOp::new("/containers/log").mode(0o750);
+        assert_eq!(d.decide("stat absent\n", None, false), Decision::change("create", 0));
+        assert_eq!(
+            d.decide("stat 750 root:root directory\n", None, false),
+            Decision::Unchanged
+        );
+        assert!(matches!(
+            d.decide("stat 755 root:root directory\n", None, false),
+            Decision::Change { .. }
+        ));
+        assert!(matches!(
+            d.decide("stat 644 root:root regular file\n", None, false),
+            Decision::Fail(_)
+        ));
+    }
+}

@@ -1,0 +1,368 @@
+//! Idempotent operations, the building blocks of every phase.
+//!
+//! An op first *probes* (a read-only shell snippet), then *decides* from the
+//! probe's output whether the host already matches, and only then *applies*.
+//! [`converge`] runs a list of ops on one host with as few round trips as
+//! possible: all probes of the list go out as one script, so a converged
+//! host costs a single round trip. After an op that changes the system
+//! (apt, commands) the remaining ops are probed again, because their answers
+//! may depend on what just happened (e.g. `ufw` did not exist before).
+
+pub mod apt;
+pub mod command;
+pub mod dir;
+pub mod file;
+pub mod unit;
+
+use crate::log::HostLog;
+use crate::quote::Script;
+use crate::ssh::{BoxFut, Input, Output, SshError, Transport};
+use std::collections::BTreeSet;
+
+pub use apt::{AptInstall, AptUpdate, AptUpgrade};
+pub use command::CommandOp;
+pub use dir::DirOp;
+pub use file::{Content, FileOp};
+pub use unit::UnitOp;
+
+/// Where mesh keeps its own bookkeeping on a host.
+pub const STATE_DIR: &str = "/var/lib/mesh";
+
+/// What one op did on one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Unchanged,
+    Changed,
+    /// `--dry-run`: it would change.
+    WouldChange,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OpReport {
+    pub label: String,
+    pub outcome: Outcome,
+    /// Why it changed (or would), e.g. "content differs".
+    pub detail: String,
+}
+
+/// Why an op failed. Messages carry the command's last output lines.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error("{what} failed (exit {code}):\n{tail}")]
+    Command {
+        what: String,
+        code: String,
+        tail: String,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A failed op plus what had happened before it on the same host.
+#[derive(Debug)]
+pub struct OpFailure {
+    pub label: String,
+    pub error: OpError,
+    pub done: Vec<OpReport>,
+}
+
+/// What an op concluded from its probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Unchanged,
+    /// Needs a change; `reason` is shown, `flags` tell `apply` what to do (op-specific).
+    Change { reason: String, flags: u32 },
+    /// Already as wanted, but mesh's bookkeeping on the host needs a refresh
+    /// (e.g. the quick-check record); applied without counting as a change.
+    Refresh { flags: u32 },
+    /// Cannot tell yet: run this extra read-only script (batched with others) and decide again.
+    Recheck(String),
+    /// The probe shows a state mesh cannot fix by itself.
+    Fail(String),
+}
+
+impl Decision {
+    pub fn change(reason: impl Into<String>, flags: u32) -> Self {
+        Decision::Change {
+            reason: reason.into(),
+            flags,
+        }
+    }
+}
+
+/// Everything an op may use on its host.
+pub struct OpCtx<'a> {
+    pub conn: &'a dyn Transport,
+    pub log: &'a HostLog,
+    /// `--checksum`: hash every file instead of trusting recorded size + mtime.
+    pub checksum: bool,
+}
+
+impl OpCtx<'_> {
+    /// Run a script, log it and its output; a non-zero exit is not an error here.
+    pub async fn run(&self, title: &str, script: &str, input: Input) -> Result<Output, OpError> {
+        let out = self.conn.exec(script, input).await?;
+        self.log.block(
+            &format!("{title} (exit {})", fmt_code(out.code)),
+            &format!(
+                "$ {script}\n{}{}",
+                out.stdout_str(),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        );
+        Ok(out)
+    }
+
+    /// Run a script that must succeed.
+    pub async fn run_ok(&self, title: &str, script: &str, input: Input) -> Result<Output, OpError> {
+        let out = self.run(title, script, input).await?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(OpError::Command {
+                what: title.to_string(),
+                code: fmt_code(out.code),
+                tail: self.log.redact(&out.tail(8)),
+            })
+        }
+    }
+}
+
+fn fmt_code(code: Option<i32>) -> String {
+    code.map_or_else(|| "signal".into(), |c| c.to_string())
+}
+
+/// One idempotent operation.
+pub trait Op: Send + Sync {
+    /// Short description, e.g. `file /etc/logrotate.conf`.
+    fn label(&self) -> String;
+
+    /// Name other ops can use in their triggers.
+    fn id(&self) -> Option<&str> {
+        None
+    }
+
+    /// Ids whose change makes this op act (handlers: restart on config change).
+    fn triggers(&self) -> &[String] {
+        &[]
+    }
+
+    /// Read-only shell snippet; its stdout is handed to [`Op::decide`].
+    fn probe(&self, ctx: &OpCtx<'_>) -> Option<Script>;
+
+    /// Compare the probe's output (and a recheck's, if one ran) with the
+    /// wanted state. `triggered`: one of [`Op::triggers`] changed.
+    fn decide(&self, probe: &str, recheck: Option<&str>, triggered: bool) -> Decision;
+
+    /// Make the change. Returns whether the host's state changed (an apt
+    /// cache refresh, say, does not count as a change).
+    fn apply<'a>(&'a self, ctx: &'a OpCtx<'a>, flags: u32) -> BoxFut<'a, Result<bool, OpError>>;
+
+    /// Later probes may depend on this op's effect (installs, commands).
+    fn system_changing(&self) -> bool {
+        false
+    }
+}
+
+const MARK: &str = "@@mesh-op ";
+
+/// Run every probe of `ops` in one script and split the output per op.
+async fn probe_all(ctx: &OpCtx<'_>, ops: &[Box<dyn Op>]) -> Result<Vec<String>, OpError> {
+    let mut script = Script::new();
+    let mut any = false;
+    for (i, op) in ops.iter().enumerate() {
+        if let Some(p) = op.probe(ctx) {
+            script.raw(&format!("echo '{MARK}{i}'"));
+            script.raw("(");
+            script.append(&p);
+            script.raw(") 2>&1 </dev/null");
+            any = true;
+        }
+    }
+    let mut found = vec![String::new(); ops.len()];
+    if !any {
+        return Ok(found);
+    }
+    let out = ctx.run("probe", script.as_str(), Input::None).await?;
+    if out.code.is_none() {
+        return Err(OpError::Other("probe was cut off".into()));
+    }
+    split_marked(&out.stdout_str(), &mut found);
+    Ok(found)
+}
+
+fn split_marked(text: &str, found: &mut [String]) {
+    let mut current: Option<usize> = None;
+    for line in text.lines() {
+        if let Some(idx) = line.strip_prefix(MARK) {
+            current = idx.trim().parse().ok().filter(|i| *i < found.len());
+            continue;
+        }
+        if let Some(i) = current {
+            found[i].push_str(line);
+            found[i].push('\n');
+        }
+    }
+}
+
+/// Rechecks requested by ops' first decisions, batched into one round trip.
+async fn recheck_all(
+    ctx: &OpCtx<'_>,
+    ops: &[Box<dyn Op>],
+    probes: &[String],
+) -> Result<Vec<Option<String>>, OpError> {
+    let mut script = Script::new();
+    let mut wanted = vec![false; ops.len()];
+    for (i, op) in ops.iter().enumerate() {
+        if let Decision::Recheck(extra) = op.decide(&probes[i], None, false) {
+            script.raw(&format!("echo '{MARK}{i}'"));
+            script.raw(&format!("( {extra} ) 2>&1 </dev/null"));
+            wanted[i] = true;
+        }
+    }
+    if script.is_empty() {
+        return Ok(vec![None; ops.len()]);
+    }
+    let out = ctx.run("recheck", script.as_str(), Input::None).await?;
+    let mut found = vec![String::new(); ops.len()];
+    split_marked(&out.stdout_str(), &mut found);
+    Ok(found
+        .into_iter()
+        .zip(wanted)
+        .map(|(f, w)| w.then_some(f))
+        .collect())
+}
+
+/// Bring one host to the state `ops` describe, in order.
+///
+/// With `dry_run`, only probes run and the reports say what would change.
+pub async fn converge(
+    ctx: &OpCtx<'_>,
+    ops: &[Box<dyn Op>],
+    dry_run: bool,
+) -> Result<Vec<OpReport>, OpFailure> {
+    let mut reports: Vec<OpReport> = Vec::with_capacity(ops.len());
+    let fail = |label: String, error: OpError, done: &Vec<OpReport>| OpFailure {
+        label,
+        error,
+        done: done.clone(),
+    };
+    let mut changed_ids: BTreeSet<String> = BTreeSet::new();
+    let mut start = 0;
+    // Probe (and recheck) the ops from `start` on; redone when the system changed.
+    let mut probes: Vec<String> = Vec::new();
+    let mut rechecks: Vec<Option<String>> = Vec::new();
+    let mut stale = true;
+    for i in 0..ops.len() {
+        if stale {
+            start = i;
+            let rest = &ops[i..];
+            probes = probe_all(ctx, rest)
+                .await
+                .map_err(|e| fail("probe".into(), e, &reports))?;
+            rechecks = recheck_all(ctx, rest, &probes)
+                .await
+                .map_err(|e| fail("probe".into(), e, &reports))?;
+            stale = false;
+        }
+        let op = &ops[i];
+        let j = i - start;
+        let triggered = op.triggers().iter().any(|t| changed_ids.contains(t));
+        let decision = op.decide(&probes[j], rechecks[j].as_deref(), triggered);
+        let (reason, flags) = match decision {
+            Decision::Unchanged => {
+                reports.push(OpReport {
+                    label: op.label(),
+                    outcome: Outcome::Unchanged,
+                    detail: String::new(),
+                });
+                continue;
+            }
+            Decision::Refresh { flags } => {
+                if !dry_run {
+                    op.apply(ctx, flags)
+                        .await
+                        .map_err(|e| fail(op.label(), e, &reports))?;
+                }
+                reports.push(OpReport {
+                    label: op.label(),
+                    outcome: Outcome::Unchanged,
+                    detail: String::new(),
+                });
+                continue;
+            }
+            Decision::Change { reason, flags } => (reason, flags),
+            Decision::Recheck(_) => ("state unknown".to_string(), u32::MAX),
+            Decision::Fail(msg) => return Err(fail(op.label(), OpError::Other(msg), &reports)),
+        };
+        if dry_run {
+            if let Some(id) = op.id() {
+                changed_ids.insert(id.to_string());
+            }
+            reports.push(OpReport {
+                label: op.label(),
+                outcome: Outcome::WouldChange,
+                detail: reason,
+            });
+            continue;
+        }
+        ctx.log.line(&format!("apply {}: {reason}", op.label()));
+        let changed = op
+            .apply(ctx, flags)
+            .await
+            .map_err(|e| fail(op.label(), e, &reports))?;
+        if changed {
+            if let Some(id) = op.id() {
+                changed_ids.insert(id.to_string());
+            }
+        }
+        if op.system_changing() && i + 1 < ops.len() {
+            stale = true;
+        }
+        reports.push(OpReport {
+            label: op.label(),
+            outcome: if changed {
+                Outcome::Changed
+            } else {
+                Outcome::Unchanged
+            },
+            detail: reason,
+        });
+    }
+    Ok(reports)
+}
+
+/// Parse `key value...` lines of a probe: the value of the first line starting with `key `.
+pub(crate) fn field<'a>(probe: &'a str, key: &str) -> Option<&'a str> {
+    probe.lines().find_map(|l| {
+        l.strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix(' ').or(if rest.is_empty() { Some("") } else { None }))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_marked_assigns_lines_to_ops() {
+        let mut found = vec![String::new(); 3];
+        split_marked(
+            "junk\n@@mesh-op 0\na\nb\n@@mesh-op 2\nc\n",
+            &mut found,
+        );
+        assert_eq!(found, vec!["a\nb\n", "", "c\n"]);
+    }
+
+    #[test]
+    fn field_finds_prefixed_values() {
+        let p = "stat 12 34 644 root:root\nrec none\nflag\n";
+        assert_eq!(field(p, "stat"), Some("12 34 644 root:root"));
+        assert_eq!(field(p, "rec"), Some("none"));
+        assert_eq!(field(p, "flag"), Some(""));
+        assert_eq!(field(p, "sum"), None);
+    }
+}

@@ -1,0 +1,192 @@
+//! `unit`: a systemd unit file, enabled and running.
+//!
+//! `daemon-reload` runs only when the unit file changed; the service is
+//! restarted when its unit file or one of its trigger ops changed, started
+//! when it is not running, and checked to be active afterwards.
+
+use super::{field, BoxFut, Decision, FileOp, Op, OpCtx, OpError};
+use crate::quote::Script;
+use crate::ssh::Input;
+
+const FILE_MASK: u32 = 0xff;
+const FILE_CONTENT: u32 = 1;
+const ENABLE: u32 = 0x100;
+const START: u32 = 0x200;
+const RESTART: u32 = 0x400;
+
+#[derive(Debug, Clone)]
+pub struct UnitOp {
+    name: String,
+    file: FileOp,
+    enable: bool,
+    triggers: Vec<String>,
+    id: Option<String>,
+}
+
+impl UnitOp {
+    /// Unit `name` (e.g. `wesher.service`) with this unit file content,
+    /// written to `/etc/systemd/system/`, enabled and started.
+    pub fn new(name: &str, content: impl Into<Vec<u8>>) -> Self {
+        UnitOp {
+            file: FileOp::from_bytes(format!("/etc/systemd/system/{name}"), content),
+            name: name.into(),
+            enable: true,
+            triggers: Vec::new(),
+            id: None,
+        }
+    }
+
+    /// Started but not enabled at boot.
+    pub fn no_enable(mut self) -> Self {
+        self.enable = false;
+        self
+    }
+
+    /// Restart when one of these op ids changed (config files, binaries).
+    pub fn restart_when<I: IntoIterator<Item = S>, S: Into<String>>(mut self, ids: I) -> Self {
+        self.triggers = ids.into_iter().map(Into::into).collect();
+        self
+    }
+
+    pub fn id(mut self, id: &str) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+}
+
+impl Op for UnitOp {
+    fn label(&self) -> String {
+        format!("unit {}", self.name)
+    }
+
+    fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    fn triggers(&self) -> &[String] {
+        &self.triggers
+    }
+
+    fn probe(&self, ctx: &OpCtx<'_>) -> Option<Script> {
+        let mut s = self.file.probe_script(ctx.checksum);
+        s.line(
+            "echo \"enabled $(systemctl is-enabled {} 2>/dev/null)\"",
+            &[&self.name],
+        );
+        s.line(
+            "echo \"active $(systemctl is-active {} 2>/dev/null)\"",
+            &[&self.name],
+        );
+        Some(s)
+    }
+
+    fn decide(&self, probe: &str, recheck: Option<&str>, triggered: bool) -> Decision {
+        let mut flags = 0;
+        let mut reasons = Vec::new();
+        match self.file.decide_file(probe, recheck) {
+            Decision::Unchanged => {}
+            Decision::Refresh { flags: f } => flags |= f,
+            Decision::Change { reason, flags: f } => {
+                flags |= f;
+                reasons.push(format!("unit file: {reason}"));
+            }
+            other @ (Decision::Recheck(_) | Decision::Fail(_)) => return other,
+        }
+        let active = field(probe, "active").unwrap_or_default();
+        if self.enable && field(probe, "enabled") != Some("enabled") {
+            flags |= ENABLE;
+            reasons.push("not enabled".into());
+        }
+        if flags & FILE_CONTENT != 0 || triggered {
+            flags |= RESTART;
+            if triggered {
+                reasons.push("restart: configuration changed".into());
+            }
+        } else if active != "active" {
+            flags |= START;
+            reasons.push(format!("not running ({active})"));
+        }
+        if reasons.is_empty() {
+            if flags == 0 {
+                Decision::Unchanged
+            } else {
+                Decision::Refresh { flags }
+            }
+        } else {
+            Decision::change(reasons.join(", "), flags)
+        }
+    }
+
+    fn apply<'a>(&'a self, ctx: &'a OpCtx<'a>, flags: u32) -> BoxFut<'a, Result<bool, OpError>> {
+        Box::pin(async move {
+            let mut changed = false;
+            if flags & FILE_MASK != 0 {
+                changed |= self.file.apply_file(ctx, flags & FILE_MASK).await?;
+            }
+            let mut s = Script::new();
+            if flags & FILE_CONTENT != 0 {
+                s.raw("systemctl daemon-reload");
+            }
+            if flags & ENABLE != 0 {
+                s.line("systemctl enable --quiet {}", &[&self.name]);
+            }
+            if flags & RESTART != 0 {
+                s.line("systemctl restart {}", &[&self.name]);
+            } else if flags & START != 0 {
+                s.line("systemctl start {}", &[&self.name]);
+            }
+            if s.is_empty() {
+                return Ok(changed);
+            }
+            s.line(
+                "systemctl is-active --quiet {} || {{ systemctl status --no-pager {} | tail -n 15; exit 1; }}",
+                &[&self.name, &self.name],
+            );
+            let mut full = Script::new();
+            full.raw("set -e");
+            full.append(&s);
+            ctx.run_ok(&self.label(), full.as_str(), Input::None).await?;
+            Ok(true)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &str = "[Service]\nExecStart=/bin/true\n";
+
+    fn unit() -> UnitOp {
+        UnitOp::new("demo.service", BODY)
+    }
+
+    #[test]
+    fn converged_unit_is_unchanged_and_trigger_restarts_it() {
+        let u = unit();
+        let n = BODY.len();
+        let p = format!(
+            "stat {n} 5 644 root:root regular file\nrec {n} 5 {}\nenabled enabled\nactive active\n",
+            u.file.sha256()
+        );
+        assert_eq!(u.decide(&p, None, false), Decision::Unchanged);
+        assert!(matches!(
+            u.decide(&p, None, true),
+            Decision::Change { flags: RESTART, .. }
+        ));
+    }
+
+    #[test]
+    fn new_unit_is_written_enabled_and_restarted() {
+        let u = unit();
+        let d = u.decide("stat absent\nrec none\nenabled \nactive inactive\n", None, false);
+        match d {
+            Decision::Change { flags, .. } => {
+                assert_ne!(flags & FILE_CONTENT, 0);
+                assert_ne!(flags & ENABLE, 0);
+                assert_ne!(flags & RESTART, 0);
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+}

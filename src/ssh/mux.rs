@@ -1,0 +1,300 @@
+//! The real transport: one OpenSSH ControlMaster per host, opened lazily and
+//! reused by every command through the `openssh` crate's native mux client
+//! (a command on an open master costs a few milliseconds).
+//!
+//! mesh starts the master itself with the system `ssh`, so `~/.ssh/config`,
+//! ssh-agent, ProxyJump and known_hosts behave as operators expect, and the
+//! inventory's `ssh.options` pass straight through as `-o Key=Value`.
+
+use super::{BoxFut, Input, Output, SshError, Transport};
+use crate::quote::quote;
+use openssh::{Session, Stdio};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio as StdStdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Mutex, Semaphore};
+
+/// How to reach one host; every field left `None` is left to `~/.ssh/config`.
+#[derive(Debug, Clone, Default)]
+pub struct SshTarget {
+    pub address: String,
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    pub identity_file: Option<PathBuf>,
+    /// Passed as `-o Key=Value`, before mesh's own defaults (first value wins in ssh).
+    pub options: BTreeMap<String, String>,
+}
+
+impl SshTarget {
+    /// `user@address:port` for messages.
+    pub fn display(&self) -> String {
+        let mut s = String::new();
+        if let Some(u) = &self.user {
+            s.push_str(u);
+            s.push('@');
+        }
+        s.push_str(&self.address);
+        if let Some(p) = self.port {
+            s.push_str(&format!(":{p}"));
+        }
+        s
+    }
+
+    fn has_option(&self, key: &str) -> bool {
+        self.options.keys().any(|k| k.eq_ignore_ascii_case(key))
+    }
+
+    /// Arguments shared by the master and by fresh probe connections.
+    fn common_args(&self, connect_timeout: Duration) -> Vec<String> {
+        let mut args = vec!["-o".into(), "BatchMode=yes".into()];
+        for (k, v) in &self.options {
+            args.push("-o".into());
+            args.push(format!("{k}={v}"));
+        }
+        // Host keys are checked; at most new ones are accepted, never "no".
+        if !self.has_option("StrictHostKeyChecking") {
+            args.extend(["-o".into(), "StrictHostKeyChecking=accept-new".into()]);
+        }
+        if !self.has_option("ConnectTimeout") {
+            args.push("-o".into());
+            args.push(format!("ConnectTimeout={}", connect_timeout.as_secs().max(1)));
+        }
+        if !self.has_option("ServerAliveInterval") {
+            args.extend(["-o".into(), "ServerAliveInterval=15".into()]);
+        }
+        if let Some(p) = self.port {
+            args.push("-p".into());
+            args.push(p.to_string());
+        }
+        if let Some(u) = &self.user {
+            args.push("-l".into());
+            args.push(u.clone());
+        }
+        if let Some(k) = &self.identity_file {
+            args.extend(["-o".into(), "IdentitiesOnly=yes".into(), "-i".into()]);
+            args.push(k.display().to_string());
+        }
+        args
+    }
+}
+
+/// Limits shared by every host of a run.
+#[derive(Debug, Clone)]
+pub struct SshLimits {
+    /// Simultaneous SSH handshakes (the controller's CPU is the bottleneck).
+    pub handshakes: Arc<Semaphore>,
+    pub connect_timeout: Duration,
+    /// Directory for control sockets (kept short: socket paths max ~100 bytes).
+    pub control_dir: PathBuf,
+}
+
+struct Conn {
+    session: Session,
+    sudo: bool,
+}
+
+/// One host's multiplexed SSH connection.
+pub struct SshTransport {
+    target: SshTarget,
+    dest: String,
+    limits: SshLimits,
+    ctl: PathBuf,
+    log: PathBuf,
+    conn: Mutex<Option<Arc<Conn>>>,
+}
+
+impl SshTransport {
+    /// `slot` makes the control socket name unique within the run.
+    pub fn new(target: SshTarget, limits: SshLimits, slot: usize) -> Self {
+        let ctl = limits.control_dir.join(format!("c{slot}"));
+        let log = limits.control_dir.join(format!("c{slot}.log"));
+        SshTransport {
+            dest: target.display(),
+            target,
+            limits,
+            ctl,
+            log,
+            conn: Mutex::new(None),
+        }
+    }
+
+    async fn connection(&self) -> Result<Arc<Conn>, SshError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let conn = Arc::new(self.connect().await?);
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn connect(&self) -> Result<Conn, SshError> {
+        let _permit = self.limits.handshakes.acquire().await;
+        let _ = std::fs::remove_file(&self.ctl);
+        let mut cmd = tokio::process::Command::new("ssh");
+        cmd.arg("-E")
+            .arg(&self.log)
+            .arg("-S")
+            .arg(&self.ctl)
+            .args(["-M", "-f", "-N", "-o", "ControlPersist=300"])
+            .args(self.target.common_args(self.limits.connect_timeout))
+            .arg("--")
+            .arg(&self.target.address)
+            .stdin(StdStdio::null())
+            .stdout(StdStdio::null())
+            .stderr(StdStdio::null())
+            .kill_on_drop(true);
+        let status = cmd.status().await.map_err(|e| SshError::Connect {
+            dest: self.dest.clone(),
+            reason: format!("cannot run ssh: {e}"),
+        })?;
+        if !status.success() {
+            return Err(SshError::Connect {
+                dest: self.dest.clone(),
+                reason: ssh_log_reason(&self.log),
+            });
+        }
+        let session = Session::resume_mux(
+            self.ctl.clone().into_boxed_path(),
+            Some(self.log.clone().into_boxed_path()),
+        );
+        let mut conn = Conn {
+            session,
+            sudo: false,
+        };
+        // Learn once whether commands need sudo (login user is not root).
+        let out = self.run(&conn, "id -u", Input::None).await?;
+        conn.sudo = out.stdout_str().trim() != "0";
+        Ok(conn)
+    }
+
+    async fn run(&self, conn: &Conn, script: &str, input: Input) -> Result<Output, SshError> {
+        let wrapped = if conn.sudo {
+            format!("sudo -n sh -c {}", quote(script))
+        } else {
+            format!("sh -c {}", quote(script))
+        };
+        let channel_err = |e: openssh::Error| SshError::Channel {
+            dest: self.dest.clone(),
+            reason: e.to_string(),
+        };
+        let mut command = conn.session.raw_command(wrapped);
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let out = match input {
+            Input::None => {
+                command.stdin(Stdio::null());
+                command.output().await.map_err(channel_err)?
+            }
+            input => {
+                command.stdin(Stdio::piped());
+                let mut child = command.spawn().await.map_err(channel_err)?;
+                let mut stdin = child.stdin().take().expect("piped stdin");
+                // Feed stdin while the command runs, so neither side blocks.
+                let feed = async move {
+                    let r = match input {
+                        Input::Bytes(b) => stdin.write_all(&b).await,
+                        Input::File(p) => match tokio::fs::File::open(&p).await {
+                            Ok(mut f) => tokio::io::copy(&mut f, &mut stdin).await.map(|_| ()),
+                            Err(source) => return Err(SshError::LocalFile { path: p, source }),
+                        },
+                        Input::None => Ok(()),
+                    };
+                    let _ = stdin.shutdown().await;
+                    drop(stdin);
+                    // A broken pipe shows up as the remote command's failure.
+                    let _ = r;
+                    Ok(())
+                };
+                let (fed, out) = tokio::join!(feed, child.wait_with_output());
+                fed?;
+                out.map_err(channel_err)?
+            }
+        };
+        Ok(Output {
+            code: out.status.code(),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
+    }
+}
+
+/// The useful part of ssh's own log after a failed connect.
+fn ssh_log_reason(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
+        .collect();
+    if lines.is_empty() {
+        "ssh exited without a message".into()
+    } else {
+        lines[lines.len().saturating_sub(3)..].join("; ")
+    }
+}
+
+impl Transport for SshTransport {
+    fn dest(&self) -> &str {
+        &self.dest
+    }
+
+    fn exec<'a>(&'a self, script: &'a str, input: Input) -> BoxFut<'a, Result<Output, SshError>> {
+        Box::pin(async move {
+            let conn = self.connection().await?;
+            let res = self.run(&conn, script, input).await;
+            if let Err(SshError::Channel { .. }) = &res {
+                // The master is gone (host rebooted, link broke): reconnect next time.
+                *self.conn.lock().await = None;
+            }
+            res
+        })
+    }
+
+    fn check_fresh(&self) -> BoxFut<'_, Result<(), SshError>> {
+        Box::pin(async move {
+            let timeout = self.limits.connect_timeout;
+            let mut cmd = tokio::process::Command::new("ssh");
+            cmd.args(["-o", "ControlMaster=no", "-o", "ControlPath=none"])
+                .args(self.target.common_args(timeout))
+                .arg("--")
+                .arg(&self.target.address)
+                .arg("true")
+                .stdin(StdStdio::null())
+                .stdout(StdStdio::null())
+                .stderr(StdStdio::piped())
+                .kill_on_drop(true);
+            let run = cmd.output();
+            match tokio::time::timeout(timeout + Duration::from_secs(5), run).await {
+                Ok(Ok(out)) if out.status.success() => Ok(()),
+                Ok(Ok(out)) => Err(SshError::Connect {
+                    dest: self.dest.clone(),
+                    reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                }),
+                Ok(Err(e)) => Err(SshError::Connect {
+                    dest: self.dest.clone(),
+                    reason: e.to_string(),
+                }),
+                Err(_) => Err(SshError::Connect {
+                    dest: self.dest.clone(),
+                    reason: "timed out".into(),
+                }),
+            }
+        })
+    }
+
+    fn close(&self) -> BoxFut<'_, ()> {
+        Box::pin(async move {
+            let conn = self.conn.lock().await.take();
+            if let Some(conn) = conn {
+                if let Ok(conn) = Arc::try_unwrap(conn) {
+                    let _ = conn.session.close().await;
+                }
+            }
+            let _ = std::fs::remove_file(&self.ctl);
+            let _ = std::fs::remove_file(&self.log);
+        })
+    }
+}

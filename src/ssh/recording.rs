@@ -1,0 +1,78 @@
+//! A transport for unit tests: records every script it is asked to run and
+//! answers with a caller-supplied function. No host, no network.
+
+use super::{BoxFut, Input, Output, SshError, Transport};
+use std::sync::{Arc, Mutex};
+
+type Responder = dyn Fn(&str, &Input) -> Output + Send + Sync;
+
+/// Records calls; `respond` decides each command's output.
+pub struct RecordingTransport {
+    dest: String,
+    respond: Box<Responder>,
+    calls: Arc<Mutex<Vec<String>>>,
+    fresh_ok: bool,
+}
+
+impl RecordingTransport {
+    pub fn new(respond: impl Fn(&str, &Input) -> Output + Send + Sync + 'static) -> Self {
+        RecordingTransport {
+            dest: "recording".into(),
+            respond: Box::new(respond),
+            calls: Arc::default(),
+            fresh_ok: true,
+        }
+    }
+
+    /// Make [`Transport::check_fresh`] fail, as a firewall lock-out would.
+    pub fn with_fresh_failing(mut self) -> Self {
+        self.fresh_ok = false;
+        self
+    }
+
+    /// Scripts run so far, in order.
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+/// An [`Output`] with exit code 0 and `stdout`.
+pub fn ok(stdout: &str) -> Output {
+    Output {
+        code: Some(0),
+        stdout: stdout.as_bytes().to_vec(),
+        stderr: Vec::new(),
+    }
+}
+
+impl Transport for RecordingTransport {
+    fn dest(&self) -> &str {
+        &self.dest
+    }
+
+    fn exec<'a>(&'a self, script: &'a str, input: Input) -> BoxFut<'a, Result<Output, SshError>> {
+        self.calls.lock().unwrap().push(script.to_string());
+        let out = (self.respond)(script, &input);
+        Box::pin(async move { Ok(out) })
+    }
+
+    fn check_fresh(&self) -> BoxFut<'_, Result<(), SshError>> {
+        self.calls.lock().unwrap().push("<fresh ssh>".into());
+        let ok = self.fresh_ok;
+        let dest = self.dest.clone();
+        Box::pin(async move {
+            if ok {
+                Ok(())
+            } else {
+                Err(SshError::Connect {
+                    dest,
+                    reason: "recorded lock-out".into(),
+                })
+            }
+        })
+    }
+
+    fn close(&self) -> BoxFut<'_, ()> {
+        Box::pin(async {})
+    }
+}

@@ -1,0 +1,482 @@
+#!/usr/bin/env bash
+# lab.sh — a fleet of real Debian bookworm hosts (systemd + sshd, Docker-capable)
+# as docker containers on the shared network `meshlab` (10.77.0.0/16), for testing mesh.
+#
+#   lab.sh image [--rebuild]                             build mesh-lab:bookworm-1 (once)
+#   lab.sh up --name NAME --count N --slot S [--dir DIR] start NAME-1..NAME-N at 10.77.S.(10+i),
+#                                                        write DIR/inventory.yml
+#   lab.sh down --name NAME                              remove that lab's hosts
+#   lab.sh down-all                                      remove every lab host and the network
+#   lab.sh exec NAME-i [-- CMD...]                       docker exec into a host (default: bash)
+#
+# Environment: LAB_MIRROR (Debian mirror URL), LAB_SECURITY_MIRROR, LAB_PARALLEL
+# (concurrent docker starts, default 10), LAB_TIMEOUT (seconds to wait for SSH, default 60).
+# Exit status 0 on success; otherwise non-zero with a one-line reason on stderr.
+set -euo pipefail
+
+readonly IMAGE=mesh-lab:bookworm-1
+readonly NETWORK=meshlab
+readonly SUBNET=10.77.0.0/16
+readonly SUBNET_PREFIX=10.77
+readonly LABEL=mesh-lab
+readonly SUITE=bookworm
+readonly INCLUDE=openssh-server,systemd,systemd-sysv,dbus,iproute2,ca-certificates,python3,procps,iputils-ping,curl,sudo,kmod,iptables
+readonly LOCK_FILE=/tmp/mesh-lab.lock
+# Units that would grab the apt lock, or that are useless or fail in a container.
+readonly MASK_UNITS=(
+    apt-daily.timer apt-daily-upgrade.timer apt-daily.service apt-daily-upgrade.service
+    dpkg-db-backup.timer dpkg-db-backup.service
+    e2scrub_all.timer e2scrub_all.service e2scrub_reap.service fstrim.timer fstrim.service
+    systemd-networkd-wait-online.service
+    getty@tty1.service console-getty.service getty.target
+    sys-kernel-config.mount sys-kernel-debug.mount sys-kernel-tracing.mount dev-hugepages.mount
+)
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
+PARALLEL=${LAB_PARALLEL:-10}
+TIMEOUT=${LAB_TIMEOUT:-60}
+TMP=""
+
+die() { echo "lab: $*" >&2; exit 1; }
+log() { echo "lab: $*" >&2; }
+
+usage() {
+    sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}" >&2
+    exit "${1:-2}"
+}
+
+cleanup() {
+    [[ -n $TMP && -d $TMP ]] || return 0
+    # debootstrap may leave /proc, /sys... mounted inside the rootfs when interrupted.
+    local m
+    while read -r m; do umount -l "$m" 2>/dev/null || true; done \
+        < <(awk -v p="$TMP/" 'index($2, p) == 1 { print $2 }' /proc/mounts | sort -r)
+    rm -rf --one-file-system "$TMP"
+}
+trap cleanup EXIT
+
+make_tmp() { [[ -n $TMP ]] || TMP=$(mktemp -d "${TMPDIR:-/var/tmp}/mesh-lab.XXXXXX"); }
+
+# ---------------------------------------------------------------------------
+# image
+# ---------------------------------------------------------------------------
+
+# Print the URIs of every enabled apt source (one-line and deb822 formats), in apt's order.
+apt_uris() {
+    local f
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+        [[ -r $f ]] || continue
+        if [[ $f == *.sources ]]; then
+            awk 'tolower($1) == "uris:" { for (i = 2; i <= NF; i++) print $i }' "$f"
+        else
+            # deb [opts] URI suite comps...
+            sed -E -n 's/^[[:space:]]*deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+).*/\2/p' "$f"
+        fi
+    done
+}
+
+detect_mirror() {
+    if [[ -n ${LAB_MIRROR:-} ]]; then echo "${LAB_MIRROR%/}"; return; fi
+    local uri
+    uri=$(apt_uris | grep -E -m1 '^https?://[^[:space:]]+/debian/?$' || true)
+    uri=${uri:-http://deb.debian.org/debian}
+    echo "${uri%/}"
+}
+
+detect_security_mirror() {
+    local mirror=$1 uri=""
+    if [[ -n ${LAB_SECURITY_MIRROR:-} ]]; then echo "${LAB_SECURITY_MIRROR%/}"; return; fi
+    [[ -n ${LAB_MIRROR:-} ]] \
+        || uri=$(apt_uris | grep -E -m1 '^https?://[^[:space:]]+/debian-security/?$' || true)
+    uri=${uri:-$mirror-security}
+    echo "${uri%/}"
+}
+
+image_exists() { docker image inspect "$IMAGE" >/dev/null 2>&1; }
+
+cmd_image() {
+    local rebuild=0
+    while (($#)); do
+        case $1 in
+            --rebuild) rebuild=1 ;;
+            *) die "image: unknown argument '$1'" ;;
+        esac
+        shift
+    done
+    ensure_image "$rebuild"
+}
+
+ensure_image() {
+    local rebuild=${1:-0}
+    ((rebuild)) || ! image_exists || return 0
+    exec 8>"$LOCK_FILE"
+    flock 8
+    # Another lab.sh may have built it while we waited for the lock.
+    if ((rebuild)) || ! image_exists; then build_image; fi
+    exec 8>&-
+}
+
+build_image() {
+    local start=$SECONDS mirror security rootfs
+    command -v debootstrap >/dev/null || die "debootstrap missing (run tests/lab/prereqs.sh)"
+    mirror=$(detect_mirror)
+    security=$(detect_security_mirror "$mirror")
+    make_tmp
+    rootfs=$TMP/rootfs
+    log "building $IMAGE from $mirror (security: $security) in $rootfs"
+
+    debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$rootfs" "$mirror" \
+        >"$TMP/debootstrap.log" 2>&1 \
+        || { tail -n 20 "$TMP/debootstrap.log" >&2; die "debootstrap failed"; }
+    log "debootstrap done after $((SECONDS - start)) s"
+
+    # apt sources: bookworm, bookworm-updates, bookworm-security.
+    rm -f "$rootfs/etc/apt/sources.list"
+    cat >"$rootfs/etc/apt/sources.list.d/debian.sources" <<EOF
+Types: deb
+URIs: $mirror
+Suites: $SUITE $SUITE-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: $security
+Suites: $SUITE-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+
+    # sshd: key-only root login, tolerant of a controller opening many connections.
+    cat >"$rootfs/etc/ssh/sshd_config.d/10-mesh-lab.conf" <<'EOF'
+# mesh test lab
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+UseDNS no
+MaxStartups 200:30:400
+MaxSessions 64
+EOF
+
+    # Every lab host gets its own host keys, generated at first boot.
+    rm -f "$rootfs"/etc/ssh/ssh_host_*
+    cat >"$rootfs/etc/systemd/system/ssh-hostkeys.service" <<'EOF'
+[Unit]
+Description=Generate SSH host keys (mesh lab, first boot)
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+RemainAfterExit=yes
+
+[Install]
+WantedBy=ssh.service multi-user.target
+EOF
+    chroot "$rootfs" systemctl enable ssh-hostkeys.service >/dev/null 2>&1 \
+        || die "cannot enable ssh-hostkeys.service"
+    chroot "$rootfs" systemctl mask "${MASK_UNITS[@]}" >/dev/null 2>&1 \
+        || die "cannot mask units"
+
+    # Per-container identity: machine-id is generated at boot; docker provides
+    # hostname, hosts and resolv.conf.
+    : >"$rootfs/etc/machine-id"
+    rm -f "$rootfs/var/lib/dbus/machine-id"
+    : >"$rootfs/etc/resolv.conf"
+
+    chroot "$rootfs" apt-get clean
+    rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*.log "$rootfs"/var/cache/debconf/*-old
+
+    tar -C "$rootfs" --numeric-owner -c . \
+        | docker import \
+            --change 'CMD ["/lib/systemd/systemd"]' \
+            --change 'ENV container=docker' \
+            - "$IMAGE" >/dev/null \
+        || die "docker import failed"
+    rm -rf --one-file-system "$rootfs"
+    log "image $IMAGE built in $((SECONDS - start)) s"
+}
+
+# ---------------------------------------------------------------------------
+# up
+# ---------------------------------------------------------------------------
+
+ensure_network() {
+    docker network inspect "$NETWORK" >/dev/null 2>&1 && return 0
+    docker network create --subnet "$SUBNET" "$NETWORK" >/dev/null 2>&1 \
+        || docker network inspect "$NETWORK" >/dev/null 2>&1 \
+        || die "cannot create docker network $NETWORK ($SUBNET)"
+}
+
+ssh_opts() {
+    local key=$1
+    printf '%s\n' -F /dev/null -i "$key" -o IdentitiesOnly=yes -o BatchMode=yes \
+        -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+        -o ConnectTimeout=2 -o LogLevel=ERROR
+}
+
+# Create, key and start one host. Runs in the background; success leaves $TMP/started.NAME.
+start_host() {
+    local lab=$1 cname=$2 ip=$3
+    {
+        docker create --name "$cname" --hostname "$cname" --label "$LABEL=$lab" \
+            --network "$NETWORK" --ip "$ip" --stop-signal SIGRTMIN+3 \
+            --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock \
+            --cap-add ALL --cap-drop SYS_RESOURCE \
+            --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
+            --device-cgroup-rule 'a *:* rwm' -v /var/lib/docker \
+            "$IMAGE" >/dev/null \
+            && docker cp "$TMP/authkeys/.ssh" "$cname:/root/" \
+            && docker start "$cname" >/dev/null \
+            && touch "$TMP/started.$cname"
+    } >"$TMP/start.$cname.log" 2>&1
+}
+
+# Install the lab key into an already running host.
+rekey_host() {
+    local cname=$1
+    docker cp "$TMP/authkeys/.ssh" "$cname:/root/" >"$TMP/start.$cname.log" 2>&1 \
+        && touch "$TMP/started.$cname"
+}
+
+# Poll until the host accepts SSH with the lab key; success leaves $TMP/up.NAME.
+wait_host() {
+    local cname=$1 ip=$2 key=$3 deadline=$4 n=0
+    local -a opts
+    mapfile -t opts < <(ssh_opts "$key")
+    while ((SECONDS < deadline)); do
+        if ssh "${opts[@]}" "root@$ip" true </dev/null >/dev/null 2>&1; then
+            touch "$TMP/up.$cname"
+            return 0
+        fi
+        # Every ~5 s: give up early if the container died.
+        if ((++n % 10 == 0)) \
+            && [[ $(docker inspect -f '{{.State.Running}}' "$cname" 2>/dev/null) != true ]]; then
+            echo "container is not running" >"$TMP/why.$cname"
+            return 1
+        fi
+        sleep 0.5
+    done
+    echo "no SSH within ${TIMEOUT} s" >"$TMP/why.$cname"
+    return 1
+}
+
+# Run "$@ ITEM" for each ITEM read from stdin, at most $PARALLEL at a time.
+run_parallel() {
+    local item running=0
+    while read -r -a item; do
+        "$@" "${item[@]}" &
+        if ((++running >= PARALLEL)); then
+            wait -n || true
+            running=$((running - 1))
+        fi
+    done
+    wait || true
+}
+
+write_inventory() {
+    local dir=$1 lab=$2 count=$3 slot=$4 i ip tmpf
+    tmpf=$(mktemp "$dir/.inventory.XXXXXX")
+    {
+        echo "# mesh test lab '$lab' — generated by tests/lab/lab.sh up; do not edit."
+        echo "ssh:"
+        echo "  user: root"
+        echo "  port: 22"
+        echo "  identity_file: $dir/id_ed25519"
+        echo "  options:"
+        echo "    UserKnownHostsFile: $dir/known_hosts"
+        echo "    KexAlgorithms: curve25519-sha256"
+        echo "groups:"
+        echo "  lab:"
+        echo "    hosts:"
+        for ((i = 1; i <= count; i++)); do
+            ip=$SUBNET_PREFIX.$slot.$((10 + i))
+            echo "      $lab-$i: { address: $ip, zone: z$(((i - 1) % 3 + 1)), overlay_ip: $ip }"
+        done
+    } >"$tmpf"
+    mv -f "$tmpf" "$dir/inventory.yml"
+    : >"$dir/known_hosts"
+}
+
+cmd_up() {
+    local lab="" count="" slot="" dir=""
+    while (($#)); do
+        case $1 in
+            --name) lab=${2:-}; shift ;;
+            --count) count=${2:-}; shift ;;
+            --slot) slot=${2:-}; shift ;;
+            --dir) dir=${2:-}; shift ;;
+            *) die "up: unknown argument '$1'" ;;
+        esac
+        shift
+    done
+    [[ $lab =~ ^[a-z0-9][a-z0-9-]*$ ]] || die "up: --name must match [a-z0-9][a-z0-9-]*"
+    if ! [[ $count =~ ^[0-9]{1,3}$ ]] || ((count < 1 || count > 244)); then
+        die "up: --count must be 1..244"
+    fi
+    if ! [[ $slot =~ ^[0-9]{1,3}$ ]] || ((slot > 255)); then
+        die "up: --slot must be 0..255"
+    fi
+    local start=$SECONDS
+    dir=${dir:-$REPO_ROOT/target/lab/$lab}
+    mkdir -p "$dir" || die "up: cannot create $dir"
+    dir=$(cd "$dir" && pwd)
+    local key=$dir/id_ed25519
+
+    ensure_image
+    ensure_network
+    if [[ ! -f $key ]]; then
+        rm -f "$key.pub"
+        ssh-keygen -q -t ed25519 -N '' -C "mesh-lab-$lab" -f "$key" || die "up: ssh-keygen failed"
+    fi
+    [[ -f $key.pub ]] || ssh-keygen -y -f "$key" >"$key.pub" || die "up: cannot derive $key.pub"
+    make_tmp
+    mkdir -p "$TMP/authkeys/.ssh"
+    chmod 700 "$TMP/authkeys/.ssh"
+    install -m 600 "$key.pub" "$TMP/authkeys/.ssh/authorized_keys"
+
+    # Current state: this lab's containers, and who holds which IP on the network.
+    local image_id line cname ip i
+    image_id=$(docker image inspect -f '{{.Id}}' "$IMAGE")
+    declare -A have=() holder=()
+    while read -r line; do
+        [[ -n $line ]] && have[${line%% *}]=${line#* }
+    done < <(docker ps -aq --filter "label=$LABEL=$lab" \
+        | xargs -r docker inspect -f \
+            "{{slice .Name 1}} {{.State.Running}} {{.Image}} {{with index .NetworkSettings.Networks \"$NETWORK\"}}{{.IPAddress}}{{end}}")
+    while read -r cname ip; do
+        [[ -n $cname ]] && holder[${ip%/*}]=$cname
+    done < <(docker network inspect -f '{{range .Containers}}{{.Name}} {{.IPv4Address}}{{"\n"}}{{end}}' "$NETWORK")
+
+    local -a create=() reuse=() remove=()
+    declare -A want=()
+    for ((i = 1; i <= count; i++)); do
+        cname=$lab-$i
+        ip=$SUBNET_PREFIX.$slot.$((10 + i))
+        want[$cname]=$ip
+        if [[ ${have[$cname]:-} == "true $image_id $ip" ]]; then
+            reuse+=("$cname $ip")
+            continue
+        fi
+        if [[ -n ${holder[$ip]:-} && ${holder[$ip]} != "$cname" && -z ${have[${holder[$ip]}]:-} ]]; then
+            die "up: $ip (slot $slot) is taken by container ${holder[$ip]}; pick another --slot"
+        fi
+        if [[ -z ${have[$cname]:-} ]] && docker inspect "$cname" >/dev/null 2>&1; then
+            die "up: a container named $cname exists but is not part of lab $lab"
+        fi
+        [[ -n ${have[$cname]:-} ]] && remove+=("$cname")
+        create+=("$cname $ip")
+    done
+    for cname in "${!have[@]}"; do
+        [[ -n ${want[$cname]:-} ]] || remove+=("$cname")
+    done
+    if ((${#remove[@]})); then
+        log "removing ${#remove[@]} stale host(s)"
+        docker rm -fv "${remove[@]}" >/dev/null || die "up: cannot remove ${remove[*]}"
+    fi
+
+    log "lab $lab: reusing ${#reuse[@]}, starting ${#create[@]} host(s)"
+    local lab_arg=$lab
+    ((${#create[@]})) && printf '%s\n' "${create[@]}" | run_parallel start_host "$lab_arg"
+    ((${#reuse[@]})) && printf '%s\n' "${reuse[@]%% *}" | run_parallel rekey_host
+    local failed=0
+    for line in "${create[@]}" "${reuse[@]}"; do
+        cname=${line%% *}
+        if [[ ! -e $TMP/started.$cname ]]; then
+            log "$cname failed to start:"
+            sed 's/^/    /' "$TMP/start.$cname.log" >&2
+            failed=$((failed + 1))
+        fi
+    done
+    ((failed == 0)) || die "up: $failed host(s) of lab $lab failed to start"
+
+    # Wait for all hosts at once.
+    local deadline=$((SECONDS + TIMEOUT)) pids=()
+    for line in "${create[@]}" "${reuse[@]}"; do
+        wait_host "${line%% *}" "${line#* }" "$key" "$deadline" &
+        pids+=($!)
+    done
+    wait "${pids[@]}" 2>/dev/null || true
+    for line in "${create[@]}" "${reuse[@]}"; do
+        cname=${line%% *}
+        if [[ ! -e $TMP/up.$cname ]]; then
+            log "$cname (${line#* }) is not up: $(cat "$TMP/why.$cname" 2>/dev/null || echo unknown). Last logs:"
+            docker logs --tail 30 "$cname" 2>&1 | sed 's/^/    /' >&2 || true
+            failed=$((failed + 1))
+        fi
+    done
+    ((failed == 0)) || die "up: $failed host(s) of lab $lab did not come up within ${TIMEOUT} s"
+
+    write_inventory "$dir" "$lab" "$count" "$slot"
+    log "lab $lab: $count host(s) up in $((SECONDS - start)) s"
+    echo "$dir/inventory.yml"
+}
+
+# ---------------------------------------------------------------------------
+# down, down-all, exec
+# ---------------------------------------------------------------------------
+
+remove_network_if_unused() {
+    docker network inspect "$NETWORK" >/dev/null 2>&1 || return 0
+    [[ -z $(docker ps -aq --filter "network=$NETWORK") ]] || return 0
+    docker network rm "$NETWORK" >/dev/null 2>&1 || log "network $NETWORK still in use, kept"
+}
+
+remove_by_label() {
+    local filter=$1 ids
+    ids=$(docker ps -aq --filter "label=$filter")
+    [[ -z $ids ]] && return 0
+    # shellcheck disable=SC2086 # one id per word
+    docker rm -fv $ids >/dev/null || die "cannot remove containers ($filter)"
+    log "removed $(wc -w <<<"$ids") host(s)"
+}
+
+cmd_down() {
+    local lab=""
+    while (($#)); do
+        case $1 in
+            --name) lab=${2:-}; shift ;;
+            *) die "down: unknown argument '$1'" ;;
+        esac
+        shift
+    done
+    [[ -n $lab ]] || die "down: --name is required"
+    remove_by_label "$LABEL=$lab"
+    remove_network_if_unused
+}
+
+cmd_down_all() {
+    (($# == 0)) || die "down-all: takes no arguments"
+    remove_by_label "$LABEL"
+    remove_network_if_unused
+}
+
+cmd_exec() {
+    local host=${1:-}
+    [[ -n $host ]] || die "exec: usage: exec NAME-i [-- CMD...]"
+    shift
+    [[ ${1:-} == -- ]] && shift
+    (($#)) || set -- bash
+    local -a flags=(-i)
+    [[ -t 0 && -t 1 ]] && flags+=(-t)
+    exec docker exec "${flags[@]}" "$host" "$@"
+}
+
+main() {
+    (($#)) || usage
+    local cmd=$1
+    shift
+    [[ $cmd == -h || $cmd == --help || $cmd == help ]] && usage 0
+    [[ $(id -u) -eq 0 ]] || die "must run as root"
+    command -v docker >/dev/null || die "docker missing (run tests/lab/prereqs.sh)"
+    case $cmd in
+        image) cmd_image "$@" ;;
+        up) cmd_up "$@" ;;
+        down) cmd_down "$@" ;;
+        down-all) cmd_down_all "$@" ;;
+        exec) cmd_exec "$@" ;;
+        *) die "unknown command '$cmd' (image, up, down, down-all, exec)" ;;
+    esac
+}
+
+main "$@"
