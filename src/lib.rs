@@ -7,9 +7,14 @@
 //! ops into the commands (`nodes`, `services`, …); [`run`] fans a phase out
 //! over hosts and reports.
 
+pub mod app;
+pub mod cli;
+pub mod inventory;
 pub mod log;
 pub mod ops;
+pub mod phases;
 pub mod quote;
+pub mod run;
 pub mod secrets;
 pub mod ssh;
 pub mod template;

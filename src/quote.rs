@@ -187,7 +187,10 @@ mod tests {
 
     #[test]
     fn cmd_quotes_every_argument() {
-        let c = Cmd::new("apt-get").arg("install").args(["-y", "a b"]).build();
+        let c = Cmd::new("apt-get")
+            .arg("install")
+            .args(["-y", "a b"])
+            .build();
         assert_eq!(c, "apt-get install -y 'a b'");
     }
 

@@ -71,7 +71,8 @@ impl Op for AptUpdate {
             s.raw("set -e");
             s.append(&apt_get(&["update"]));
             s.append(&touch(&update_stamp()));
-            ctx.run_ok("apt-get update", s.as_str(), Input::None).await?;
+            ctx.run_ok("apt-get update", s.as_str(), Input::None)
+                .await?;
             Ok(false)
         })
     }
@@ -208,15 +209,24 @@ mod tests {
             cache_valid_seconds: 3600,
         };
         assert_eq!(u.decide("age 10\n", None, false), Decision::Unchanged);
-        assert!(matches!(u.decide("age 7200\n", None, false), Decision::Change { .. }));
+        assert!(matches!(
+            u.decide("age 7200\n", None, false),
+            Decision::Change { .. }
+        ));
         assert!(matches!(u.decide("", None, false), Decision::Change { .. }));
     }
 
     #[test]
     fn upgrade_checks_only_after_a_list_refresh() {
         let u = AptUpgrade;
-        assert_eq!(u.decide("upgrade current\n", None, false), Decision::Unchanged);
-        assert!(matches!(u.decide("upgrade check\n", None, false), Decision::Recheck(_)));
+        assert_eq!(
+            u.decide("upgrade current\n", None, false),
+            Decision::Unchanged
+        );
+        assert!(matches!(
+            u.decide("upgrade check\n", None, false),
+            Decision::Recheck(_)
+        ));
         assert_eq!(
             u.decide("upgrade check\n", Some("0\n"), false),
             Decision::Refresh { flags: 0 }
@@ -235,7 +245,11 @@ mod tests {
             Decision::Unchanged
         );
         assert_eq!(
-            i.decide("pkg ufw ii \ndpkg-query: no packages found matching curl\n", None, false),
+            i.decide(
+                "pkg ufw ii \ndpkg-query: no packages found matching curl\n",
+                None,
+                false
+            ),
             Decision::change("missing curl", 0)
         );
         assert_eq!(

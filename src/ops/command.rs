@@ -106,7 +106,8 @@ impl Op for CommandOp {
 
     fn apply<'a>(&'a self, ctx: &'a OpCtx<'a>, _flags: u32) -> BoxFut<'a, Result<bool, OpError>> {
         Box::pin(async move {
-            ctx.run_ok(&self.label, self.run.as_str(), Input::None).await?;
+            ctx.run_ok(&self.label, self.run.as_str(), Input::None)
+                .await?;
             Ok(true)
         })
     }
@@ -130,7 +131,10 @@ mod tests {
     fn guards_decide() {
         let c = CommandOp::new("x", script("touch /x")).creates("/x");
         assert_eq!(c.decide("guard done\n", None, false), Decision::Unchanged);
-        assert!(matches!(c.decide("guard todo\n", None, false), Decision::Change { .. }));
+        assert!(matches!(
+            c.decide("guard todo\n", None, false),
+            Decision::Change { .. }
+        ));
     }
 
     #[test]

@@ -86,7 +86,10 @@ mod tests {
     #[test]
     fn decides_from_stat() {
         let d = DirOp::new("/containers/log").mode(0o750);
-        assert_eq!(d.decide("stat absent\n", None, false), Decision::change("create", 0));
+        assert_eq!(
+            d.decide("stat absent\n", None, false),
+            Decision::change("create", 0)
+        );
         assert_eq!(
             d.decide("stat 750 root:root directory\n", None, false),
             Decision::Unchanged

@@ -191,7 +191,9 @@ impl FileOp {
             Some(sum == self.sha256)
         } else {
             match field(probe, "rec").map(|r| r.split(' ').collect::<Vec<_>>()) {
-                Some(r) if r.len() == 3 && r[0] == size && r[1] == mtime => Some(r[2] == self.sha256),
+                Some(r) if r.len() == 3 && r[0] == size && r[1] == mtime => {
+                    Some(r[2] == self.sha256)
+                }
                 _ => None,
             }
         };

@@ -74,10 +74,15 @@ pub struct OpFailure {
 pub enum Decision {
     Unchanged,
     /// Needs a change; `reason` is shown, `flags` tell `apply` what to do (op-specific).
-    Change { reason: String, flags: u32 },
+    Change {
+        reason: String,
+        flags: u32,
+    },
     /// Already as wanted, but mesh's bookkeeping on the host needs a refresh
     /// (e.g. the quick-check record); applied without counting as a change.
-    Refresh { flags: u32 },
+    Refresh {
+        flags: u32,
+    },
     /// Cannot tell yet: run this extra read-only script (batched with others) and decide again.
     Recheck(String),
     /// The probe shows a state mesh cannot fix by itself.
@@ -338,22 +343,81 @@ pub async fn converge(
 /// Parse `key value...` lines of a probe: the value of the first line starting with `key `.
 pub(crate) fn field<'a>(probe: &'a str, key: &str) -> Option<&'a str> {
     probe.lines().find_map(|l| {
-        l.strip_prefix(key)
-            .and_then(|rest| rest.strip_prefix(' ').or(if rest.is_empty() { Some("") } else { None }))
+        l.strip_prefix(key).and_then(|rest| {
+            rest.strip_prefix(' ')
+                .or(if rest.is_empty() { Some("") } else { None })
+        })
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ssh::recording::{ok, RecordingTransport};
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// Answers probes as a converged host would for `file`.
+    fn converged_host(file: &FileOp) -> RecordingTransport {
+        let probe = format!(
+            "stat 6 1700000000 644 root:root regular file\nrec 6 1700000000 {}\n",
+            file.sha256()
+        );
+        RecordingTransport::new(move |script, _| {
+            let mut out = String::new();
+            for line in script.lines() {
+                if let Some(i) = line.strip_prefix("echo '@@mesh-op ") {
+                    out.push_str(&format!("{MARK}{}\n", i.trim_end_matches('\'')));
+                    out.push_str(&probe);
+                }
+            }
+            ok(&out)
+        })
+    }
+
+    #[test]
+    fn a_converged_host_costs_one_round_trip() {
+        let file = FileOp::from_bytes("/etc/a", "hello\n");
+        let ops: Vec<Box<dyn Op>> = vec![
+            Box::new(file.clone()),
+            Box::new(FileOp::from_bytes("/etc/b", "hello\n")),
+        ];
+        let conn = converged_host(&file);
+        let log = HostLog::discard();
+        let ctx = OpCtx {
+            conn: &conn,
+            log: &log,
+            checksum: false,
+        };
+        let reports = run(converge(&ctx, &ops, false)).unwrap();
+        assert!(reports.iter().all(|r| r.outcome == Outcome::Unchanged));
+        assert_eq!(conn.calls().len(), 1, "{:?}", conn.calls());
+    }
+
+    #[test]
+    fn dry_run_only_probes() {
+        let ops: Vec<Box<dyn Op>> = vec![Box::new(FileOp::from_bytes("/etc/new", "x"))];
+        let conn = RecordingTransport::new(|_, _| ok("@@mesh-op 0\nstat absent\nrec none\n"));
+        let log = HostLog::discard();
+        let ctx = OpCtx {
+            conn: &conn,
+            log: &log,
+            checksum: false,
+        };
+        let reports = run(converge(&ctx, &ops, true)).unwrap();
+        assert_eq!(reports[0].outcome, Outcome::WouldChange);
+        assert_eq!(conn.calls().len(), 1);
+    }
 
     #[test]
     fn split_marked_assigns_lines_to_ops() {
         let mut found = vec![String::new(); 3];
-        split_marked(
-            "junk\n@@mesh-op 0\na\nb\n@@mesh-op 2\nc\n",
-            &mut found,
-        );
+        split_marked("junk\n@@mesh-op 0\na\nb\n@@mesh-op 2\nc\n", &mut found);
         assert_eq!(found, vec!["a\nb\n", "", "c\n"]);
     }
 

@@ -145,7 +145,8 @@ impl Op for UnitOp {
             let mut full = Script::new();
             full.raw("set -e");
             full.append(&s);
-            ctx.run_ok(&self.label(), full.as_str(), Input::None).await?;
+            ctx.run_ok(&self.label(), full.as_str(), Input::None)
+                .await?;
             Ok(true)
         })
     }
@@ -179,7 +180,11 @@ mod tests {
     #[test]
     fn new_unit_is_written_enabled_and_restarted() {
         let u = unit();
-        let d = u.decide("stat absent\nrec none\nenabled \nactive inactive\n", None, false);
+        let d = u.decide(
+            "stat absent\nrec none\nenabled \nactive inactive\n",
+            None,
+            false,
+        );
         match d {
             Decision::Change { flags, .. } => {
                 assert_ne!(flags & FILE_CONTENT, 0);

@@ -60,7 +60,10 @@ impl SshTarget {
         }
         if !self.has_option("ConnectTimeout") {
             args.push("-o".into());
-            args.push(format!("ConnectTimeout={}", connect_timeout.as_secs().max(1)));
+            args.push(format!(
+                "ConnectTimeout={}",
+                connect_timeout.as_secs().max(1)
+            ));
         }
         if !self.has_option("ServerAliveInterval") {
             args.extend(["-o".into(), "ServerAliveInterval=15".into()]);
@@ -173,7 +176,11 @@ impl SshTransport {
 
     async fn run(&self, conn: &Conn, script: &str, input: Input) -> Result<Output, SshError> {
         let wrapped = if conn.sudo {
-            format!("sudo -n sh -c {}", quote(script))
+            // sudo resets the environment; keep SSH_CONNECTION for the facts probe.
+            format!(
+                "sudo -n env MESH_SSH_CONNECTION=\"$SSH_CONNECTION\" sh -c {}",
+                quote(script)
+            )
         } else {
             format!("sh -c {}", quote(script))
         };

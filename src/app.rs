@@ -1,0 +1,310 @@
+//! Glue between the command line and the phases: load the inventory and
+//! secrets, select hosts, build each host's variables and connection, check
+//! every input before any host is touched, then hand the phase to the runner.
+
+use crate::cli::{Cli, Command};
+use crate::inventory::{Host, Inventory, InventoryError};
+use crate::log::HostLog;
+use crate::phases::{exec, nodes, HostCtx, Phase};
+use crate::run::{run_phase, RunOptions};
+use crate::secrets::{Secrets, SecretsError};
+use crate::ssh::mux::{SshLimits, SshTarget, SshTransport};
+use crate::ssh::Transport;
+use crate::template::{Source, VarSet};
+use std::net::{IpAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Exit code for bad input: nothing was touched.
+pub const EXIT_BAD_INPUT: u8 = 2;
+
+/// Errors before any host is touched; all map to exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error("{0}")]
+    Input(String),
+    #[error("`mesh {0}` is not built yet: it arrives with a later release. Fix: use `mesh nodes --only basic` or `mesh exec` for now")]
+    NotBuilt(&'static str),
+    #[error("{what}: {source}")]
+    Local {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// Run the parsed command line; returns the process exit code.
+pub fn main(cli: Cli) -> Result<u8, AppError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| AppError::Local {
+            what: "starting the async runtime".into(),
+            source,
+        })?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<u8, AppError> {
+    match &cli.command {
+        Command::Services { .. } => return Err(AppError::NotBuilt("services")),
+        Command::ServicesUp => return Err(AppError::NotBuilt("services-up")),
+        Command::Deploy { .. } => return Err(AppError::NotBuilt("deploy")),
+        Command::Care { .. } => return Err(AppError::NotBuilt("care")),
+        _ => {}
+    }
+    let inv = Inventory::load(&cli.inventory)?;
+    let hosts = inv.select(&cli.limit)?;
+    let phase = match &cli.command {
+        Command::Inventory => {
+            print_inventory(&inv, &hosts, cli.json);
+            return Ok(0);
+        }
+        Command::Nodes { first_ip } => {
+            if let Some(ip) = first_ip {
+                first_node(&inv, ip)?;
+            }
+            nodes::phase(&inv)
+        }
+        Command::Exec { command } => exec::phase(command),
+        _ => unreachable!("handled above"),
+    };
+    let phase = phase
+        .select(&cli.only, &cli.skip)
+        .map_err(AppError::Input)?;
+
+    let secrets_path = secrets_path(&inv.path);
+    let secrets = Secrets::load(&secrets_path)?;
+    if let Some(w) = secrets.mode_warning() {
+        eprintln!("warning: {w}");
+    }
+    let control_dir = control_dir()?;
+    let limits = SshLimits {
+        handshakes: Arc::new(tokio::sync::Semaphore::new(cli.max_handshakes.max(1))),
+        connect_timeout: Duration::from_secs(cli.connect_timeout),
+        control_dir: control_dir.clone(),
+    };
+    let log_dir = inv
+        .path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(".mesh/logs")
+        .join(phase.name);
+    let mut ctxs = Vec::with_capacity(hosts.len());
+    for (slot, host) in hosts.iter().enumerate() {
+        let vars = host_vars(&inv, host, &secrets);
+        let log = HostLog::create(&log_dir, &host.name, vars.redactor()).map_err(|source| {
+            AppError::Local {
+                what: format!("creating log {}", log_dir.display()),
+                source,
+            }
+        })?;
+        let conn: Arc<dyn Transport> =
+            Arc::new(SshTransport::new(ssh_target(host), limits.clone(), slot));
+        ctxs.push(Arc::new(HostCtx::new(
+            (*host).clone(),
+            conn,
+            log,
+            vars,
+            cli.dry_run,
+            cli.checksum,
+        )));
+    }
+    check_inputs(&phase, &ctxs)?;
+
+    let opts = RunOptions {
+        parallel: cli.parallel,
+        progress: cli.progress,
+        json: cli.json,
+        verbose: cli.verbose,
+        dry_run: cli.dry_run,
+    };
+    let summary = run_phase(Arc::new(phase), ctxs, &opts).await;
+    let _ = std::fs::remove_dir_all(&control_dir);
+    Ok(summary.exit_code())
+}
+
+/// Every step's checks for every host, all problems at once.
+fn check_inputs(phase: &Phase, ctxs: &[Arc<HostCtx>]) -> Result<(), AppError> {
+    let mut problems = Vec::new();
+    for ctx in ctxs {
+        for step in &phase.steps {
+            if let Err(e) = step.check(ctx) {
+                problems.push(format!("host {} step {}: {e}", ctx.host.name, step.name()));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(AppError::Input(problems.join("\n")))
+    }
+}
+
+/// `secrets.env` next to the inventory.
+pub fn secrets_path(inventory: &Path) -> PathBuf {
+    inventory
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("secrets.env")
+}
+
+/// A private, short directory for this run's control sockets.
+fn control_dir() -> Result<PathBuf, AppError> {
+    let dir = std::env::temp_dir().join(format!("mesh-{}", std::process::id()));
+    let make = || -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)
+    };
+    make().map_err(|source| AppError::Local {
+        what: format!("creating {}", dir.display()),
+        source,
+    })?;
+    Ok(dir)
+}
+
+pub fn ssh_target(host: &Host) -> SshTarget {
+    SshTarget {
+        address: host.address.clone(),
+        user: host.ssh.user.clone(),
+        port: host.ssh.port,
+        identity_file: host.ssh.identity_file.clone(),
+        options: host.ssh.options.clone(),
+    }
+}
+
+/// A host's template variables: computed facts, host vars, group vars,
+/// top-level vars, environment, secrets file; the first source wins.
+pub fn host_vars(inv: &Inventory, host: &Host, secrets: &Secrets) -> VarSet {
+    let mut vars = VarSet::new();
+    vars.add("HOSTNAME", &host.name, Source::Fact);
+    vars.add("ADDRESS", &host.address, Source::Fact);
+    if let Some(ip) = host.overlay_ip {
+        vars.add("OVERLAY_IP", ip.to_string(), Source::Fact);
+    }
+    if let Some(zone) = &host.zone {
+        vars.add("ZONE", zone, Source::Fact);
+    }
+    if let Some(ip) = host.public_ip {
+        vars.add("PUBLIC_IP", ip.to_string(), Source::Fact);
+    }
+    for (layer, map) in inv.var_layers(host) {
+        let source = match layer {
+            "host vars" => Source::HostVars,
+            "group vars" => Source::GroupVars,
+            _ => Source::Vars,
+        };
+        vars.extend(map, source);
+    }
+    vars.add_env();
+    secrets.add_to(&mut vars);
+    vars
+}
+
+/// The host `--first-ip` names: by address, public_ip, or resolved public_dns.
+pub fn first_node<'a>(inv: &'a Inventory, ip: &str) -> Result<&'a Host, AppError> {
+    let wanted: Option<IpAddr> = ip.parse().ok();
+    let found = inv.hosts.iter().find(|h| {
+        h.address == ip
+            || (wanted.is_some() && h.public_ip == wanted)
+            || h.public_dns.as_deref().is_some_and(|dns| {
+                (dns, 0)
+                    .to_socket_addrs()
+                    .map(|mut addrs| addrs.any(|a| Some(a.ip()) == wanted))
+                    .unwrap_or(false)
+            })
+    });
+    found.ok_or_else(|| {
+        let candidates: Vec<String> = inv
+            .hosts
+            .iter()
+            .map(|h| {
+                let mut c = format!("{} ({}", h.name, h.address);
+                if let Some(p) = h.public_ip {
+                    c.push_str(&format!(", public_ip {p}"));
+                }
+                if let Some(d) = &h.public_dns {
+                    c.push_str(&format!(", public_dns {d}"));
+                }
+                c.push(')');
+                c
+            })
+            .collect();
+        AppError::Input(format!(
+            "--first-ip {ip} matches no host's address, public_ip or public_dns. Fix: use one of: {}",
+            candidates.join("; ")
+        ))
+    })
+}
+
+fn print_inventory(inv: &Inventory, hosts: &[&Host], json: bool) {
+    let rows: Vec<serde_json::Value> = hosts
+        .iter()
+        .map(|h| {
+            let mut vars = serde_json::Map::new();
+            for (_, layer) in inv.var_layers(h) {
+                for (k, v) in layer {
+                    let shown = if crate::template::looks_secret(k) {
+                        "***".to_string()
+                    } else {
+                        v.clone()
+                    };
+                    vars.entry(k.clone()).or_insert(shown.into());
+                }
+            }
+            serde_json::json!({
+                "name": h.name,
+                "address": h.address,
+                "groups": h.groups,
+                "ssh": {
+                    "user": h.ssh.user,
+                    "port": h.ssh.port,
+                    "identity_file": h.ssh.identity_file,
+                    "options": h.ssh.options,
+                },
+                "arch": h.arch.map(|a| a.to_string()),
+                "zone": h.zone,
+                "behind_nat": h.behind_nat,
+                "public_ip": h.public_ip,
+                "public_dns": h.public_dns,
+                "overlay_ip": h.overlay_ip,
+                "services": h.services,
+                "traefik_host": h.traefik_host,
+                "vars": vars,
+            })
+        })
+        .collect();
+    if json {
+        for r in rows {
+            println!("{r}");
+        }
+        return;
+    }
+    println!(
+        "inventory {} ({} hosts selected)",
+        inv.path.display(),
+        hosts.len()
+    );
+    for (h, r) in hosts.iter().zip(&rows) {
+        println!("{}:", h.name);
+        if let Some(obj) = r.as_object() {
+            for (k, v) in obj {
+                let empty = v.is_null()
+                    || v.as_array().is_some_and(|a| a.is_empty())
+                    || v.as_object().is_some_and(|o| o.is_empty())
+                    || k == "name";
+                if !empty {
+                    println!("  {k}: {v}");
+                }
+            }
+        }
+    }
+    println!("groups:");
+    for g in &inv.groups {
+        println!("  {}: {}", g.name, g.hosts.join(", "));
+    }
+}

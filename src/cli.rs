@@ -1,0 +1,109 @@
+//! Command-line interface (clap). The `///` docs below are the `--help` text.
+
+use crate::run::ProgressMode;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// mesh: turn plain Debian hosts into one private service mesh, over SSH.
+///
+/// Exit codes: 0 all hosts succeeded, 1 some host failed, 2 bad input
+/// (nothing was touched).
+#[derive(Debug, Parser)]
+#[command(name = "mesh", version, propagate_version = true)]
+pub struct Cli {
+    /// Inventory file.
+    #[arg(
+        short = 'i',
+        long,
+        global = true,
+        env = "MESH_INVENTORY",
+        default_value = "inventory/inventory.yml"
+    )]
+    pub inventory: PathBuf,
+
+    /// Only hosts whose name or one of whose groups matches GLOB (repeatable).
+    #[arg(long, global = true, value_name = "GLOB")]
+    pub limit: Vec<String>,
+
+    /// Show what would change on each host; change nothing.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+
+    /// Hosts worked on at once.
+    #[arg(long, global = true, default_value_t = 64, value_name = "N")]
+    pub parallel: usize,
+
+    /// Simultaneous SSH handshakes (they cost the controller CPU).
+    #[arg(long, global = true, default_value_t = 32, value_name = "N")]
+    pub max_handshakes: usize,
+
+    /// Seconds to wait for an SSH connection.
+    #[arg(long, global = true, default_value_t = 10, value_name = "SECONDS")]
+    pub connect_timeout: u64,
+
+    /// One JSON event per line on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Progress display.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    pub progress: ProgressMode,
+
+    /// Run only these steps of the phase (repeatable).
+    #[arg(long, global = true, value_name = "STEP")]
+    pub only: Vec<String>,
+
+    /// Skip these steps of the phase (repeatable).
+    #[arg(long, global = true, value_name = "STEP")]
+    pub skip: Vec<String>,
+
+    /// Hash every managed file on the hosts instead of trusting the size +
+    /// mtime mesh recorded when it wrote them.
+    #[arg(long, global = true)]
+    pub checksum: bool,
+
+    /// Print every changed operation.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Bootstrap hosts: base packages and firewall (then Docker, overlay, storage).
+    Nodes {
+        /// Address, public IP or public DNS IP of the node that bootstraps the cluster.
+        #[arg(long, value_name = "IP")]
+        first_ip: Option<String>,
+    },
+    /// Build the service images locally and ship them with their files.
+    Services {
+        /// Folder with one subfolder per service and one `<group>.yml` compose file per group.
+        #[arg(long, value_name = "DIR")]
+        dockerfiles: PathBuf,
+    },
+    /// Start the services (`docker compose up -d`) on every selected host.
+    ServicesUp,
+    /// Rebuild one service and roll it out without downtime.
+    Deploy {
+        /// The service (a subfolder of the dockerfiles folder).
+        #[arg(long, value_name = "NAME")]
+        service: String,
+    },
+    /// apt update + upgrade and the care hooks on hosts matching GLOB, in batches.
+    Care {
+        /// Hosts or groups to care for, e.g. 'db*'.
+        #[arg(long, value_name = "GLOB")]
+        group: String,
+    },
+    /// Run an ad-hoc command on every selected host and show each host's output.
+    Exec {
+        /// The command; words are joined with spaces, as `ssh` does.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Print the resolved hosts, their groups and facts.
+    Inventory,
+}

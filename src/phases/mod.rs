@@ -1,0 +1,130 @@
+//! Phases: the commands mesh runs on hosts, each an ordered list of steps.
+//!
+//! A [`Step`] is checked for every host before any connection is made
+//! ([`Step::check`]: templates render, inputs exist), then run per host.
+//! Most steps are a list of [`ops`](crate::ops) handed to
+//! [`converge`](crate::ops::converge).
+
+pub mod exec;
+pub mod facts;
+pub mod nodes;
+
+use crate::inventory::Host;
+use crate::log::HostLog;
+use crate::ops::{OpCtx, OpFailure, OpReport};
+use crate::ssh::{BoxFut, Transport};
+use crate::template::VarSet;
+use std::sync::Arc;
+
+pub use facts::Facts;
+
+/// Everything a step may use for one host.
+pub struct HostCtx {
+    pub host: Host,
+    pub conn: Arc<dyn Transport>,
+    pub log: HostLog,
+    /// Template variables for this host (facts, inventory vars, env, secrets).
+    pub vars: VarSet,
+    pub dry_run: bool,
+    pub checksum: bool,
+    facts: tokio::sync::OnceCell<Facts>,
+}
+
+impl HostCtx {
+    pub fn new(
+        host: Host,
+        conn: Arc<dyn Transport>,
+        log: HostLog,
+        vars: VarSet,
+        dry_run: bool,
+        checksum: bool,
+    ) -> Self {
+        HostCtx {
+            host,
+            conn,
+            log,
+            vars,
+            dry_run,
+            checksum,
+            facts: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Context for ops on this host.
+    pub fn op_ctx(&self) -> OpCtx<'_> {
+        OpCtx {
+            conn: self.conn.as_ref(),
+            log: &self.log,
+            checksum: self.checksum,
+        }
+    }
+
+    /// Facts about the host, gathered once (one round trip) on first use.
+    pub async fn facts(&self) -> Result<&Facts, OpFailure> {
+        self.facts
+            .get_or_try_init(|| async { facts::gather(&self.op_ctx()).await })
+            .await
+            .map_err(|error| OpFailure {
+                label: "facts".into(),
+                error,
+                done: Vec::new(),
+            })
+    }
+}
+
+/// What a step did on one host.
+#[derive(Debug, Default)]
+pub struct StepOutcome {
+    pub reports: Vec<OpReport>,
+    /// Output to show the user (e.g. `mesh exec`).
+    pub output: Option<String>,
+}
+
+impl From<Vec<OpReport>> for StepOutcome {
+    fn from(reports: Vec<OpReport>) -> Self {
+        StepOutcome {
+            reports,
+            output: None,
+        }
+    }
+}
+
+/// One named step of a phase.
+pub trait Step: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Validate inputs for this host before anything connects (exit 2 on error).
+    fn check(&self, _ctx: &HostCtx) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn run<'a>(&'a self, ctx: &'a HostCtx) -> BoxFut<'a, Result<StepOutcome, OpFailure>>;
+}
+
+/// A command's steps, in order.
+pub struct Phase {
+    pub name: &'static str,
+    pub steps: Vec<Box<dyn Step>>,
+}
+
+impl Phase {
+    /// Keep only the steps named by `--only` and drop those named by `--skip`.
+    /// Unknown names are an error that lists the valid ones.
+    pub fn select(mut self, only: &[String], skip: &[String]) -> Result<Self, String> {
+        let names: Vec<&str> = self.steps.iter().map(|s| s.name()).collect();
+        for n in only.iter().chain(skip) {
+            if !names.contains(&n.as_str()) {
+                return Err(format!(
+                    "`{}` has no step \"{n}\". Fix: use one of: {}",
+                    self.name,
+                    names.join(", ")
+                ));
+            }
+        }
+        self.steps.retain(|s| {
+            let n = s.name().to_string();
+            (only.is_empty() || only.contains(&n)) && !skip.contains(&n)
+        });
+        Ok(self)
+    }
+}

@@ -1,0 +1,215 @@
+//! The firewall (ufw), changed under a dead-man switch.
+//!
+//! The seed enabled ufw without allowing SSH and locked itself out. Here the
+//! SSH port is allowed first, and before anything changes a timer is armed
+//! on the host that disables ufw again after `deadman_seconds`. Only when a
+//! FRESH SSH connection (not the open master, whose established flow the
+//! firewall keeps) gets in is the timer cancelled. Otherwise mesh disables
+//! ufw at once over the still-open master; if even that fails the timer
+//! heals the host.
+
+use crate::ops::{field, Decision, Op, OpCtx, OpError};
+use crate::quote::{Cmd, Script};
+use crate::ssh::BoxFut;
+use crate::ssh::Input;
+
+/// Ports every mesh host opens besides SSH, as ufw rule arguments.
+pub const FIREWALL_PORTS: &[&str] = &[
+    "80/tcp",
+    "443/tcp",
+    "3900/tcp",
+    "3901/tcp",
+    "3902/tcp",
+    "7946",
+    "51820/udp",
+];
+
+const DEADMAN_UNIT: &str = "mesh-ufw-deadman";
+
+pub struct Firewall {
+    rules: Vec<String>,
+    ssh_port: u16,
+    deadman_seconds: u64,
+}
+
+impl Firewall {
+    pub fn new(ssh_port: u16, deadman_seconds: u64) -> Self {
+        let mut rules = vec![format!("{ssh_port}/tcp")];
+        rules.extend(FIREWALL_PORTS.iter().map(|r| r.to_string()));
+        Firewall {
+            rules,
+            ssh_port,
+            deadman_seconds,
+        }
+    }
+
+    fn missing_rules(&self, probe: &str) -> Vec<&str> {
+        let added: Vec<&str> = probe
+            .lines()
+            .filter_map(|l| l.strip_prefix("added ufw allow "))
+            .map(str::trim)
+            .collect();
+        self.rules
+            .iter()
+            .map(String::as_str)
+            .filter(|r| !added.contains(r))
+            .collect()
+    }
+}
+
+impl Op for Firewall {
+    fn label(&self) -> String {
+        "firewall".into()
+    }
+
+    fn probe(&self, _ctx: &OpCtx<'_>) -> Option<Script> {
+        let mut s = Script::new();
+        s.raw("if ! command -v ufw >/dev/null; then echo 'ufw missing'; exit 0; fi");
+        s.raw("ufw status | sed -n 's/^Status: /status /p'");
+        s.raw("sed -n 's/^DEFAULT_\\(INPUT\\|OUTPUT\\)_POLICY=\"\\?\\([A-Z]*\\)\"\\?/policy \\1 \\2/p' /etc/default/ufw");
+        s.raw("ufw show added | sed 's/^/added /'");
+        Some(s)
+    }
+
+    fn decide(&self, probe: &str, _recheck: Option<&str>, _triggered: bool) -> Decision {
+        if field(probe, "ufw") == Some("missing") {
+            return Decision::change("ufw not installed yet", 0);
+        }
+        let mut reasons = Vec::new();
+        let missing = self.missing_rules(probe);
+        if !missing.is_empty() {
+            reasons.push(format!("allow {}", missing.join(" ")));
+        }
+        let policies: Vec<&str> = probe
+            .lines()
+            .filter_map(|l| l.strip_prefix("policy "))
+            .collect();
+        if !policies.contains(&"INPUT DROP") || !policies.contains(&"OUTPUT ACCEPT") {
+            reasons.push("default deny incoming, allow outgoing".into());
+        }
+        if field(probe, "status") != Some("active") {
+            reasons.push("enable".into());
+        }
+        if reasons.is_empty() {
+            Decision::Unchanged
+        } else {
+            Decision::change(reasons.join(", "), 0)
+        }
+    }
+
+    fn apply<'a>(&'a self, ctx: &'a OpCtx<'a>, _flags: u32) -> BoxFut<'a, Result<bool, OpError>> {
+        Box::pin(async move {
+            // Arm the dead-man switch and apply, SSH rule first, in one round trip.
+            let mut s = Script::new();
+            s.raw("set -e");
+            s.line(
+                "systemctl stop {} 2>/dev/null || true",
+                &[&format!("{DEADMAN_UNIT}.timer")],
+            );
+            s.line(
+                "systemctl reset-failed {} {} 2>/dev/null || true",
+                &[
+                    &format!("{DEADMAN_UNIT}.timer"),
+                    &format!("{DEADMAN_UNIT}.service"),
+                ],
+            );
+            s.cmd(
+                Cmd::new("systemd-run")
+                    .arg(format!("--unit={DEADMAN_UNIT}"))
+                    .arg(format!("--on-active={}", self.deadman_seconds))
+                    .arg("--timer-property=AccuracySec=1s")
+                    .args(["ufw", "--force", "disable"]),
+            );
+            for rule in &self.rules {
+                s.cmd(Cmd::new("ufw").arg("allow").arg(rule));
+            }
+            s.raw("ufw default deny incoming");
+            s.raw("ufw default allow outgoing");
+            s.raw("ufw --force enable");
+            ctx.run_ok(
+                "firewall: apply under dead-man switch",
+                s.as_str(),
+                Input::None,
+            )
+            .await?;
+
+            let mut cancel = Script::new();
+            cancel.line("systemctl stop {}", &[&format!("{DEADMAN_UNIT}.timer")]);
+            match ctx.conn.check_fresh().await {
+                Ok(()) => {
+                    ctx.run_ok(
+                        "firewall: cancel dead-man switch",
+                        cancel.as_str(),
+                        Input::None,
+                    )
+                    .await?;
+                    Ok(true)
+                }
+                Err(e) => {
+                    ctx.log.line(&format!("fresh SSH login failed: {e}"));
+                    let mut undo = Script::new();
+                    undo.raw("ufw --force disable");
+                    undo.append(&cancel);
+                    let healed = match ctx
+                        .run("firewall: roll back", undo.as_str(), Input::None)
+                        .await
+                    {
+                        Ok(out) if out.success() => {
+                            "mesh disabled the firewall again over the open connection".to_string()
+                        }
+                        _ => format!(
+                            "the host's dead-man switch disables the firewall within {} s",
+                            self.deadman_seconds
+                        ),
+                    };
+                    Err(OpError::Other(format!(
+                        "a fresh SSH login failed after enabling the firewall with SSH port {} allowed; {healed}. Fix: set firewall.ssh_port in the inventory to the port sshd listens on",
+                        self.ssh_port
+                    )))
+                }
+            }
+        })
+    }
+
+    fn system_changing(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONVERGED: &str = "status active\npolicy INPUT DROP\npolicy OUTPUT ACCEPT\n\
+added Added user rules (see 'ufw status' for running firewall):\n\
+added ufw allow 22/tcp\nadded ufw allow 80/tcp\nadded ufw allow 443/tcp\n\
+added ufw allow 3900/tcp\nadded ufw allow 3901/tcp\nadded ufw allow 3902/tcp\n\
+added ufw allow 7946\nadded ufw allow 51820/udp\n";
+
+    #[test]
+    fn converged_firewall_is_unchanged() {
+        assert_eq!(
+            Firewall::new(22, 90).decide(CONVERGED, None, false),
+            Decision::Unchanged
+        );
+    }
+
+    #[test]
+    fn ssh_port_rule_comes_first_and_is_required() {
+        let fw = Firewall::new(2222, 90);
+        assert_eq!(fw.rules[0], "2222/tcp");
+        match fw.decide(CONVERGED, None, false) {
+            Decision::Change { reason, .. } => assert_eq!(reason, "allow 2222/tcp"),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn inactive_firewall_is_enabled() {
+        let probe = CONVERGED.replace("status active", "status inactive");
+        assert!(matches!(
+            Firewall::new(22, 90).decide(&probe, None, false),
+            Decision::Change { reason, .. } if reason == "enable"
+        ));
+    }
+}

@@ -1,0 +1,243 @@
+//! Integration tests: the built `mesh` binary against real lab hosts
+//! (Debian containers running systemd and sshd on a private docker network).
+//! Every test starts its own hosts on its own slot, so tests run in parallel.
+
+mod util;
+
+use util::{Lab, Mesh};
+
+#[test]
+fn exec_runs_on_every_host_and_shows_each_output() {
+    let lab = Lab::start("exec", 3, 21);
+    let run = lab
+        .mesh()
+        .args(["exec", "--", "hostname;", "id -u"])
+        .run()
+        .ok();
+    for host in lab.hosts() {
+        assert!(
+            run.stdout.contains(&format!("[{host}] {host}")),
+            "no output line from {host}:\n{}",
+            run.stdout
+        );
+        assert!(
+            run.stdout.contains(&format!("[{host}] 0")),
+            "{}",
+            run.stdout
+        );
+    }
+    // --limit picks by host glob.
+    let one = lab
+        .mesh()
+        .args(["--limit", &lab.host(2), "exec", "--", "hostname"])
+        .run()
+        .ok();
+    assert!(one.stdout.contains(&format!("[{0}] {0}", lab.host(2))));
+    assert!(!one.stdout.contains(&format!("[{}]", lab.host(1))));
+}
+
+#[test]
+fn a_stopped_host_fails_alone_and_is_named_in_the_summary() {
+    let lab = Lab::start("down", 3, 22);
+    lab.docker(&["stop", "-t", "1", &lab.host(2)]);
+    let run = lab
+        .mesh()
+        .args([
+            "--connect-timeout",
+            "3",
+            "--json",
+            "exec",
+            "--",
+            "echo",
+            "alive",
+        ])
+        .run()
+        .expect_code(1);
+    let summary = run.summary();
+    let hosts = summary["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 3);
+    for h in hosts {
+        let name = h["host"].as_str().unwrap();
+        if name == lab.host(2) {
+            let err = h["failed"].as_str().unwrap();
+            assert!(err.contains("cannot connect"), "{err}");
+        } else {
+            assert!(h["failed"].is_null(), "{name} failed: {h}");
+        }
+    }
+    assert_eq!(summary["failed"], 1);
+    // The human summary names the host too.
+    let plain = lab
+        .mesh()
+        .args(["--connect-timeout", "3", "exec", "--", "true"])
+        .run()
+        .expect_code(1);
+    let line = plain
+        .stdout
+        .lines()
+        .find(|l| l.contains(&lab.host(2)) && l.contains("FAILED"))
+        .unwrap_or_else(|| panic!("summary does not name the host:\n{}", plain.stdout));
+    assert!(line.contains("cannot connect"), "{line}");
+}
+
+#[test]
+fn nodes_basic_dry_run_then_converge_then_nothing_changes() {
+    let lab = Lab::start("basic", 2, 23);
+
+    // --dry-run: reports what would change, touches nothing.
+    let dry = lab
+        .mesh()
+        .args(["--dry-run", "--json", "nodes", "--only", "basic"])
+        .run()
+        .ok();
+    let s = dry.summary();
+    for h in s["hosts"].as_array().unwrap() {
+        assert!(h["would_change"].as_u64().unwrap() > 0, "{h}");
+        assert_eq!(h["changed"], 0, "{h}");
+    }
+    for i in 1..=2 {
+        let state = lab.on(
+            i,
+            "test -e /var/lib/mesh && echo mesh-state; command -v ufw; \
+             test -e /etc/systemd/journald.conf.d/mesh.conf && echo dropin; true",
+        );
+        assert_eq!(state.stdout.trim(), "", "dry run touched host {i}");
+    }
+
+    // First real run: changes things.
+    let first = lab
+        .mesh()
+        .args(["--json", "nodes", "--only", "basic"])
+        .run()
+        .ok();
+    let s = first.summary();
+    for h in s["hosts"].as_array().unwrap() {
+        assert!(h["changed"].as_u64().unwrap() > 0, "{h}");
+    }
+    for i in 1..=2 {
+        let ufw = lab.on(i, "ufw status verbose").stdout;
+        assert!(ufw.contains("Status: active"), "{ufw}");
+        assert!(ufw.contains("deny (incoming)"), "{ufw}");
+        let rules = lab.on(i, "ufw show added").stdout;
+        let lines: Vec<&str> = rules.lines().skip(1).collect();
+        assert_eq!(
+            lines.first(),
+            Some(&"ufw allow 22/tcp"),
+            "SSH first: {rules}"
+        );
+        for r in [
+            "80/tcp",
+            "443/tcp",
+            "3900/tcp",
+            "3901/tcp",
+            "3902/tcp",
+            "7946",
+            "51820/udp",
+        ] {
+            assert!(
+                lines.contains(&format!("ufw allow {r}").as_str()),
+                "{r}: {rules}"
+            );
+        }
+        let conf = lab
+            .on(i, "cat /etc/systemd/journald.conf.d/mesh.conf")
+            .stdout;
+        assert!(conf.contains("SystemMaxUse=100M"), "{conf}");
+        let rotate = lab.on(i, "grep '^rotate' /etc/logrotate.conf").stdout;
+        assert_eq!(rotate.trim(), "rotate 2");
+        // The dead-man timer was cancelled after the fresh login succeeded.
+        let timer = lab
+            .on(i, "systemctl is-active mesh-ufw-deadman.timer")
+            .stdout;
+        assert_ne!(timer.trim(), "active");
+    }
+
+    // Re-run on the converged hosts: 0 changed, said plainly.
+    let again = lab.mesh().args(["nodes", "--only", "basic"]).run().ok();
+    assert!(
+        again.stdout.contains("2 hosts: 0 changed, 0 failed"),
+        "{}",
+        again.stdout
+    );
+    for host in lab.hosts() {
+        let line = again
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&host) && l.contains("0 changed"))
+            .unwrap_or_else(|| panic!("{host} not reported unchanged:\n{}", again.stdout));
+        assert!(line.contains(" ok"), "{line}");
+    }
+
+    // Drift is repaired: a deleted drop-in comes back, only that changes.
+    lab.on(1, "rm /etc/systemd/journald.conf.d/mesh.conf");
+    let repair = lab
+        .mesh()
+        .args(["--json", "nodes", "--only", "basic"])
+        .run()
+        .ok();
+    let s = repair.summary();
+    let h1 = &s["hosts"].as_array().unwrap()[0];
+    assert_eq!(h1["host"], lab.host(1));
+    // The file and the journald restart it triggers.
+    assert_eq!(h1["changed"], 2, "{h1}");
+    assert_eq!(s["hosts"][1]["changed"], 0);
+}
+
+#[test]
+fn a_firewall_that_would_lock_out_ssh_is_rolled_back() {
+    let lab = Lab::start("lockout", 1, 24);
+    // Tell mesh sshd listens on 2222: the rule set then blocks the real port 22.
+    let inv = lab.write_inventory("lockout.yml", |text| {
+        format!("firewall: {{ ssh_port: 2222, deadman_seconds: 30 }}\n{text}")
+    });
+    let run = Mesh::new(&inv)
+        .args(["--connect-timeout", "4", "nodes", "--only", "basic"])
+        .run()
+        .expect_code(1);
+    assert!(
+        run.stdout.contains("fresh SSH login failed"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("disabled the firewall again"),
+        "{}",
+        run.stdout
+    );
+    // A brand-new connection gets in again, and ufw is off.
+    lab.mesh().args(["exec", "--", "true"]).run().ok();
+    let ufw = lab.on(1, "ufw status").stdout;
+    assert!(ufw.contains("inactive"), "{ufw}");
+}
+
+#[test]
+fn bad_input_touches_nothing_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inventory.yml");
+    std::fs::write(
+        &inv,
+        "groups:\n  web:\n    hosts:\n      web-1: { address: 10.77.250.1, zone: a, traefik_host: edge-9 }\n",
+    )
+    .unwrap();
+    let run = Mesh::new(&inv)
+        .args(["exec", "--", "true"])
+        .run()
+        .expect_code(2);
+    assert!(run.stderr.contains("inventory.yml:4:"), "{}", run.stderr);
+    assert!(run.stderr.contains("edge-9"), "{}", run.stderr);
+    assert!(run.stderr.contains("Fix:"), "{}", run.stderr);
+    assert!(
+        !dir.path().join(".mesh").exists(),
+        "nothing is written on bad input"
+    );
+
+    let run = Mesh::new(&inv)
+        .args(["nodes", "--only", "nosuchstep"])
+        .run()
+        .expect_code(2);
+    assert!(
+        run.stderr.contains("edge-9"),
+        "inventory is checked first: {}",
+        run.stderr
+    );
+}
