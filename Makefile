@@ -6,14 +6,26 @@ LAB   := tests/lab/lab.sh
 # Number of hosts in the test lab.
 N ?= 5
 
-.PHONY: help prereqs lab-image lab lab-down
+# The seed's variable names, for the wrappers below.
+INVENTORY       ?= inventory/inventory.yml
+FIRST_IP        ?=
+DOCKERFILES_PATH ?= ../dockerfiles
+SERVICE         ?=
+GROUP           ?=
+# The lab `make demo` runs against.
+DEMO_INV        := target/lab/lab/inventory.yml
+MESH            := target/release/mesh
+
+.PHONY: help prereqs lab-image lab lab-down build test demo bench \
+	nodes services services-up deploy care FORCE
 
 help: ## List targets and their variables
 	@echo "Targets:"
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN { FS = ":.*## " } { printf "  %-12s %s\n", $$1, $$2 }'
 	@echo "Variables:"
-	@echo "  N=$(N)          number of lab hosts (lab)"
+	@echo "  N=$(N)          number of lab hosts (lab, demo; bench defaults to 50)"
+	@echo "  INVENTORY=$(INVENTORY)  FIRST_IP=  DOCKERFILES_PATH=  SERVICE=  GROUP=  (wrappers)"
 
 prereqs: ## Install/start what the lab needs (docker, debootstrap, ...)
 	tests/lab/prereqs.sh
@@ -26,3 +38,38 @@ lab: prereqs ## Start lab hosts lab-1..lab-N (N=5) in slot 1; writes target/lab/
 
 lab-down: ## Remove the lab hosts started by `make lab`
 	$(LAB) down --name lab
+
+$(MESH): FORCE
+	cargo build --release --quiet
+
+build: $(MESH) ## Build target/release/mesh
+
+test: prereqs ## Run every test: unit tests and mesh against real lab hosts
+	cargo test
+
+demo: N = 3
+demo: lab $(MESH) ## Bootstrap N=3 lab hosts with mesh, then show a converged re-run
+	$(MESH) -i $(DEMO_INV) inventory
+	$(MESH) -i $(DEMO_INV) nodes --first-ip 10.77.1.11
+	@echo "--- re-run on the converged lab: nothing changes ---"
+	$(MESH) -i $(DEMO_INV) nodes --first-ip 10.77.1.11
+
+bench: N = 50
+bench: prereqs $(MESH) ## Cold and warm wall times of a nodes-style step on N=50 lab hosts
+	tests/bench/bench.sh $(N)
+
+# Wrappers with the seed's variable names (inventory: INVENTORY=...).
+nodes: $(MESH) ## mesh nodes --first-ip $(FIRST_IP)
+	$(MESH) -i $(INVENTORY) nodes $(if $(FIRST_IP),--first-ip $(FIRST_IP))
+
+services: $(MESH) ## mesh services --dockerfiles $(DOCKERFILES_PATH)
+	$(MESH) -i $(INVENTORY) services --dockerfiles $(DOCKERFILES_PATH)
+
+services-up: $(MESH) ## mesh services-up
+	$(MESH) -i $(INVENTORY) services-up
+
+deploy: $(MESH) ## mesh deploy --service $(SERVICE)
+	$(MESH) -i $(INVENTORY) deploy --service $(SERVICE)
+
+care: $(MESH) ## mesh care --group '$(GROUP)'
+	$(MESH) -i $(INVENTORY) care --group '$(GROUP)'

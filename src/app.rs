@@ -5,7 +5,7 @@
 use crate::cli::{Cli, Command};
 use crate::inventory::{Host, Inventory, InventoryError};
 use crate::log::HostLog;
-use crate::phases::{exec, nodes, HostCtx, Phase};
+use crate::phases::{bench, exec, nodes, HostCtx, Phase};
 use crate::run::{run_phase, RunOptions};
 use crate::secrets::{Secrets, SecretsError};
 use crate::ssh::mux::{SshLimits, SshTarget, SshTransport};
@@ -71,6 +71,7 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
             nodes::phase(&inv)
         }
         Command::Exec { command } => exec::phase(command),
+        Command::Bench { asset } => bench::phase(asset),
         _ => unreachable!("handled above"),
     };
     let phase = phase
@@ -88,12 +89,15 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
         connect_timeout: Duration::from_secs(cli.connect_timeout),
         control_dir: control_dir.clone(),
     };
-    let log_dir = inv
+    let logs = inv
         .path
         .parent()
         .unwrap_or(Path::new("."))
-        .join(".mesh/logs")
-        .join(phase.name);
+        .join(".mesh/logs");
+    let log_dir = crate::log::run_dir(&logs, phase.name).map_err(|source| AppError::Local {
+        what: format!("creating the log directory under {}", logs.display()),
+        source,
+    })?;
     let mut ctxs = Vec::with_capacity(hosts.len());
     for (slot, host) in hosts.iter().enumerate() {
         let vars = host_vars(&inv, host, &secrets);

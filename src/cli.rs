@@ -106,4 +106,10 @@ pub enum Command {
     },
     /// Print the resolved hosts, their groups and facts.
     Inventory,
+    /// Benchmark step for `make bench`: push ASSET, two templated files and a unit.
+    #[command(hide = true)]
+    Bench {
+        #[arg(long, value_name = "FILE")]
+        asset: PathBuf,
+    },
 }

@@ -68,3 +68,88 @@ impl HostLog {
         self.block(text, "");
     }
 }
+
+/// Runs whose logs are kept under `.mesh/logs/`.
+const KEEP_RUNS: usize = 20;
+
+/// A fresh directory for this run's host logs, `<base>/<UTC stamp>-<phase>`,
+/// with `<base>/latest` pointing at it; only the newest runs are kept.
+pub fn run_dir(base: &Path, phase: &str) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(base)?;
+    let dir = base.join(format!("{}-{phase}-{}", utc_stamp(), std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let latest = base.join("latest");
+    let _ = std::fs::remove_file(&latest);
+    let _ = std::os::unix::fs::symlink(dir.file_name().unwrap_or_default(), &latest);
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(base)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    runs.sort();
+    for old in runs.iter().take(runs.len().saturating_sub(KEEP_RUNS)) {
+        let _ = std::fs::remove_dir_all(old);
+    }
+    Ok(dir)
+}
+
+/// `YYYYMMDDTHHMMSS` in UTC (sorts by time).
+fn utc_stamp() -> String {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Gregorian date from days since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(20_778), (2026, 11, 21));
+    }
+
+    #[test]
+    fn run_dirs_are_pruned_and_latest_points_at_the_newest() {
+        let base = tempfile::tempdir().unwrap();
+        for i in 0..KEEP_RUNS + 3 {
+            std::fs::create_dir(base.path().join(format!("2000010{i:02}-old"))).unwrap();
+        }
+        let dir = run_dir(base.path(), "nodes").unwrap();
+        let count = std::fs::read_dir(base.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_dir())
+            .count();
+        assert_eq!(count, KEEP_RUNS);
+        assert!(dir.exists());
+        assert_eq!(
+            std::fs::read_link(base.path().join("latest")).unwrap(),
+            dir.file_name().unwrap()
+        );
+    }
+}

@@ -138,8 +138,13 @@ impl Op for UnitOp {
             if s.is_empty() {
                 return Ok(changed);
             }
+            // Give a starting service a moment before judging it.
             s.line(
-                "systemctl is-active --quiet {} || {{ systemctl status --no-pager {} | tail -n 15; exit 1; }}",
+                "for i in 1 2 3 4 5 6 7 8 9 10; do systemctl is-active --quiet {} && break; sleep 0.3; done",
+                &[&self.name],
+            );
+            s.line(
+                "systemctl is-active --quiet {} || { systemctl status --no-pager {} 2>&1 | tail -n 15 >&2; exit 1; }",
                 &[&self.name, &self.name],
             );
             let mut full = Script::new();

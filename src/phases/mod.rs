@@ -5,6 +5,7 @@
 //! Most steps are a list of [`ops`](crate::ops) handed to
 //! [`converge`](crate::ops::converge).
 
+pub mod bench;
 pub mod exec;
 pub mod facts;
 pub mod nodes;

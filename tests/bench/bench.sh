@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# bench.sh N — wall times of mesh on N lab hosts (default 50), printed, never asserted.
+#
+# The work is a `nodes`-style step (`mesh bench`): a 20 MB file, two templated
+# files and a systemd unit, enabled and started. "cold" runs after a reset
+# (files and unit removed on every host, fresh SSH connections); "warm" is the
+# re-run on the converged hosts; a third run re-hashes every file (--checksum).
+set -euo pipefail
+
+N=${1:-50}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+MESH=$ROOT/target/release/mesh
+DIR=$ROOT/target/lab/bench
+INV=$DIR/inventory.yml
+ASSET=$ROOT/target/bench/asset-20M.bin
+
+cd "$ROOT"
+[[ -x $MESH ]] || cargo build --release --quiet
+"$ROOT/tests/lab/lab.sh" up --name bench --count "$N" --slot 2 --dir "$DIR" >/dev/null
+mkdir -p "$(dirname "$ASSET")"
+[[ -s $ASSET ]] || head -c 20000000 /dev/urandom > "$ASSET"
+
+mesh() { "$MESH" -i "$INV" --progress never "$@"; }
+
+# Seconds a command takes, its output kept in a log; fails the bench if it fails.
+timed() {
+    local log=$1; shift
+    local t0 t1
+    t0=$(date +%s.%N)
+    if ! "$@" > "$log" 2>&1; then
+        echo "bench: '$*' failed, see $log" >&2
+        tail -n 20 "$log" >&2
+        exit 1
+    fi
+    t1=$(date +%s.%N)
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }'
+}
+
+reset() {
+    mesh exec -- 'systemctl disable --now mesh-bench.service 2>/dev/null;
+        rm -rf /opt/mesh-bench /etc/systemd/system/mesh-bench.service /var/lib/mesh/files;
+        systemctl daemon-reload' > "$DIR/reset.log" 2>&1
+}
+
+reset
+cold=$(timed "$DIR/cold.log" mesh bench --asset "$ASSET")
+warm=$(timed "$DIR/warm.log" mesh bench --asset "$ASSET")
+grep -q "^$N hosts: 0 changed, 0 failed" "$DIR/warm.log" || {
+    echo "bench: warm run changed something:" >&2; tail -n 5 "$DIR/warm.log" >&2; exit 1; }
+checksum=$(timed "$DIR/checksum.log" mesh --checksum bench --asset "$ASSET")
+
+echo "mesh bench on $N lab hosts ($(nproc) cores), 20 MB file + 2 templates + 1 unit:"
+printf '  %-34s %6ss\n' "cold (after reset)" "$cold" "warm (re-run, 0 changed)" "$warm" \
+    "warm with --checksum (re-hash all)" "$checksum"
+echo "logs: $DIR/{cold,warm,checksum}.log"
