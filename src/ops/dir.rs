@@ -1,6 +1,6 @@
 //! `dir`: a directory with the wanted mode and owner.
 
-use super::{field, BoxFut, Decision, Op, OpCtx, OpError};
+use super::{field, Decision, Op, OpCtx, Part};
 use crate::quote::Script;
 use crate::ssh::Input;
 
@@ -63,18 +63,18 @@ impl Op for DirOp {
         }
     }
 
-    fn apply<'a>(&'a self, ctx: &'a OpCtx<'a>, _flags: u32) -> BoxFut<'a, Result<bool, OpError>> {
-        Box::pin(async move {
-            let mut s = Script::new();
-            s.raw("set -e");
-            s.line("mkdir -p -- {}", &[&self.path]);
-            s.line(
-                "chown {} -- {}",
-                &[&format!("{}:{}", self.owner, self.group), &self.path],
-            );
-            s.line("chmod {} -- {}", &[&format!("{:o}", self.mode), &self.path]);
-            ctx.run_ok(&self.label(), s.as_str(), Input::None).await?;
-            Ok(true)
+    fn apply_part(&self, _flags: u32) -> Option<Part> {
+        let mut s = Script::new();
+        s.line("mkdir -p -- {}", &[&self.path]);
+        s.line(
+            "chown {} -- {}",
+            &[&format!("{}:{}", self.owner, self.group), &self.path],
+        );
+        s.line("chmod {} -- {}", &[&format!("{:o}", self.mode), &self.path]);
+        Some(Part {
+            script: s,
+            input: Input::None,
+            changes: true,
         })
     }
 }

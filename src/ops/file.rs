@@ -7,7 +7,7 @@
 //! a temp name in the same directory and is renamed into place, so a reader
 //! never sees a half-written file.
 
-use super::{field, BoxFut, Decision, Op, OpCtx, OpError, STATE_DIR};
+use super::{field, Decision, Op, OpCtx, Part, STATE_DIR};
 use crate::quote::Script;
 use crate::ssh::Input;
 use sha2::{Digest, Sha256};
@@ -23,6 +23,9 @@ pub enum Content {
     /// A local file, streamed at upload time.
     Local(PathBuf),
 }
+
+/// Largest content sent inside the script rather than on stdin.
+const INLINE_MAX: usize = 16 * 1024;
 
 const CONTENT: u32 = 1;
 const META: u32 = 2;
@@ -237,49 +240,64 @@ impl FileOp {
         s
     }
 
-    pub(crate) async fn apply_file(&self, ctx: &OpCtx<'_>, flags: u32) -> Result<bool, OpError> {
+    /// Content small enough to travel inside the script: text without NUL,
+    /// at most [`INLINE_MAX`] bytes, and only for files everyone may read
+    /// (a script is visible in the host's process list while it runs).
+    fn inline_content(&self) -> Option<&str> {
+        match &self.content {
+            Content::Bytes(b) if b.len() <= INLINE_MAX && self.mode & 0o044 == 0o044 => {
+                std::str::from_utf8(b).ok().filter(|t| !t.contains('\0'))
+            }
+            _ => None,
+        }
+    }
+
+    /// The change as a script; content comes inline or as exactly this
+    /// file's bytes on stdin.
+    pub(crate) fn part(&self, flags: u32) -> Part {
         let owner = format!("{}:{}", self.owner, self.group);
         let mode = format!("{:o}", self.mode);
+        let mut s = Script::new();
         if flags & CONTENT != 0 {
             let dir = Path::new(&self.path)
                 .parent()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "/".into());
-            let mut s = Script::new();
-            s.raw("set -e");
+            let size = self.size.to_string();
             s.line("t={}/.mesh-tmp.$$", &[&dir]);
             s.raw("trap 'rm -f -- \"$t\"' EXIT");
             s.line("mkdir -p -- {}", &[&dir]);
-            s.raw("(umask 077; cat > \"$t\")");
+            match self.inline_content() {
+                // Small public text rides in the script, leaving stdin to one big file.
+                Some(text) => s.line("(umask 077; printf %s {} > \"$t\")", &[text]),
+                // head -c reads exactly SIZE bytes, so several files share one stdin.
+                None => s.line("(umask 077; head -c {} > \"$t\")", &[&size]),
+            };
             s.line(
                 "s=$(stat -c %s -- \"$t\"); if [ \"$s\" != {} ]; then echo \"upload cut short: $s of {} bytes\" >&2; exit 1; fi",
-                &[&self.size.to_string(), &self.size.to_string()],
+                &[&size, &size],
             );
             s.line("chown {} -- \"$t\"", &[&owner]);
             s.line("chmod {} -- \"$t\"", &[&mode]);
             s.line("mv -f -- \"$t\" {}", &[&self.path]);
             s.raw("trap - EXIT");
-            s.append(&self.record_script());
-            let input = match &self.content {
-                Content::Bytes(b) => Input::Bytes(b.clone()),
-                Content::Local(p) => Input::File(p.clone()),
-            };
-            ctx.run_ok(&format!("write {}", self.path), s.as_str(), input)
-                .await?;
-            return Ok(true);
-        }
-        let mut s = Script::new();
-        s.raw("set -e");
-        if flags & META != 0 {
+        } else if flags & META != 0 {
             s.line("chown {} -- {}", &[&owner, &self.path]);
             s.line("chmod {} -- {}", &[&mode, &self.path]);
         }
-        if flags & RECORD != 0 {
+        if flags & (CONTENT | RECORD) != 0 {
             s.append(&self.record_script());
         }
-        ctx.run_ok(&format!("update {}", self.path), s.as_str(), Input::None)
-            .await?;
-        Ok(flags & META != 0)
+        let input = match &self.content {
+            _ if flags & CONTENT == 0 || self.inline_content().is_some() => Input::None,
+            Content::Bytes(b) => Input::Bytes(b.clone()),
+            Content::Local(p) => Input::File(p.clone()),
+        };
+        Part {
+            script: s,
+            input,
+            changes: flags & (CONTENT | META) != 0,
+        }
     }
 }
 
@@ -300,8 +318,8 @@ impl Op for FileOp {
         self.decide_file(probe, recheck)
     }
 
-    fn apply<'a>(&'a self, ctx: &'a OpCtx<'a>, flags: u32) -> BoxFut<'a, Result<bool, OpError>> {
-        Box::pin(self.apply_file(ctx, flags))
+    fn apply_part(&self, flags: u32) -> Option<Part> {
+        Some(self.part(flags))
     }
 }
 

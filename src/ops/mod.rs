@@ -162,9 +162,31 @@ pub trait Op: Send + Sync {
     /// wanted state. `triggered`: one of [`Op::triggers`] changed.
     fn decide(&self, probe: &str, recheck: Option<&str>, triggered: bool) -> Decision;
 
+    /// The change as a script (+ stdin) that can run in one round trip with
+    /// its neighbours' changes. Ops that need several round trips or must
+    /// look at results (apt, commands, the firewall) return `None` and
+    /// implement [`Op::apply`] instead.
+    fn apply_part(&self, _flags: u32) -> Option<Part> {
+        None
+    }
+
     /// Make the change. Returns whether the host's state changed (an apt
     /// cache refresh, say, does not count as a change).
-    fn apply<'a>(&'a self, ctx: &'a OpCtx<'a>, flags: u32) -> BoxFut<'a, Result<bool, OpError>>;
+    fn apply<'a>(&'a self, ctx: &'a OpCtx<'a>, flags: u32) -> BoxFut<'a, Result<bool, OpError>> {
+        Box::pin(async move {
+            let Some(part) = self.apply_part(flags) else {
+                return Err(OpError::Other(format!(
+                    "{}: nothing to apply",
+                    self.label()
+                )));
+            };
+            let changes = part.changes;
+            run_batch(ctx, vec![(self.label(), part)])
+                .await
+                .map_err(|(_, e)| e)?;
+            Ok(changes)
+        })
+    }
 
     /// Later probes may depend on this op's effect (installs, commands).
     fn system_changing(&self) -> bool {
@@ -172,7 +194,67 @@ pub trait Op: Send + Sync {
     }
 }
 
+/// One op's change as a script, runnable alone or batched.
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// Runs in its own subshell under `set -e`; reads exactly its input's bytes.
+    pub script: Script,
+    pub input: Input,
+    /// Whether running it changes the host (false for bookkeeping only).
+    pub changes: bool,
+}
+
 const MARK: &str = "@@mesh-op ";
+const DONE: &str = "@@mesh-done ";
+
+/// Run several ops' parts in ONE round trip. On failure, returns the index
+/// of the failing part; the parts before it completed.
+async fn run_batch(ctx: &OpCtx<'_>, parts: Vec<(String, Part)>) -> Result<(), (usize, OpError)> {
+    let mut script = Script::new();
+    script.raw("set -e");
+    let mut inputs = Vec::new();
+    for (i, (_, part)) in parts.iter().enumerate() {
+        script.raw("(");
+        script.raw("set -e");
+        script.append(&part.script);
+        script.raw(")");
+        script.raw(&format!("echo '{DONE}{i}'"));
+        if !matches!(part.input, Input::None) {
+            inputs.push(part.input.clone());
+        }
+    }
+    let title = parts
+        .iter()
+        .map(|(l, _)| l.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let input = match inputs.len() {
+        0 => Input::None,
+        1 => inputs.pop().unwrap_or(Input::None),
+        _ => Input::Chain(inputs),
+    };
+    let out = ctx
+        .run(&title, script.as_str(), input)
+        .await
+        .map_err(|e| (0, e))?;
+    if out.success() {
+        return Ok(());
+    }
+    let done = out
+        .stdout_str()
+        .lines()
+        .filter(|l| l.starts_with(DONE))
+        .count();
+    let label = parts.get(done).map_or(title.as_str(), |(l, _)| l.as_str());
+    Err((
+        done,
+        OpError::Command {
+            what: label.to_string(),
+            code: fmt_code(out.code),
+            tail: ctx.log.redact(&out.tail(8)),
+        },
+    ))
+}
 
 /// Run every probe of `ops` in one script and split the output per op.
 async fn probe_all(ctx: &OpCtx<'_>, ops: &[Box<dyn Op>]) -> Result<Vec<String>, OpError> {
@@ -244,6 +326,8 @@ async fn recheck_all(
 /// Bring one host to the state `ops` describe, in order.
 ///
 /// With `dry_run`, only probes run and the reports say what would change.
+/// Consecutive changes that are plain scripts (files, dirs, units) go to the
+/// host together in one round trip.
 pub async fn converge(
     ctx: &OpCtx<'_>,
     ops: &[Box<dyn Op>],
@@ -256,12 +340,13 @@ pub async fn converge(
         done: done.clone(),
     };
     let mut changed_ids: BTreeSet<String> = BTreeSet::new();
+    // Probes (and rechecks) cover ops[start..]; redone after a system change.
     let mut start = 0;
-    // Probe (and recheck) the ops from `start` on; redone when the system changed.
     let mut probes: Vec<String> = Vec::new();
     let mut rechecks: Vec<Option<String>> = Vec::new();
     let mut stale = true;
-    for i in 0..ops.len() {
+    let mut i = 0;
+    while i < ops.len() {
         if stale {
             start = i;
             let rest = &ops[i..];
@@ -273,45 +358,108 @@ pub async fn converge(
                 .map_err(|e| fail("probe".into(), e, &reports))?;
             stale = false;
         }
+        let decide = |k: usize, ids: &BTreeSet<String>| {
+            let op = &ops[k];
+            let triggered = op.triggers().iter().any(|t| ids.contains(t));
+            op.decide(
+                &probes[k - start],
+                rechecks[k - start].as_deref(),
+                triggered,
+            )
+        };
         let op = &ops[i];
-        let j = i - start;
-        let triggered = op.triggers().iter().any(|t| changed_ids.contains(t));
-        let decision = op.decide(&probes[j], rechecks[j].as_deref(), triggered);
-        let (reason, flags) = match decision {
+        let (reason, flags, refresh) = match decide(i, &changed_ids) {
             Decision::Unchanged => {
-                reports.push(OpReport {
-                    label: op.label(),
-                    outcome: Outcome::Unchanged,
-                    detail: String::new(),
-                });
+                reports.push(report(op.as_ref(), Outcome::Unchanged, String::new()));
+                i += 1;
                 continue;
             }
-            Decision::Refresh { flags } => {
-                if !dry_run {
-                    op.apply(ctx, flags)
-                        .await
-                        .map_err(|e| fail(op.label(), e, &reports))?;
-                }
-                reports.push(OpReport {
-                    label: op.label(),
-                    outcome: Outcome::Unchanged,
-                    detail: String::new(),
-                });
-                continue;
-            }
-            Decision::Change { reason, flags } => (reason, flags),
-            Decision::Recheck(_) => ("state unknown".to_string(), u32::MAX),
+            Decision::Refresh { flags } => (String::new(), flags, true),
+            Decision::Change { reason, flags } => (reason, flags, false),
+            Decision::Recheck(_) => ("state unknown".to_string(), u32::MAX, false),
             Decision::Fail(msg) => return Err(fail(op.label(), OpError::Other(msg), &reports)),
         };
         if dry_run {
-            if let Some(id) = op.id() {
-                changed_ids.insert(id.to_string());
+            if !refresh {
+                if let Some(id) = op.id() {
+                    changed_ids.insert(id.to_string());
+                }
             }
-            reports.push(OpReport {
-                label: op.label(),
-                outcome: Outcome::WouldChange,
-                detail: reason,
-            });
+            let outcome = if refresh {
+                Outcome::Unchanged
+            } else {
+                Outcome::WouldChange
+            };
+            reports.push(report(op.as_ref(), outcome, reason));
+            i += 1;
+            continue;
+        }
+        if let Some(part) = op.apply_part(flags) {
+            // Gather the following script-only changes into the same round trip.
+            let mut batch = vec![(i, part, reason)];
+            let mut ids = changed_ids.clone();
+            let mut j = i + 1;
+            if let Some(id) = op.id().filter(|_| !refresh) {
+                ids.insert(id.to_string());
+            }
+            while j < ops.len() {
+                let next = &ops[j];
+                let (reason, flags, refresh) = match decide(j, &ids) {
+                    Decision::Unchanged => (None, 0, false),
+                    Decision::Refresh { flags } => (Some(String::new()), flags, true),
+                    Decision::Change { reason, flags } => (Some(reason), flags, false),
+                    _ => break,
+                };
+                if let Some(reason) = reason {
+                    let Some(part) = next.apply_part(flags) else {
+                        break;
+                    };
+                    if let Some(id) = next.id().filter(|_| !refresh) {
+                        ids.insert(id.to_string());
+                    }
+                    batch.push((j, part, reason));
+                }
+                j += 1;
+            }
+            for (k, _, reason) in &batch {
+                ctx.log
+                    .line(&format!("apply {}: {reason}", ops[*k].label()));
+            }
+            let parts = batch
+                .iter()
+                .map(|(k, part, _)| (ops[*k].label(), part.clone()))
+                .collect();
+            let result = run_batch(ctx, parts).await;
+            let done = match &result {
+                Ok(()) => batch.len(),
+                Err((n, _)) => *n,
+            };
+            // Reports in op order: batched ops by outcome, the ones between unchanged.
+            let mut b = 0;
+            for (k, op) in ops.iter().enumerate().take(j).skip(i) {
+                match batch.get(b) {
+                    Some((bk, part, reason)) if *bk == k => {
+                        if b >= done {
+                            let Err((_, e)) = result else { unreachable!() };
+                            return Err(fail(op.label(), e, &reports));
+                        }
+                        if part.changes {
+                            if let Some(id) = op.id() {
+                                changed_ids.insert(id.to_string());
+                            }
+                        }
+                        let outcome = if part.changes {
+                            Outcome::Changed
+                        } else {
+                            Outcome::Unchanged
+                        };
+                        reports.push(report(op.as_ref(), outcome, reason.clone()));
+                        b += 1;
+                    }
+                    _ => reports.push(report(op.as_ref(), Outcome::Unchanged, String::new())),
+                }
+            }
+            i = j;
             continue;
         }
         ctx.log.line(&format!("apply {}: {reason}", op.label()));
@@ -327,17 +475,23 @@ pub async fn converge(
         if op.system_changing() && i + 1 < ops.len() {
             stale = true;
         }
-        reports.push(OpReport {
-            label: op.label(),
-            outcome: if changed {
-                Outcome::Changed
-            } else {
-                Outcome::Unchanged
-            },
-            detail: reason,
-        });
+        let outcome = if changed {
+            Outcome::Changed
+        } else {
+            Outcome::Unchanged
+        };
+        reports.push(report(op.as_ref(), outcome, reason));
+        i += 1;
     }
     Ok(reports)
+}
+
+fn report(op: &dyn Op, outcome: Outcome, detail: String) -> OpReport {
+    OpReport {
+        label: op.label(),
+        outcome,
+        detail,
+    }
 }
 
 /// Parse `key value...` lines of a probe: the value of the first line starting with `key `.
@@ -397,6 +551,93 @@ mod tests {
         let reports = run(converge(&ctx, &ops, false)).unwrap();
         assert!(reports.iter().all(|r| r.outcome == Outcome::Unchanged));
         assert_eq!(conn.calls().len(), 1, "{:?}", conn.calls());
+    }
+
+    /// A host where nothing exists yet; applies succeed up to `fail_at`.
+    fn empty_host(fail_at: Option<usize>) -> RecordingTransport {
+        RecordingTransport::new(move |script, _| {
+            if script.contains(DONE) {
+                let mut out = String::new();
+                let n = script.matches(DONE).count();
+                for i in 0..fail_at.unwrap_or(n).min(n) {
+                    out.push_str(&format!("{DONE}{i}\n"));
+                }
+                let mut o = ok(&out);
+                if fail_at.is_some() {
+                    o.code = Some(1);
+                    o.stderr = b"disk full".to_vec();
+                }
+                return o;
+            }
+            let mut out = String::new();
+            for line in script.lines() {
+                if let Some(i) = line.strip_prefix("echo '@@mesh-op ") {
+                    out.push_str(&format!(
+                        "{MARK}{}\nstat absent\nrec none\n",
+                        i.trim_end_matches('\'')
+                    ));
+                }
+            }
+            ok(&out)
+        })
+    }
+
+    fn three_files() -> Vec<Box<dyn Op>> {
+        ["/etc/a", "/etc/b", "/etc/c"]
+            .into_iter()
+            .map(|p| Box::new(FileOp::from_bytes(p, p.as_bytes().to_vec())) as Box<dyn Op>)
+            .collect()
+    }
+
+    #[test]
+    fn changes_to_several_files_go_out_in_one_round_trip() {
+        let conn = empty_host(None);
+        let log = HostLog::discard();
+        let ctx = OpCtx {
+            conn: &conn,
+            log: &log,
+            checksum: false,
+        };
+        let reports = run(converge(&ctx, &three_files(), false)).unwrap();
+        assert!(reports.iter().all(|r| r.outcome == Outcome::Changed));
+        let calls = conn.calls();
+        assert_eq!(calls.len(), 2, "probe + one batched apply: {calls:?}");
+        assert_eq!(calls[1].matches(DONE).count(), 3);
+        // Small public files travel inside the script.
+        assert_eq!(calls[1].matches("printf %s /etc/").count(), 3);
+    }
+
+    #[test]
+    fn private_files_never_ride_in_the_script() {
+        let conn = empty_host(None);
+        let log = HostLog::discard();
+        let ctx = OpCtx {
+            conn: &conn,
+            log: &log,
+            checksum: false,
+        };
+        let ops: Vec<Box<dyn Op>> =
+            vec![Box::new(FileOp::from_bytes("/etc/key", "s3cret-value").mode(0o600))];
+        run(converge(&ctx, &ops, false)).unwrap();
+        let apply = &conn.calls()[1];
+        assert!(apply.contains("head -c 12"), "{apply}");
+        assert!(!apply.contains("s3cret-value"), "{apply}");
+    }
+
+    #[test]
+    fn a_failing_part_names_its_op_and_keeps_earlier_results() {
+        let conn = empty_host(Some(1));
+        let log = HostLog::discard();
+        let ctx = OpCtx {
+            conn: &conn,
+            log: &log,
+            checksum: false,
+        };
+        let failure = run(converge(&ctx, &three_files(), false)).unwrap_err();
+        assert_eq!(failure.label, "file /etc/b");
+        assert_eq!(failure.done.len(), 1);
+        assert_eq!(failure.done[0].outcome, Outcome::Changed);
+        assert!(failure.error.to_string().contains("disk full"));
     }
 
     #[test]

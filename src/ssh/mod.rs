@@ -24,6 +24,8 @@ pub enum Input {
     Bytes(Arc<Vec<u8>>),
     /// Streamed from a local file (large uploads never sit in memory).
     File(PathBuf),
+    /// Several inputs, one after the other (batched file uploads).
+    Chain(Vec<Input>),
 }
 
 /// Result of one remote command.

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio as StdStdio;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Mutex, Semaphore};
 
 /// How to reach one host; every field left `None` is left to `~/.ssh/config`.
@@ -195,25 +195,27 @@ impl SshTransport {
                 command.stdin(Stdio::null());
                 command.output().await.map_err(channel_err)?
             }
+            Input::File(path) => {
+                // Hand the file itself to ssh as stdin: no copy through mesh.
+                let file = std::fs::File::open(&path)
+                    .map_err(|source| SshError::LocalFile { path, source })?;
+                command.stdin(Stdio::from(std::os::fd::OwnedFd::from(file)));
+                command.output().await.map_err(channel_err)?
+            }
             input => {
                 command.stdin(Stdio::piped());
                 let mut child = command.spawn().await.map_err(channel_err)?;
                 let mut stdin = child.stdin().take().expect("piped stdin");
                 // Feed stdin while the command runs, so neither side blocks.
                 let feed = async move {
-                    let r = match input {
-                        Input::Bytes(b) => stdin.write_all(&b).await,
-                        Input::File(p) => match tokio::fs::File::open(&p).await {
-                            Ok(mut f) => tokio::io::copy(&mut f, &mut stdin).await.map(|_| ()),
-                            Err(source) => return Err(SshError::LocalFile { path: p, source }),
-                        },
-                        Input::None => Ok(()),
-                    };
+                    // A broken pipe shows up as the remote command's failure.
+                    let fed = feed(&mut stdin, input).await;
                     let _ = stdin.shutdown().await;
                     drop(stdin);
-                    // A broken pipe shows up as the remote command's failure.
-                    let _ = r;
-                    Ok(())
+                    match fed {
+                        Err(e @ SshError::LocalFile { .. }) => Err(e),
+                        _ => Ok(()),
+                    }
                 };
                 let (fed, out) = tokio::join!(feed, child.wait_with_output());
                 fed?;
@@ -225,6 +227,48 @@ impl SshTransport {
             stdout: out.stdout,
             stderr: out.stderr,
         })
+    }
+}
+
+/// Large chunks: every read of a tokio file is a hop to the blocking pool.
+const CHUNK: usize = 1 << 20;
+
+/// Write `input` to the remote command's stdin.
+async fn feed<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, input: Input) -> Result<(), SshError> {
+    let mut queue = std::collections::VecDeque::from([input]);
+    let mut buf = vec![0u8; CHUNK];
+    while let Some(input) = queue.pop_front() {
+        match input {
+            Input::None => {}
+            Input::Bytes(b) => w.write_all(&b).await.map_err(pipe_err)?,
+            Input::Chain(parts) => {
+                for p in parts.into_iter().rev() {
+                    queue.push_front(p);
+                }
+            }
+            Input::File(path) => {
+                let local = |source| SshError::LocalFile {
+                    path: path.clone(),
+                    source,
+                };
+                let mut f = tokio::fs::File::open(&path).await.map_err(local)?;
+                loop {
+                    let n = f.read(&mut buf).await.map_err(local)?;
+                    if n == 0 {
+                        break;
+                    }
+                    w.write_all(&buf[..n]).await.map_err(pipe_err)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn pipe_err(e: std::io::Error) -> SshError {
+    SshError::Channel {
+        dest: String::new(),
+        reason: e.to_string(),
     }
 }
 
