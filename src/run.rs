@@ -326,8 +326,20 @@ impl Output {
     }
 
     async fn consume(&mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
-        while let Some(ev) = rx.recv().await {
-            self.handle(ev);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => self.handle(ev),
+                    None => break,
+                },
+                // Keep the active hosts' elapsed times moving between events.
+                _ = tick.tick() => {
+                    if let Mode::Bars(b) = &mut self.mode {
+                        b.redraw();
+                    }
+                }
+            }
         }
     }
 

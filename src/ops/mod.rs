@@ -616,8 +616,9 @@ mod tests {
             log: &log,
             checksum: false,
         };
-        let ops: Vec<Box<dyn Op>> =
-            vec![Box::new(FileOp::from_bytes("/etc/key", "s3cret-value").mode(0o600))];
+        let ops: Vec<Box<dyn Op>> = vec![Box::new(
+            FileOp::from_bytes("/etc/key", "s3cret-value").mode(0o600),
+        )];
         run(converge(&ctx, &ops, false)).unwrap();
         let apply = &conn.calls()[1];
         assert!(apply.contains("head -c 12"), "{apply}");
