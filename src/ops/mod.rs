@@ -509,6 +509,21 @@ mod tests {
     use super::*;
     use crate::ssh::recording::{ok, RecordingTransport};
 
+    /// Converge `ops` on `conn` (no log).
+    fn converge_on(
+        conn: &RecordingTransport,
+        ops: &[Box<dyn Op>],
+        dry_run: bool,
+    ) -> Result<Vec<OpReport>, OpFailure> {
+        let log = HostLog::discard();
+        let ctx = OpCtx {
+            conn,
+            log: &log,
+            checksum: false,
+        };
+        run(converge(&ctx, ops, dry_run))
+    }
+
     fn run<T>(f: impl std::future::Future<Output = T>) -> T {
         tokio::runtime::Builder::new_current_thread()
             .build()
@@ -542,13 +557,7 @@ mod tests {
             Box::new(FileOp::from_bytes("/etc/b", "hello\n")),
         ];
         let conn = converged_host(&file);
-        let log = HostLog::discard();
-        let ctx = OpCtx {
-            conn: &conn,
-            log: &log,
-            checksum: false,
-        };
-        let reports = run(converge(&ctx, &ops, false)).unwrap();
+        let reports = converge_on(&conn, &ops, false).unwrap();
         assert!(reports.iter().all(|r| r.outcome == Outcome::Unchanged));
         assert_eq!(conn.calls().len(), 1, "{:?}", conn.calls());
     }
@@ -592,13 +601,7 @@ mod tests {
     #[test]
     fn changes_to_several_files_go_out_in_one_round_trip() {
         let conn = empty_host(None);
-        let log = HostLog::discard();
-        let ctx = OpCtx {
-            conn: &conn,
-            log: &log,
-            checksum: false,
-        };
-        let reports = run(converge(&ctx, &three_files(), false)).unwrap();
+        let reports = converge_on(&conn, &three_files(), false).unwrap();
         assert!(reports.iter().all(|r| r.outcome == Outcome::Changed));
         let calls = conn.calls();
         assert_eq!(calls.len(), 2, "probe + one batched apply: {calls:?}");
@@ -610,16 +613,10 @@ mod tests {
     #[test]
     fn private_files_never_ride_in_the_script() {
         let conn = empty_host(None);
-        let log = HostLog::discard();
-        let ctx = OpCtx {
-            conn: &conn,
-            log: &log,
-            checksum: false,
-        };
         let ops: Vec<Box<dyn Op>> = vec![Box::new(
             FileOp::from_bytes("/etc/key", "s3cret-value").mode(0o600),
         )];
-        run(converge(&ctx, &ops, false)).unwrap();
+        converge_on(&conn, &ops, false).unwrap();
         let apply = &conn.calls()[1];
         assert!(apply.contains("head -c 12"), "{apply}");
         assert!(!apply.contains("s3cret-value"), "{apply}");
@@ -628,13 +625,7 @@ mod tests {
     #[test]
     fn a_failing_part_names_its_op_and_keeps_earlier_results() {
         let conn = empty_host(Some(1));
-        let log = HostLog::discard();
-        let ctx = OpCtx {
-            conn: &conn,
-            log: &log,
-            checksum: false,
-        };
-        let failure = run(converge(&ctx, &three_files(), false)).unwrap_err();
+        let failure = converge_on(&conn, &three_files(), false).unwrap_err();
         assert_eq!(failure.label, "file /etc/b");
         assert_eq!(failure.done.len(), 1);
         assert_eq!(failure.done[0].outcome, Outcome::Changed);
@@ -645,13 +636,7 @@ mod tests {
     fn dry_run_only_probes() {
         let ops: Vec<Box<dyn Op>> = vec![Box::new(FileOp::from_bytes("/etc/new", "x"))];
         let conn = RecordingTransport::new(|_, _| ok("@@mesh-op 0\nstat absent\nrec none\n"));
-        let log = HostLog::discard();
-        let ctx = OpCtx {
-            conn: &conn,
-            log: &log,
-            checksum: false,
-        };
-        let reports = run(converge(&ctx, &ops, true)).unwrap();
+        let reports = converge_on(&conn, &ops, true).unwrap();
         assert_eq!(reports[0].outcome, Outcome::WouldChange);
         assert_eq!(conn.calls().len(), 1);
     }

@@ -2,8 +2,8 @@
 //! templated files and a systemd unit that uses them, enabled and started.
 //! It measures mesh's own overhead on real hosts (see tests/bench/bench.sh).
 
-use super::{HostCtx, Phase, Step, StepOutcome};
-use crate::ops::{converge, DirOp, FileOp, Op, OpError, OpFailure, UnitOp};
+use super::{converge_ops, HostCtx, Phase, Step, StepOutcome};
+use crate::ops::{DirOp, FileOp, Op, OpFailure, UnitOp};
 use crate::ssh::BoxFut;
 use crate::template::{render_j2, render_placeholders};
 use std::path::{Path, PathBuf};
@@ -76,13 +76,6 @@ impl Step for Bench {
     }
 
     fn run<'a>(&'a self, ctx: &'a HostCtx) -> BoxFut<'a, Result<StepOutcome, OpFailure>> {
-        Box::pin(async move {
-            let ops = self.ops(ctx).map_err(|e| OpFailure {
-                label: "bench".into(),
-                error: OpError::Other(e),
-                done: Vec::new(),
-            })?;
-            Ok(converge(&ctx.op_ctx(), &ops, ctx.dry_run).await?.into())
-        })
+        Box::pin(converge_ops(ctx, "bench", self.ops(ctx)))
     }
 }

@@ -90,6 +90,22 @@ impl From<Vec<OpReport>> for StepOutcome {
     }
 }
 
+/// Converge a step's op list, or fail the step with the reason it could not be built.
+pub async fn converge_ops(
+    ctx: &HostCtx,
+    step: &str,
+    ops: Result<Vec<Box<dyn crate::ops::Op>>, String>,
+) -> Result<StepOutcome, OpFailure> {
+    let ops = ops.map_err(|e| OpFailure {
+        label: step.to_string(),
+        error: crate::ops::OpError::Other(e),
+        done: Vec::new(),
+    })?;
+    Ok(crate::ops::converge(&ctx.op_ctx(), &ops, ctx.dry_run)
+        .await?
+        .into())
+}
+
 /// One named step of a phase.
 pub trait Step: Send + Sync {
     fn name(&self) -> &'static str;

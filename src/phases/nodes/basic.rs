@@ -2,8 +2,8 @@
 //! rotations, journald capped at 100M, and the firewall (see [`Firewall`]).
 
 use super::Firewall;
-use crate::ops::{converge, AptInstall, AptUpdate, AptUpgrade, CommandOp, FileOp, Op, OpFailure};
-use crate::phases::{HostCtx, Step, StepOutcome};
+use crate::ops::{AptInstall, AptUpdate, AptUpgrade, CommandOp, FileOp, Op, OpFailure};
+use crate::phases::{converge_ops, HostCtx, Step, StepOutcome};
 use crate::quote::Script;
 use crate::ssh::BoxFut;
 use crate::template::render_builtin;
@@ -62,12 +62,7 @@ impl Step for Basic {
         Box::pin(async move {
             let facts = ctx.facts().await?;
             let ssh_port = facts.ssh_port.or(ctx.host.ssh.port).unwrap_or(22);
-            let ops = self.ops(ctx, ssh_port).map_err(|e| OpFailure {
-                label: "basic".into(),
-                error: crate::ops::OpError::Other(e),
-                done: Vec::new(),
-            })?;
-            Ok(converge(&ctx.op_ctx(), &ops, ctx.dry_run).await?.into())
+            converge_ops(ctx, "basic", self.ops(ctx, ssh_port)).await
         })
     }
 }
