@@ -136,7 +136,7 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
 fn check_inputs(phase: &Phase, ctxs: &[Arc<HostCtx>]) -> Result<(), AppError> {
     let mut problems = Vec::new();
     for ctx in ctxs {
-        for step in &phase.steps {
+        for step in phase.host_steps() {
             if let Err(e) = step.check(ctx) {
                 problems.push(format!("host {} step {}: {e}", ctx.host.name, step.name()));
             }

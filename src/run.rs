@@ -9,7 +9,7 @@
 //! when any host failed.
 
 use crate::ops::{OpReport, Outcome};
-use crate::phases::{HostCtx, Phase};
+use crate::phases::{HostCtx, Phase, Stage, Step};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -121,14 +121,16 @@ fn count(reports: &[OpReport], outcome: Outcome) -> usize {
     reports.iter().filter(|r| r.outcome == outcome).count()
 }
 
-async fn run_host(phase: &Phase, ctx: &HostCtx, tx: &mpsc::UnboundedSender<Event>) -> HostSummary {
-    let started = Instant::now();
+/// Run `steps` in order on one host; `summary` accumulates. Returns false
+/// when the host failed (its later steps and stages are skipped).
+async fn run_host(
+    steps: &[&dyn Step],
+    ctx: &HostCtx,
+    tx: &mpsc::UnboundedSender<Event>,
+    summary: &mut HostSummary,
+) -> bool {
     let host = ctx.host.name.clone();
-    let mut summary = HostSummary {
-        host: host.clone(),
-        ..Default::default()
-    };
-    for step in &phase.steps {
+    for step in steps.iter().filter(|s| s.wants(ctx)) {
         let step_started = Instant::now();
         let _ = tx.send(Event::StepStarted {
             host: host.clone(),
@@ -166,30 +168,39 @@ async fn run_host(phase: &Phase, ctx: &HostCtx, tx: &mpsc::UnboundedSender<Event
                 let error = ctx
                     .log
                     .redact(&format!("{}: {}", failure.label, failure.error));
-                ctx.log.line(&format!("FAILED {error}"));
-                summary.failed = Some(format!("{}: {error}", step.name()));
-                let _ = tx.send(Event::StepFailed {
-                    host: host.clone(),
-                    step: step.name().into(),
-                    error,
-                    log: ctx.log.path().map(|p| p.display().to_string()),
-                    seconds: step_started.elapsed().as_secs_f64(),
-                });
-                break;
+                fail_host(ctx, step.name(), &error, tx, summary);
+                return false;
             }
         }
     }
-    ctx.conn.close().await;
-    summary.seconds = started.elapsed().as_secs_f64();
-    let _ = tx.send(Event::HostDone {
-        host,
-        ok: summary.failed.is_none(),
-        seconds: summary.seconds,
-    });
-    summary
+    true
 }
 
+fn fail_host(
+    ctx: &HostCtx,
+    step: &str,
+    error: &str,
+    tx: &mpsc::UnboundedSender<Event>,
+    summary: &mut HostSummary,
+) {
+    ctx.log.line(&format!("FAILED {step}: {error}"));
+    summary.failed = Some(format!("{step}: {error}"));
+    let _ = tx.send(Event::StepFailed {
+        host: ctx.host.name.clone(),
+        step: step.into(),
+        error: error.into(),
+        log: ctx.log.path().map(|p| p.display().to_string()),
+        seconds: 0.0,
+    });
+}
+
+/// Name used in events for work the controller does once for all hosts.
+pub const CONTROLLER: &str = "controller";
+
 /// Run `phase` on every host, at most `opts.parallel` at once.
+///
+/// Consecutive host stages run pipelined per host; a cluster stage waits
+/// for every host to finish the stages before it, then runs once.
 pub async fn run_phase(
     phase: Arc<Phase>,
     hosts: Vec<Arc<HostCtx>>,
@@ -201,7 +212,7 @@ pub async fn run_phase(
     let _ = tx.send(Event::Start {
         phase: phase.name.into(),
         hosts: hosts.len(),
-        steps: phase.steps.iter().map(|s| s.name().to_string()).collect(),
+        steps: phase.step_names(),
         dry_run: opts.dry_run,
     });
     let printer = tokio::spawn(async move {
@@ -209,27 +220,110 @@ pub async fn run_phase(
         output
     });
     let limit = Arc::new(Semaphore::new(opts.parallel.max(1)));
-    let mut tasks = Vec::with_capacity(hosts.len());
-    for ctx in hosts {
-        let (phase, tx, limit) = (phase.clone(), tx.clone(), limit.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            run_host(&phase, &ctx, &tx).await
-        }));
-    }
-    let mut results = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        match t.await {
-            Ok(s) => results.push(s),
-            Err(e) => results.push(HostSummary {
-                host: "?".into(),
-                failed: Some(format!("internal error: {e}")),
-                ..Default::default()
-            }),
+    let mut summaries: Vec<HostSummary> = hosts
+        .iter()
+        .map(|h| HostSummary {
+            host: h.host.name.clone(),
+            ..Default::default()
+        })
+        .collect();
+    // Indexes of hosts still going.
+    let mut live: Vec<usize> = (0..hosts.len()).collect();
+    let mut stage = 0;
+    while stage < phase.stages.len() && !live.is_empty() {
+        if let Stage::Cluster(step) = &phase.stages[stage] {
+            stage += 1;
+            let ctxs: Vec<Arc<HostCtx>> = live.iter().map(|&i| hosts[i].clone()).collect();
+            let t0 = Instant::now();
+            let _ = tx.send(Event::StepStarted {
+                host: CONTROLLER.into(),
+                step: step.name().into(),
+            });
+            let outcome = step.run(&ctxs).await;
+            for (name, error) in &outcome.host_failures {
+                if let Some(i) = live.iter().position(|&i| &hosts[i].host.name == name) {
+                    let h = live.remove(i);
+                    fail_host(&hosts[h], step.name(), error, &tx, &mut summaries[h]);
+                }
+            }
+            if let Some(error) = &outcome.abort {
+                let _ = tx.send(Event::StepFailed {
+                    host: CONTROLLER.into(),
+                    step: step.name().into(),
+                    error: error.clone(),
+                    log: None,
+                    seconds: t0.elapsed().as_secs_f64(),
+                });
+                for h in live.drain(..) {
+                    fail_host(&hosts[h], step.name(), error, &tx, &mut summaries[h]);
+                }
+            } else {
+                let _ = tx.send(Event::StepDone {
+                    host: CONTROLLER.into(),
+                    step: step.name().into(),
+                    changed: usize::from(outcome.changed),
+                    unchanged: usize::from(!outcome.changed),
+                    would_change: 0,
+                    seconds: t0.elapsed().as_secs_f64(),
+                    ops: Vec::new(),
+                    output: outcome.message,
+                });
+            }
+            continue;
         }
+        // The run of host stages up to the next cluster stage.
+        let end = phase.stages[stage..]
+            .iter()
+            .position(|s| matches!(s, Stage::Cluster(_)))
+            .map_or(phase.stages.len(), |p| stage + p);
+        let range = stage..end;
+        stage = end;
+        let mut tasks = Vec::with_capacity(live.len());
+        for &i in &live {
+            let (phase, tx, limit, ctx) =
+                (phase.clone(), tx.clone(), limit.clone(), hosts[i].clone());
+            let mut summary = std::mem::take(&mut summaries[i]);
+            let range = range.clone();
+            tasks.push(tokio::spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                let t0 = Instant::now();
+                let steps: Vec<&dyn Step> = phase.stages[range]
+                    .iter()
+                    .filter_map(|s| match s {
+                        Stage::Hosts(step) => Some(step.as_ref()),
+                        Stage::Cluster(_) => None,
+                    })
+                    .collect();
+                let ok = run_host(&steps, &ctx, &tx, &mut summary).await;
+                summary.seconds += t0.elapsed().as_secs_f64();
+                (i, ok, summary)
+            }));
+        }
+        let mut still = Vec::with_capacity(live.len());
+        for t in tasks {
+            match t.await {
+                Ok((i, ok, summary)) => {
+                    summaries[i] = summary;
+                    if ok {
+                        still.push(i);
+                    }
+                }
+                Err(e) => eprintln!("internal error in a host task: {e}"),
+            }
+        }
+        still.sort_unstable();
+        live = still;
+    }
+    for (ctx, summary) in hosts.iter().zip(&summaries) {
+        ctx.conn.close().await;
+        let _ = tx.send(Event::HostDone {
+            host: summary.host.clone(),
+            ok: summary.failed.is_none(),
+            seconds: summary.seconds,
+        });
     }
     let summary = RunSummary {
-        hosts: results,
+        hosts: summaries,
         seconds: started.elapsed().as_secs_f64(),
     };
     let _ = tx.send(Event::Summary {

@@ -23,12 +23,12 @@ pub struct Bench {
 }
 
 pub fn phase(asset: &Path) -> Phase {
-    Phase {
-        name: "bench",
-        steps: vec![Box::new(Bench {
+    Phase::of_steps(
+        "bench",
+        vec![Box::new(Bench {
             asset: asset.to_path_buf(),
         })],
-    }
+    )
 }
 
 impl Bench {

@@ -12,12 +12,12 @@ pub struct Exec {
 
 /// The `exec` phase: one step.
 pub fn phase(args: &[String]) -> Phase {
-    Phase {
-        name: "exec",
-        steps: vec![Box::new(Exec {
+    Phase::of_steps(
+        "exec",
+        vec![Box::new(Exec {
             command: args.join(" "),
         })],
-    }
+    )
 }
 
 impl Step for Exec {

@@ -106,9 +106,14 @@ pub async fn converge_ops(
         .into())
 }
 
-/// One named step of a phase.
+/// One named step of a phase, run on each host.
 pub trait Step: Send + Sync {
     fn name(&self) -> &'static str;
+
+    /// Whether this step runs on this host (e.g. only on the first node).
+    fn wants(&self, _ctx: &HostCtx) -> bool {
+        true
+    }
 
     /// Validate inputs for this host before anything connects (exit 2 on error).
     fn check(&self, _ctx: &HostCtx) -> Result<(), String> {
@@ -118,19 +123,83 @@ pub trait Step: Send + Sync {
     fn run<'a>(&'a self, ctx: &'a HostCtx) -> BoxFut<'a, Result<StepOutcome, OpFailure>>;
 }
 
-/// A command's steps, in order.
+/// What a cluster stage did.
+#[derive(Debug, Default)]
+pub struct ClusterOutcome {
+    /// Shown to the user.
+    pub message: Option<String>,
+    pub changed: bool,
+    /// Hosts that failed in this stage: (host, error).
+    pub host_failures: Vec<(String, String)>,
+    /// The stage failed for everyone: every remaining host stops with this.
+    pub abort: Option<String>,
+}
+
+/// Work done once, on the controller, for the hosts still going (e.g.
+/// resolve Docker packages, read the first node's state, apply a layout).
+pub trait ClusterStep: Send + Sync {
+    /// The step it belongs to (`--only`/`--skip` use this name).
+    fn name(&self) -> &'static str;
+
+    fn run<'a>(&'a self, hosts: &'a [Arc<HostCtx>]) -> BoxFut<'a, ClusterOutcome>;
+}
+
+pub enum Stage {
+    /// Runs on every host, hosts in parallel.
+    Hosts(Box<dyn Step>),
+    /// Runs once after every host finished the stages before it.
+    Cluster(Box<dyn ClusterStep>),
+}
+
+impl Stage {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Stage::Hosts(s) => s.name(),
+            Stage::Cluster(c) => c.name(),
+        }
+    }
+}
+
+/// A command's stages, in order.
 pub struct Phase {
     pub name: &'static str,
-    pub steps: Vec<Box<dyn Step>>,
+    pub stages: Vec<Stage>,
 }
 
 impl Phase {
+    /// A phase of host steps only.
+    pub fn of_steps(name: &'static str, steps: Vec<Box<dyn Step>>) -> Self {
+        Phase {
+            name,
+            stages: steps.into_iter().map(Stage::Hosts).collect(),
+        }
+    }
+
+    /// Step names in order, each once.
+    pub fn step_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for s in &self.stages {
+            if !names.iter().any(|n| n == s.name()) {
+                names.push(s.name().to_string());
+            }
+        }
+        names
+    }
+
+    /// The host steps, for input checks.
+    pub fn host_steps(&self) -> impl Iterator<Item = &dyn Step> {
+        self.stages.iter().filter_map(|s| match s {
+            Stage::Hosts(step) => Some(step.as_ref()),
+            Stage::Cluster(_) => None,
+        })
+    }
+
     /// Keep only the steps named by `--only` and drop those named by `--skip`.
     /// Unknown names are an error that lists the valid ones.
     pub fn select(mut self, only: &[String], skip: &[String]) -> Result<Self, String> {
-        let names: Vec<&str> = self.steps.iter().map(|s| s.name()).collect();
+        let names = self.step_names();
         for n in only.iter().chain(skip) {
-            if !names.contains(&n.as_str()) {
+            if !names.contains(n) {
                 return Err(format!(
                     "`{}` has no step \"{n}\". Fix: use one of: {}",
                     self.name,
@@ -138,7 +207,7 @@ impl Phase {
                 ));
             }
         }
-        self.steps.retain(|s| {
+        self.stages.retain(|s| {
             let n = s.name().to_string();
             (only.is_empty() || only.contains(&n)) && !skip.contains(&n)
         });

@@ -15,13 +15,13 @@ pub const APT_CACHE_VALID_SECONDS: u64 = 3600;
 
 /// The `nodes` phase for this inventory.
 pub fn phase(inv: &Inventory) -> Phase {
-    Phase {
-        name: "nodes",
-        steps: vec![Box::new(Basic {
+    Phase::of_steps(
+        "nodes",
+        vec![Box::new(Basic {
             apt_cache_valid_seconds: inv
                 .apt
                 .cache_valid_seconds
                 .unwrap_or(APT_CACHE_VALID_SECONDS),
         })],
-    }
+    )
 }
