@@ -64,11 +64,21 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
             print_inventory(&inv, &hosts, cli.json);
             return Ok(0);
         }
-        Command::Nodes { first_ip } => {
+        Command::Nodes {
+            first_ip,
+            docker_mirror,
+            update_lock,
+        } => {
             if let Some(ip) = first_ip {
                 first_node(&inv, ip)?;
             }
-            nodes::phase(&inv)
+            let opts = nodes::NodesOptions {
+                docker_mirror: docker_mirror.clone(),
+                update_lock: *update_lock,
+                dry_run: cli.dry_run,
+                cache: crate::mirror::cache_root(),
+            };
+            nodes::phase(&inv, &opts)
         }
         Command::Exec { command } => exec::phase(command),
         Command::Bench { asset } => bench::phase(asset),

@@ -77,6 +77,12 @@ pub enum Command {
         /// Address, public IP or public DNS IP of the node that bootstraps the cluster.
         #[arg(long, value_name = "IP")]
         first_ip: Option<String>,
+        /// Base URL of the Docker .deb repository (a mirror in download.docker.com's layout).
+        #[arg(long, value_name = "URL")]
+        docker_mirror: Option<String>,
+        /// Re-read the mirror and move docker.lock to the newest versions.
+        #[arg(long)]
+        update_lock: bool,
     },
     /// Build the service images locally and ship them with their files.
     Services {

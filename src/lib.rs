@@ -9,9 +9,12 @@
 
 pub mod app;
 pub mod cli;
+pub mod deb;
 pub mod inventory;
 pub mod log;
+pub mod mirror;
 pub mod ops;
+pub mod overlay;
 pub mod phases;
 pub mod quote;
 pub mod run;

@@ -130,12 +130,16 @@ impl FromStr for OverlayNet {
         if prefix.is_empty() || prefix.len() > 2 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
             return Err(err("prefix length is not a number"));
         }
-        let prefix: u8 = prefix.parse().map_err(|_| err("prefix length is not a number"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .map_err(|_| err("prefix length is not a number"))?;
         if prefix > 32 {
             return Err(err("prefix length is larger than 32"));
         }
-        if prefix % 8 != 0 {
-            return Err(err("wesher only supports prefix lengths that are multiples of 8"));
+        if !matches!(prefix, 0 | 8 | 16 | 24 | 32) {
+            return Err(err(
+                "wesher only supports prefix lengths that are multiples of 8",
+            ));
         }
         let net = OverlayNet { addr, prefix };
         Ok(OverlayNet {
@@ -225,7 +229,12 @@ mod tests {
 
     #[test]
     fn overlay_ip_always_inside_net() {
-        for n in ["10.0.0.0/8", "172.16.0.0/16", "192.168.50.0/24", "100.64.0.0/16"] {
+        for n in [
+            "10.0.0.0/8",
+            "172.16.0.0/16",
+            "192.168.50.0/24",
+            "100.64.0.0/16",
+        ] {
             let net = net(n);
             for i in 0..500 {
                 let name = format!("host-{i}.example");
@@ -279,7 +288,10 @@ mod tests {
             "x/8",
         ] {
             let err = bad.parse::<OverlayNet>().unwrap_err().to_string();
-            assert!(err.contains("expected IPv4 CIDR like 10.0.0.0/8"), "{bad}: {err}");
+            assert!(
+                err.contains("expected IPv4 CIDR like 10.0.0.0/8"),
+                "{bad}: {err}"
+            );
             assert!(err.contains(&format!("\"{bad}\"")), "{bad}: {err}");
         }
         let err = "10.0.0.0/12".parse::<OverlayNet>().unwrap_err().to_string();

@@ -19,7 +19,7 @@ fn upgrade_stamp() -> String {
 }
 
 /// apt-get with the options every unattended call needs.
-fn apt_get(args: &[&str]) -> Script {
+pub(crate) fn apt_get(args: &[&str]) -> Script {
     let mut s = Script::new();
     s.raw("export DEBIAN_FRONTEND=noninteractive");
     s.cmd(

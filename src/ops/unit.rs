@@ -17,7 +17,8 @@ const RESTART: u32 = 0x400;
 #[derive(Debug, Clone)]
 pub struct UnitOp {
     name: String,
-    file: FileOp,
+    /// `None` for a unit a package ships (only its state is managed).
+    file: Option<FileOp>,
     enable: bool,
     triggers: Vec<String>,
     id: Option<String>,
@@ -28,7 +29,21 @@ impl UnitOp {
     /// written to `/etc/systemd/system/`, enabled and started.
     pub fn new(name: &str, content: impl Into<Vec<u8>>) -> Self {
         UnitOp {
-            file: FileOp::from_bytes(format!("/etc/systemd/system/{name}"), content),
+            file: Some(FileOp::from_bytes(
+                format!("/etc/systemd/system/{name}"),
+                content,
+            )),
+            name: name.into(),
+            enable: true,
+            triggers: Vec::new(),
+            id: None,
+        }
+    }
+
+    /// A unit installed by a package: enabled and running, file untouched.
+    pub fn existing(name: &str) -> Self {
+        UnitOp {
+            file: None,
             name: name.into(),
             enable: true,
             triggers: Vec::new(),
@@ -68,7 +83,10 @@ impl Op for UnitOp {
     }
 
     fn probe(&self, ctx: &OpCtx<'_>) -> Option<Script> {
-        let mut s = self.file.probe_script(ctx.checksum);
+        let mut s = match &self.file {
+            Some(f) => f.probe_script(ctx.checksum),
+            None => Script::new(),
+        };
         s.line(
             "echo \"enabled $(systemctl is-enabled {} 2>/dev/null)\"",
             &[&self.name],
@@ -83,7 +101,11 @@ impl Op for UnitOp {
     fn decide(&self, probe: &str, recheck: Option<&str>, triggered: bool) -> Decision {
         let mut flags = 0;
         let mut reasons = Vec::new();
-        match self.file.decide_file(probe, recheck) {
+        let file = match &self.file {
+            Some(f) => f.decide_file(probe, recheck),
+            None => Decision::Unchanged,
+        };
+        match file {
             Decision::Unchanged => {}
             Decision::Refresh { flags: f } => flags |= f,
             Decision::Change { reason, flags: f } => {
@@ -118,7 +140,10 @@ impl Op for UnitOp {
     }
 
     fn apply_part(&self, flags: u32) -> Option<Part> {
-        let file = (flags & FILE_MASK != 0).then(|| self.file.part(flags & FILE_MASK));
+        let file = match &self.file {
+            Some(f) if flags & FILE_MASK != 0 => Some(f.part(flags & FILE_MASK)),
+            _ => None,
+        };
         let mut s = Script::new();
         let mut input = Input::None;
         let mut changes = false;
@@ -182,7 +207,7 @@ mod tests {
         let n = BODY.len();
         let p = format!(
             "stat {n} 5 644 root:root regular file\nrec {n} 5 {}\nenabled enabled\nactive active\n",
-            u.file.sha256()
+            u.file.as_ref().unwrap().sha256()
         );
         assert_eq!(u.decide(&p, None, false), Decision::Unchanged);
         assert!(matches!(

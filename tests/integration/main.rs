@@ -4,7 +4,7 @@
 
 mod util;
 
-use util::{Lab, Mesh};
+use util::{DebMirror, Lab, Mesh};
 
 #[test]
 fn exec_runs_on_every_host_and_shows_each_output() {
@@ -239,5 +239,83 @@ fn bad_input_touches_nothing_and_exits_2() {
         run.stderr.contains("edge-9"),
         "inventory is checked first: {}",
         run.stderr
+    );
+}
+
+#[test]
+fn docker_comes_from_pinned_debs_and_a_corrupt_deb_is_refused() {
+    let mirror = DebMirror::start(&["containerd", "runc", "docker.io"]);
+    let lab = Lab::start("docker", 1, 25);
+    let cache = tempfile::tempdir().unwrap();
+    let inv = lab.write_inventory("docker.yml", |text| {
+        format!(
+            "docker: {{ mirror: \"{}\", packages: [containerd, runc, docker.io] }}\n{text}",
+            mirror.url
+        )
+    });
+    let mesh = || Mesh::new(&inv).env("MESH_CACHE", cache.path());
+
+    let first = mesh()
+        .args(["--json", "nodes", "--only", "docker"])
+        .run()
+        .ok();
+    assert!(
+        first.summary()["changed"].as_u64().unwrap() > 0,
+        "{}",
+        first.stdout
+    );
+    // The lock pins exactly what the mirror's index said.
+    let lock = std::fs::read_to_string(inv.parent().unwrap().join("docker.lock")).unwrap();
+    let index = std::fs::read_to_string(
+        mirror
+            .dir
+            .path()
+            .join("dists/bookworm/stable/binary-amd64/Packages"),
+    )
+    .unwrap();
+    for pkg in ["containerd", "runc", "docker.io"] {
+        assert!(lock.contains(&format!("name: {pkg}")), "{lock}");
+    }
+    for sha in index.lines().filter_map(|l| l.strip_prefix("SHA256: ")) {
+        assert!(lock.contains(sha), "{sha} not pinned:\n{lock}");
+    }
+    // No apt repository was added; docker runs a container.
+    let sources = lab.on(
+        1,
+        "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null",
+    );
+    assert!(!sources.stdout.contains("127.0.0.1"), "{}", sources.stdout);
+    let run = lab.on(
+        1,
+        "tar -C / -ch bin/echo lib/x86_64-linux-gnu/libc.so.6 lib64/ld-linux-x86-64.so.2 \
+         | docker import - mini >/dev/null && docker run --rm mini /bin/echo container-ok",
+    );
+    assert_eq!(run.stdout.trim(), "container-ok", "{run:?}");
+
+    let again = mesh().args(["nodes", "--only", "docker"]).run().ok();
+    assert!(
+        again.stdout.contains("1 hosts: 0 changed, 0 failed"),
+        "{}",
+        again.stdout
+    );
+
+    // A .deb that no longer matches its pin is refused before any host is touched.
+    let mut deb = std::fs::OpenOptions::new()
+        .append(true)
+        .open(mirror.deb("runc"))
+        .unwrap();
+    std::io::Write::write_all(&mut deb, b"tampered").unwrap();
+    let fresh_cache = tempfile::tempdir().unwrap();
+    let refused = Mesh::new(&inv)
+        .env("MESH_CACHE", fresh_cache.path())
+        .args(["--json", "nodes", "--only", "docker"])
+        .run()
+        .expect_code(1);
+    let summary = refused.summary();
+    assert_eq!(summary["changed"], 0);
+    let err = summary["hosts"][0]["failed"].as_str().unwrap();
+    assert!(
+        err.contains("sha256") && err.contains("no host was touched"),
+        "{err}"
     );
 }

@@ -159,6 +159,11 @@ impl Mesh {
         self
     }
 
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Mesh {
+        self.cmd.env(key, value);
+        self
+    }
+
     pub fn run(mut self) -> Run {
         Run::from(sh(&mut self.cmd))
     }
@@ -212,5 +217,116 @@ impl Run {
             .into_iter()
             .find(|e| e["event"] == "summary")
             .unwrap_or_else(|| panic!("no summary event in:\n{}", self.stdout))
+    }
+}
+
+/// A Debian package mirror in download.docker.com's layout, made from real
+/// Debian packages and served over HTTP on loopback while it lives.
+pub struct DebMirror {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    server: std::process::Child,
+}
+
+impl DebMirror {
+    /// `pool/` with `packages` (fetched with `apt-get download`, cached under
+    /// target/), and `dists/bookworm/stable/binary-amd64/Packages` made by
+    /// dpkg-scanpackages.
+    pub fn start(packages: &[&str]) -> DebMirror {
+        prepare();
+        let cache = repo_root().join("target/test-debs");
+        std::fs::create_dir_all(&cache).unwrap();
+        let have = |p: &str| {
+            std::fs::read_dir(&cache).unwrap().any(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{p}_"))
+            })
+        };
+        let missing: Vec<&str> = packages.iter().copied().filter(|p| !have(p)).collect();
+        if !missing.is_empty() {
+            let download = || {
+                Run::from(sh(Command::new("apt-get")
+                    .arg("download")
+                    .args(&missing)
+                    .current_dir(&cache)))
+            };
+            if download().code != 0 {
+                sh(Command::new("apt-get").args(["update", "-qq"]));
+                download().ok();
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pool = dir.path().join("pool/stable/amd64");
+        std::fs::create_dir_all(&pool).unwrap();
+        for e in std::fs::read_dir(&cache).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if packages.iter().any(|p| name.starts_with(&format!("{p}_"))) {
+                std::fs::copy(e.path(), pool.join(&name)).unwrap();
+            }
+        }
+        let dists = dir.path().join("dists/bookworm/stable/binary-amd64");
+        std::fs::create_dir_all(&dists).unwrap();
+        let scan = sh(Command::new("dpkg-scanpackages")
+            .args(["--multiversion", "pool", "/dev/null"])
+            .current_dir(dir.path()));
+        assert!(
+            scan.status.success(),
+            "dpkg-scanpackages: {}",
+            String::from_utf8_lossy(&scan.stderr)
+        );
+        std::fs::write(dists.join("Packages"), &scan.stdout).unwrap();
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..50 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        DebMirror { dir, url, server }
+    }
+
+    /// The served .deb of `package`.
+    pub fn deb(&self, package: &str) -> PathBuf {
+        let pool = self.dir.path().join("pool/stable/amd64");
+        std::fs::read_dir(&pool)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&format!("{package}_"))
+            })
+            .unwrap_or_else(|| panic!("{package} not in the mirror"))
+    }
+}
+
+impl Drop for DebMirror {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
     }
 }

@@ -1,27 +1,73 @@
 //! `mesh nodes`: bootstrap hosts. Steps, in order: basic (packages,
-//! logrotate, journald, firewall). Docker, wesher and garage follow.
+//! logrotate, journald, firewall), docker (pinned .debs). wesher and garage follow.
 
 mod basic;
+mod docker;
 mod firewall;
 
 pub use basic::Basic;
+pub use docker::{Docker, DockerPlan, DockerResolve};
 pub use firewall::{Firewall, FIREWALL_PORTS};
 
-use super::Phase;
+use super::{Phase, Stage};
 use crate::inventory::Inventory;
+use crate::mirror;
+use std::path::{Path, PathBuf};
 
 /// Default apt cache window: a warm run within an hour stays off the network.
 pub const APT_CACHE_VALID_SECONDS: u64 = 3600;
 
+/// Options of `mesh nodes` that shape the phase.
+#[derive(Debug, Clone, Default)]
+pub struct NodesOptions {
+    /// `--docker-mirror`, over the inventory's `docker.mirror`.
+    pub docker_mirror: Option<String>,
+    pub update_lock: bool,
+    pub dry_run: bool,
+    /// Local cache for downloads (`.deb`s).
+    pub cache: PathBuf,
+}
+
+/// `docker.lock` next to the inventory.
+pub fn lock_path(inventory: &Path) -> PathBuf {
+    inventory
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("docker.lock")
+}
+
 /// The `nodes` phase for this inventory.
-pub fn phase(inv: &Inventory) -> Phase {
-    Phase::of_steps(
-        "nodes",
-        vec![Box::new(Basic {
-            apt_cache_valid_seconds: inv
-                .apt
-                .cache_valid_seconds
-                .unwrap_or(APT_CACHE_VALID_SECONDS),
-        })],
-    )
+pub fn phase(inv: &Inventory, opts: &NodesOptions) -> Phase {
+    let apt_cache_valid_seconds = inv
+        .apt
+        .cache_valid_seconds
+        .unwrap_or(APT_CACHE_VALID_SECONDS);
+    let docker = DockerPlan::new(
+        opts.docker_mirror
+            .clone()
+            .or_else(|| inv.docker.mirror.clone())
+            .unwrap_or_else(|| mirror::DEFAULT_MIRROR.to_string()),
+        inv.docker.packages.clone().unwrap_or_else(|| {
+            mirror::DEFAULT_PACKAGES
+                .iter()
+                .map(|p| p.to_string())
+                .collect()
+        }),
+        lock_path(&inv.path),
+        opts.cache.clone(),
+        opts.update_lock,
+        opts.dry_run,
+        apt_cache_valid_seconds,
+    );
+    Phase {
+        name: "nodes",
+        stages: vec![
+            // Pins and verifies Docker's packages before any host is touched.
+            Stage::Cluster(Box::new(DockerResolve(docker.clone()))),
+            Stage::Hosts(Box::new(Basic {
+                apt_cache_valid_seconds,
+            })),
+            Stage::Hosts(Box::new(Docker(docker))),
+        ],
+    }
 }
