@@ -58,6 +58,10 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
         _ => {}
     }
     let inv = Inventory::load(&cli.inventory)?;
+    if let Some(net) = &inv.overlay.net {
+        net.parse::<crate::overlay::OverlayNet>()
+            .map_err(|e| AppError::Input(format!("{}: overlay.net: {e}", inv.path.display())))?;
+    }
     let hosts = inv.select(&cli.limit)?;
     let phase = match &cli.command {
         Command::Inventory => {
@@ -69,14 +73,28 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
             docker_mirror,
             update_lock,
         } => {
-            if let Some(ip) = first_ip {
-                first_node(&inv, ip)?;
+            let first = match first_ip {
+                Some(ip) => Some(first_node(&inv, ip)?.clone()),
+                None => None,
+            };
+            if first.is_none() {
+                if let Some(step) = nodes::NEEDS_FIRST
+                    .iter()
+                    .find(|s| Phase::selects(s, &cli.only, &cli.skip))
+                {
+                    return Err(AppError::Input(format!(
+                        "step {step} bootstraps from the first node. Fix: pass --first-ip <address of that host>, or --only basic --only docker"
+                    )));
+                }
             }
             let opts = nodes::NodesOptions {
                 docker_mirror: docker_mirror.clone(),
                 update_lock: *update_lock,
                 dry_run: cli.dry_run,
                 cache: crate::mirror::cache_root(),
+                first,
+                assets: cli.assets.clone(),
+                secrets_path: secrets_path(&inv.path),
             };
             nodes::phase(&inv, &opts)
         }
@@ -197,9 +215,11 @@ pub fn host_vars(inv: &Inventory, host: &Host, secrets: &Secrets) -> VarSet {
     let mut vars = VarSet::new();
     vars.add("HOSTNAME", &host.name, Source::Fact);
     vars.add("ADDRESS", &host.address, Source::Fact);
-    if let Some(ip) = host.overlay_ip {
-        vars.add("OVERLAY_IP", ip.to_string(), Source::Fact);
-    }
+    vars.add(
+        "OVERLAY_IP",
+        overlay_ip(inv, host).to_string(),
+        Source::Fact,
+    );
     if let Some(zone) = &host.zone {
         vars.add("ZONE", zone, Source::Fact);
     }
@@ -217,6 +237,22 @@ pub fn host_vars(inv: &Inventory, host: &Host, secrets: &Secrets) -> VarSet {
     vars.add_env();
     secrets.add_to(&mut vars);
     vars
+}
+
+/// A host's overlay IP: the inventory's `overlay_ip`, else what wesher
+/// derives from its name inside `overlay.net` (validated by the inventory).
+pub fn overlay_ip(inv: &Inventory, host: &Host) -> std::net::Ipv4Addr {
+    if let Some(ip) = host.overlay_ip {
+        return ip;
+    }
+    let net = inv
+        .overlay
+        .net
+        .as_deref()
+        .unwrap_or(crate::overlay::OverlayNet::DEFAULT)
+        .parse()
+        .expect("overlay.net is checked when the inventory is loaded");
+    crate::overlay::overlay_ip(&net, &host.name)
 }
 
 /// The host `--first-ip` names: by address, public_ip, or resolved public_dns.

@@ -62,6 +62,16 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub checksum: bool,
 
+    /// Folder with the binaries mesh uploads: `<DIR>/<arch>/wesher`, `<DIR>/<arch>/garage`.
+    #[arg(
+        long,
+        global = true,
+        env = "MESH_ASSETS",
+        default_value = "assets",
+        value_name = "DIR"
+    )]
+    pub assets: PathBuf,
+
     /// Print every changed operation.
     #[arg(short, long, global = true)]
     pub verbose: bool,

@@ -231,6 +231,10 @@ pub async fn run_phase(
     let mut live: Vec<usize> = (0..hosts.len()).collect();
     let mut stage = 0;
     while stage < phase.stages.len() && !live.is_empty() {
+        if let Stage::Barrier(_) = &phase.stages[stage] {
+            stage += 1;
+            continue;
+        }
         if let Stage::Cluster(step) = &phase.stages[stage] {
             stage += 1;
             let ctxs: Vec<Arc<HostCtx>> = live.iter().map(|&i| hosts[i].clone()).collect();
@@ -274,7 +278,7 @@ pub async fn run_phase(
         // The run of host stages up to the next cluster stage.
         let end = phase.stages[stage..]
             .iter()
-            .position(|s| matches!(s, Stage::Cluster(_)))
+            .position(|s| !matches!(s, Stage::Hosts(_)))
             .map_or(phase.stages.len(), |p| stage + p);
         let range = stage..end;
         stage = end;
@@ -291,7 +295,7 @@ pub async fn run_phase(
                     .iter()
                     .filter_map(|s| match s {
                         Stage::Hosts(step) => Some(step.as_ref()),
-                        Stage::Cluster(_) => None,
+                        _ => None,
                     })
                     .collect();
                 let ok = run_host(&steps, &ctx, &tx, &mut summary).await;

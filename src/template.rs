@@ -593,14 +593,22 @@ pub fn render_file(
     }
 }
 
+/// Embed `templates/<name>` under its file name.
+macro_rules! builtin {
+    ($name:literal) => {
+        (
+            $name,
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/templates/", $name)),
+        )
+    };
+}
+
 /// mesh's built-in templates (templates/*.j2), embedded in the binary.
-const BUILTINS: &[(&str, &str)] = &[(
-    "journald.conf.j2",
-    include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/templates/journald.conf.j2"
-    )),
-)];
+const BUILTINS: &[(&str, &str)] = &[
+    builtin!("journald.conf.j2"),
+    builtin!("wesher.env.j2"),
+    builtin!("wesher.service.j2"),
+];
 
 /// A built-in template's source, by file name (the `.j2` suffix may be omitted).
 pub fn builtin(name: &str) -> Option<&'static str> {

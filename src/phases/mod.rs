@@ -149,13 +149,18 @@ pub enum Stage {
     Hosts(Box<dyn Step>),
     /// Runs once after every host finished the stages before it.
     Cluster(Box<dyn ClusterStep>),
+    /// Every host finishes the stages before it before any starts the next
+    /// (e.g. the first node's overlay is up before the others join).
+    Barrier(&'static str),
 }
 
 impl Stage {
+    /// The step this stage belongs to.
     pub fn name(&self) -> &'static str {
         match self {
             Stage::Hosts(s) => s.name(),
             Stage::Cluster(c) => c.name(),
+            Stage::Barrier(step) => step,
         }
     }
 }
@@ -190,8 +195,14 @@ impl Phase {
     pub fn host_steps(&self) -> impl Iterator<Item = &dyn Step> {
         self.stages.iter().filter_map(|s| match s {
             Stage::Hosts(step) => Some(step.as_ref()),
-            Stage::Cluster(_) => None,
+            _ => None,
         })
+    }
+
+    /// Whether step `name` survives `--only`/`--skip`.
+    pub fn selects(name: &str, only: &[String], skip: &[String]) -> bool {
+        let n = name.to_string();
+        (only.is_empty() || only.contains(&n)) && !skip.contains(&n)
     }
 
     /// Keep only the steps named by `--only` and drop those named by `--skip`.
@@ -207,10 +218,7 @@ impl Phase {
                 ));
             }
         }
-        self.stages.retain(|s| {
-            let n = s.name().to_string();
-            (only.is_empty() || only.contains(&n)) && !skip.contains(&n)
-        });
+        self.stages.retain(|s| Phase::selects(s.name(), only, skip));
         Ok(self)
     }
 }

@@ -319,3 +319,123 @@ fn docker_comes_from_pinned_debs_and_a_corrupt_deb_is_refused() {
         "{err}"
     );
 }
+
+/// An assets folder whose wesher is the test fixture (tests/fixtures/wesher-fixture).
+fn fixture_assets() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let arch = dir.path().join("x86_64");
+    std::fs::create_dir_all(&arch).unwrap();
+    std::fs::copy(
+        util::repo_root().join("tests/fixtures/wesher-fixture"),
+        arch.join("wesher"),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn wesher_first_node_then_joiners_with_one_shared_key() {
+    let lab = Lab::start("wesher", 3, 26);
+    let assets = fixture_assets();
+    let inv = lab.write_inventory("wesher.yml", |text| {
+        text.replace(
+            "zone: z3,",
+            "zone: z3, behind_nat: true, public_ip: 10.77.26.13,",
+        )
+    });
+    let first_ip = "10.77.26.11";
+    let mesh = || {
+        Mesh::new(&inv).env("MESH_ASSETS", assets.path()).args([
+            "nodes",
+            "--first-ip",
+            first_ip,
+            "--only",
+            "wesher",
+        ])
+    };
+    // Wrong host name on host 2: mesh sets it (wesher derives the overlay IP from it).
+    lab.on(2, "hostname wrong-name");
+
+    // Host 3 is behind NAT and its wesher lacks --advertise-addr: it alone fails.
+    let run = mesh().args(["--json"]).run().expect_code(1);
+    let summary = run.summary();
+    for h in summary["hosts"].as_array().unwrap() {
+        let name = h["host"].as_str().unwrap();
+        if name == lab.host(3) {
+            let err = h["failed"].as_str().unwrap();
+            assert!(err.contains("--advertise-addr"), "{err}");
+        } else {
+            assert!(h["failed"].is_null(), "{h}");
+        }
+    }
+
+    // With a patched build it joins, advertising its public address.
+    lab.on(
+        3,
+        "mkdir -p /etc/wesher-fixture && touch /etc/wesher-fixture/patched",
+    );
+    mesh().run().ok();
+    let again = mesh().run().ok();
+    assert!(
+        again.stdout.contains("3 hosts: 0 changed, 0 failed"),
+        "{}",
+        again.stdout
+    );
+
+    let secrets = std::fs::read_to_string(inv.parent().unwrap().join("secrets.env")).unwrap();
+    let key = secrets
+        .lines()
+        .find_map(|l| l.strip_prefix("WESHER_CLUSTER_KEY="))
+        .expect("key stored in secrets.env")
+        .trim_matches('\'')
+        .to_string();
+    assert_eq!(key.len(), 44, "32 bytes, base64");
+    for i in 1..=3 {
+        let env = lab
+            .on(i, "stat -c %a /etc/default/wesher; cat /etc/default/wesher")
+            .stdout;
+        assert!(env.starts_with("600\n"), "{env}");
+        assert!(env.contains(&format!("WESHER_CLUSTER_KEY={key}")), "{env}");
+        if i == 1 {
+            assert!(
+                !env.contains("WESHER_JOIN"),
+                "first node initialises: {env}"
+            );
+        } else {
+            assert!(env.contains(&format!("WESHER_JOIN={first_ip}")), "{env}");
+        }
+        assert_eq!(
+            env.contains("WESHER_ADVERTISE_ADDR=10.77.26.13"),
+            i == 3,
+            "{env}"
+        );
+        assert_eq!(lab.on(i, "hostname").stdout.trim(), lab.host(i));
+        assert_eq!(
+            lab.on(i, "systemctl is-active wesher").stdout.trim(),
+            "active"
+        );
+        let unit = lab.on(i, "cat /etc/systemd/system/wesher.service").stdout;
+        assert!(
+            unit.contains("EnvironmentFile=-/etc/default/wesher"),
+            "{unit}"
+        );
+        assert!(unit.contains("Restart=on-failure"), "{unit}");
+        // The key never appears on a command line.
+        let args = lab.on(i, "cat /var/lib/wesher/fixture-runs.jsonl").stdout;
+        assert!(!args.contains(&key), "{args}");
+    }
+    // The first node was started before any other joined.
+    // (ISO-8601 UTC timestamps compare as text.)
+    let started = |i: usize| -> String {
+        let runs = lab
+            .on(i, "head -n 1 /var/lib/wesher/fixture-runs.jsonl")
+            .stdout;
+        let v: serde_json::Value = serde_json::from_str(runs.trim()).unwrap();
+        v["start_time"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no start_time in {v}"))
+            .to_string()
+    };
+    assert!(started(1) < started(2), "first node first");
+    assert!(started(1) < started(3), "first node first");
+}

@@ -4,13 +4,15 @@
 mod basic;
 mod docker;
 mod firewall;
+mod wesher;
 
 pub use basic::Basic;
 pub use docker::{Docker, DockerPlan, DockerResolve};
 pub use firewall::{Firewall, FIREWALL_PORTS};
+pub use wesher::{routable_address, Wesher, WesherKey, WesherPlan};
 
 use super::{Phase, Stage};
-use crate::inventory::Inventory;
+use crate::inventory::{Host, Inventory};
 use crate::mirror;
 use std::path::{Path, PathBuf};
 
@@ -26,7 +28,15 @@ pub struct NodesOptions {
     pub dry_run: bool,
     /// Local cache for downloads (`.deb`s).
     pub cache: PathBuf,
+    /// The `--first-ip` host; the overlay and storage steps need it.
+    pub first: Option<Host>,
+    /// `assets/<arch>/` binaries (wesher, garage).
+    pub assets: PathBuf,
+    pub secrets_path: PathBuf,
 }
+
+/// Steps that bootstrap from the first node and so need `--first-ip`.
+pub const NEEDS_FIRST: &[&str] = &["wesher"];
 
 /// `docker.lock` next to the inventory.
 pub fn lock_path(inventory: &Path) -> PathBuf {
@@ -59,15 +69,37 @@ pub fn phase(inv: &Inventory, opts: &NodesOptions) -> Phase {
         opts.dry_run,
         apt_cache_valid_seconds,
     );
+    let mut stages = vec![
+        // Pins and verifies Docker's packages before any host is touched.
+        Stage::Cluster(Box::new(DockerResolve(docker.clone()))),
+        Stage::Hosts(Box::new(Basic {
+            apt_cache_valid_seconds,
+        })),
+        Stage::Hosts(Box::new(Docker(docker))),
+    ];
+    if let Some(first) = &opts.first {
+        let wesher = WesherPlan::new(
+            first.clone(),
+            opts.assets.clone(),
+            inv.overlay.net.clone(),
+            opts.secrets_path.clone(),
+            opts.dry_run,
+        );
+        stages.extend([
+            Stage::Cluster(Box::new(WesherKey(wesher.clone()))),
+            Stage::Hosts(Box::new(Wesher {
+                plan: wesher.clone(),
+                first: true,
+            })),
+            Stage::Barrier("wesher"),
+            Stage::Hosts(Box::new(Wesher {
+                plan: wesher,
+                first: false,
+            })),
+        ]);
+    }
     Phase {
         name: "nodes",
-        stages: vec![
-            // Pins and verifies Docker's packages before any host is touched.
-            Stage::Cluster(Box::new(DockerResolve(docker.clone()))),
-            Stage::Hosts(Box::new(Basic {
-                apt_cache_valid_seconds,
-            })),
-            Stage::Hosts(Box::new(Docker(docker))),
-        ],
+        stages,
     }
 }

@@ -1,0 +1,360 @@
+//! Step "wesher": the WireGuard overlay.
+//!
+//! A cluster stage settles the cluster key first: the one the first node
+//! already runs with (read from its state over the controller's own SSH
+//! connection), else the one in `secrets.env`, else a new one (32 random
+//! bytes, base64) stored there. Then the first node, and after it every
+//! other node, gets its OS hostname set to its inventory name (wesher
+//! derives the overlay IP from it), the wesher binary, `/etc/default/wesher`
+//! (mode 0600: `WESHER_CLUSTER_KEY`, and for joining nodes `WESHER_JOIN` =
+//! the first node's routable address) and `wesher.service`. Existing nodes'
+//! settings do not depend on the host list, so adding a host disturbs none.
+
+use crate::inventory::{Arch, Host};
+use crate::ops::{field, CommandOp, Decision, FileOp, Op, OpCtx, OpError, OpFailure, UnitOp};
+use crate::phases::{converge_ops, ClusterOutcome, ClusterStep, HostCtx, Step, StepOutcome};
+use crate::quote::Script;
+use crate::secrets::{random_base64, Secrets};
+use crate::ssh::{BoxFut, Input};
+use crate::template::render_builtin;
+use minijinja::Value;
+use std::collections::BTreeMap;
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+pub const KEY_NAME: &str = "WESHER_CLUSTER_KEY";
+const STATE_FILE: &str = "/var/lib/wesher/wgoverlay.json";
+const BIN: &str = "/usr/local/bin/wesher";
+
+/// Shared by the key stage and the host steps.
+pub struct WesherPlan {
+    /// Inventory name of the first node.
+    pub first: Host,
+    pub assets: PathBuf,
+    pub overlay_net: Option<String>,
+    pub secrets_path: PathBuf,
+    pub dry_run: bool,
+    key: Mutex<Option<String>>,
+}
+
+impl WesherPlan {
+    pub fn new(
+        first: Host,
+        assets: PathBuf,
+        overlay_net: Option<String>,
+        secrets_path: PathBuf,
+        dry_run: bool,
+    ) -> Arc<Self> {
+        Arc::new(WesherPlan {
+            first,
+            assets,
+            overlay_net,
+            secrets_path,
+            dry_run,
+            key: Mutex::new(None),
+        })
+    }
+
+    fn key(&self) -> Option<String> {
+        self.key.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// `assets/<arch>/wesher`.
+    pub fn asset(&self, arch: Arch) -> PathBuf {
+        self.assets.join(arch.to_string()).join("wesher")
+    }
+}
+
+/// A host's address as seen from the internet: public_ip, else the resolved
+/// public_dns, else its SSH address (never a LAN address behind NAT).
+pub fn routable_address(host: &Host) -> Result<String, String> {
+    if let Some(ip) = host.public_ip {
+        return Ok(ip.to_string());
+    }
+    if let Some(dns) = &host.public_dns {
+        return (dns.as_str(), 0)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .map(|a| a.ip().to_string())
+            .ok_or_else(|| format!("cannot resolve public_dns {dns} of {}", host.name));
+    }
+    if host.behind_nat {
+        return Err(format!(
+            "{} is behind NAT without public_ip or public_dns. Fix: set one in the inventory",
+            host.name
+        ));
+    }
+    Ok(host.address.clone())
+}
+
+/// The ClusterKey in wesher's state file, if any.
+fn state_key(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    v.get("ClusterKey")?.as_str().map(str::to_string)
+}
+
+/// Cluster stage of "wesher": settle the cluster key.
+pub struct WesherKey(pub Arc<WesherPlan>);
+
+impl WesherKey {
+    async fn settle(&self, hosts: &[Arc<HostCtx>]) -> Result<String, String> {
+        let mut running = None;
+        if let Some(first) = hosts.iter().find(|h| h.host.name == self.0.first.name) {
+            let mut s = Script::new();
+            s.line("cat {} 2>/dev/null || true", &[STATE_FILE]);
+            let out = first
+                .op_ctx()
+                .run("read wesher state", s.as_str(), Input::None)
+                .await
+                .map_err(|e| format!("reading {STATE_FILE} on {}: {e}", first.host.name))?;
+            running = state_key(&out.stdout_str());
+        }
+        let mut secrets = Secrets::load(&self.0.secrets_path).map_err(|e| e.to_string())?;
+        let stored = secrets.get(KEY_NAME).map(str::to_string);
+        let key = match (running, stored) {
+            (Some(k), _) => k,
+            (None, Some(k)) => k,
+            (None, None) => random_base64(32).map_err(|e| format!("random key: {e}"))?,
+        };
+        if secrets.get(KEY_NAME) != Some(key.as_str()) && !self.0.dry_run {
+            secrets.set(KEY_NAME, &key).map_err(|e| e.to_string())?;
+        }
+        Ok(key)
+    }
+}
+
+impl ClusterStep for WesherKey {
+    fn name(&self) -> &'static str {
+        "wesher"
+    }
+
+    fn run<'a>(&'a self, hosts: &'a [Arc<HostCtx>]) -> BoxFut<'a, ClusterOutcome> {
+        Box::pin(async move {
+            match self.settle(hosts).await {
+                Ok(key) => {
+                    *self.0.key.lock().unwrap_or_else(|e| e.into_inner()) = Some(key);
+                    ClusterOutcome {
+                        message: Some(format!(
+                            "cluster key ready ({KEY_NAME} in {})",
+                            self.0.secrets_path.display()
+                        )),
+                        ..Default::default()
+                    }
+                }
+                Err(e) => ClusterOutcome {
+                    abort: Some(e),
+                    ..Default::default()
+                },
+            }
+        })
+    }
+}
+
+/// Host step "wesher": the first node (`first: true`) or the joining ones.
+pub struct Wesher {
+    pub plan: Arc<WesherPlan>,
+    pub first: bool,
+}
+
+impl Wesher {
+    async fn ops(&self, ctx: &HostCtx) -> Result<Vec<Box<dyn Op>>, String> {
+        let host = &ctx.host;
+        let facts = ctx.facts().await.map_err(|f| f.error.to_string())?;
+        let arch = match host.arch {
+            Some(a) => a,
+            None => Arch::from_str(&facts.arch).map_err(|e| e.to_string())?,
+        };
+        let asset = self.plan.asset(arch);
+        if !asset.is_file() {
+            return Err(format!(
+                "missing {}. Fix: put the wesher binary for {arch} there",
+                asset.display()
+            ));
+        }
+        let key = self
+            .plan
+            .key()
+            .ok_or("no cluster key (the wesher key stage did not run)")?;
+        let join = if self.first {
+            None
+        } else {
+            Some(routable_address(&self.plan.first)?)
+        };
+        let advertise = if host.behind_nat {
+            Some(routable_address(host)?)
+        } else {
+            None
+        };
+        let mut extra = BTreeMap::new();
+        extra.insert("cluster_key".to_string(), Value::from(key));
+        extra.insert("join".to_string(), Value::from(join));
+        extra.insert("advertise_addr".to_string(), Value::from(advertise));
+        extra.insert(
+            "overlay_net".to_string(),
+            Value::from(self.plan.overlay_net.clone()),
+        );
+        let extra = Value::from(extra);
+        let env =
+            render_builtin("wesher.env.j2", &ctx.vars, Some(&extra)).map_err(|e| e.to_string())?;
+        let unit =
+            render_builtin("wesher.service.j2", &ctx.vars, None).map_err(|e| e.to_string())?;
+
+        let mut set_name = Script::new();
+        set_name.line(
+            "hostnamectl set-hostname {} 2>/dev/null || { echo {} > /etc/hostname && hostname {}; }",
+            &[&host.name, &host.name, &host.name],
+        );
+        let mut named = Script::new();
+        named.line("[ \"$(hostname)\" = {} ]", &[&host.name]);
+        let binary = FileOp::from_local(BIN, &asset)
+            .map_err(|e| format!("{}: {e}", asset.display()))?
+            .mode(0o755)
+            .id("wesher-bin");
+        let mut ops: Vec<Box<dyn Op>> = vec![
+            Box::new(CommandOp::new("hostname", set_name).unless(named)),
+            Box::new(binary),
+        ];
+        if host.behind_nat {
+            ops.push(Box::new(AdvertiseCheck {
+                triggers: vec!["wesher-bin".into()],
+            }));
+        }
+        ops.push(Box::new(
+            FileOp::from_bytes("/etc/default/wesher", env)
+                .mode(0o600)
+                .id("wesher-env"),
+        ));
+        ops.push(Box::new(
+            UnitOp::new("wesher.service", unit).restart_when(["wesher-bin", "wesher-env"]),
+        ));
+        Ok(ops)
+    }
+}
+
+impl Step for Wesher {
+    fn name(&self) -> &'static str {
+        "wesher"
+    }
+
+    fn wants(&self, ctx: &HostCtx) -> bool {
+        (ctx.host.name == self.plan.first.name) == self.first
+    }
+
+    fn check(&self, ctx: &HostCtx) -> Result<(), String> {
+        if let Some(arch) = ctx.host.arch {
+            let asset = self.plan.asset(arch);
+            if !asset.is_file() {
+                return Err(format!(
+                    "missing {}. Fix: put the wesher binary for {arch} there (or pass --assets DIR)",
+                    asset.display()
+                ));
+            }
+        }
+        if ctx.host.behind_nat {
+            routable_address(&ctx.host)?;
+        }
+        Ok(())
+    }
+
+    fn run<'a>(&'a self, ctx: &'a HostCtx) -> BoxFut<'a, Result<StepOutcome, OpFailure>> {
+        Box::pin(async move {
+            let ops = self.ops(ctx).await;
+            converge_ops(ctx, "wesher", ops).await
+        })
+    }
+}
+
+/// A host behind NAT needs a wesher build with `--advertise-addr` (a patch;
+/// upstream lacks it). Checked from `wesher --help` after the binary is in place.
+struct AdvertiseCheck {
+    triggers: Vec<String>,
+}
+
+const NO_ADVERTISE: &str = "this host is behind NAT, but its wesher has no --advertise-addr (an upstream build). Fix: put a wesher build with the advertise-addr patch in assets/<arch>/wesher";
+
+fn check_script() -> Script {
+    let mut s = Script::new();
+    s.line(
+        "if [ -x {} ]; then if {} --help 2>&1 | grep -q -- --advertise-addr; then echo 'adv yes'; else echo 'adv no'; fi; else echo 'adv absent'; fi",
+        &[BIN, BIN],
+    );
+    s
+}
+
+impl Op for AdvertiseCheck {
+    fn label(&self) -> String {
+        "wesher supports --advertise-addr".into()
+    }
+
+    fn triggers(&self) -> &[String] {
+        &self.triggers
+    }
+
+    fn probe(&self, _ctx: &OpCtx<'_>) -> Option<Script> {
+        Some(check_script())
+    }
+
+    fn decide(&self, probe: &str, _recheck: Option<&str>, triggered: bool) -> Decision {
+        match field(probe, "adv") {
+            _ if triggered => Decision::Refresh { flags: 0 },
+            Some("yes") => Decision::Unchanged,
+            Some("no") => Decision::Fail(NO_ADVERTISE.into()),
+            _ => Decision::Refresh { flags: 0 },
+        }
+    }
+
+    fn apply<'a>(&'a self, ctx: &'a OpCtx<'a>, _flags: u32) -> BoxFut<'a, Result<bool, OpError>> {
+        Box::pin(async move {
+            let out = ctx
+                .run_ok(
+                    "check wesher --advertise-addr",
+                    check_script().as_str(),
+                    Input::None,
+                )
+                .await?;
+            match field(&out.stdout_str(), "adv") {
+                Some("yes") => Ok(false),
+                _ => Err(OpError::Other(NO_ADVERTISE.into())),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_key_from_wesher_state() {
+        assert_eq!(
+            state_key(r#"{"ClusterKey":"abc=","Nodes":null}"#).as_deref(),
+            Some("abc=")
+        );
+        assert_eq!(state_key(""), None);
+        assert_eq!(state_key("{}"), None);
+    }
+
+    #[test]
+    fn advertise_check_fails_only_on_an_unpatched_binary() {
+        let c = AdvertiseCheck {
+            triggers: vec!["wesher-bin".into()],
+        };
+        assert_eq!(c.decide("adv yes\n", None, false), Decision::Unchanged);
+        assert!(matches!(
+            c.decide("adv no\n", None, false),
+            Decision::Fail(_)
+        ));
+        // A new binary is re-checked after it is uploaded.
+        assert!(matches!(
+            c.decide("adv yes\n", None, true),
+            Decision::Refresh { .. }
+        ));
+        assert!(matches!(
+            c.decide("adv absent\n", None, false),
+            Decision::Refresh { .. }
+        ));
+    }
+}
