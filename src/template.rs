@@ -605,6 +605,8 @@ macro_rules! builtin {
 
 /// mesh's built-in templates (templates/*.j2), embedded in the binary.
 const BUILTINS: &[(&str, &str)] = &[
+    builtin!("garage.service.j2"),
+    builtin!("garage.toml.j2"),
     builtin!("journald.conf.j2"),
     builtin!("wesher.env.j2"),
     builtin!("wesher.service.j2"),

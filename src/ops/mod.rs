@@ -121,6 +121,24 @@ impl OpCtx<'_> {
         Ok(out)
     }
 
+    /// Run a script whose output holds secrets (e.g. a new access key): the
+    /// log keeps the script and exit code, never the output.
+    pub async fn run_secret(&self, title: &str, script: &str) -> Result<Output, OpError> {
+        let out = self.conn.exec(script, Input::None).await?;
+        self.log.block(
+            &format!("{title} (exit {})", fmt_code(out.code)),
+            &format!("$ {script}\n(output withheld: it holds secrets)"),
+        );
+        if !out.success() {
+            return Err(OpError::Command {
+                what: title.to_string(),
+                code: fmt_code(out.code),
+                tail: "(output withheld: it holds secrets)".into(),
+            });
+        }
+        Ok(out)
+    }
+
     /// Run a script that must succeed.
     pub async fn run_ok(&self, title: &str, script: &str, input: Input) -> Result<Output, OpError> {
         let out = self.run(title, script, input).await?;

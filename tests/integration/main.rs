@@ -439,3 +439,164 @@ fn wesher_first_node_then_joiners_with_one_shared_key() {
     assert!(started(1) < started(2), "first node first");
     assert!(started(1) < started(3), "first node first");
 }
+
+/// Assets with the wesher fixture and the real garage binary (built once, cached).
+fn lab_assets() -> tempfile::TempDir {
+    let assets = fixture_assets();
+    let out = std::process::Command::new("bash")
+        .arg(util::repo_root().join("tests/lab/garage.sh"))
+        .output()
+        .expect("tests/lab/garage.sh runs");
+    assert!(
+        out.status.success(),
+        "no garage binary: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let garage = String::from_utf8(out.stdout).unwrap();
+    std::fs::copy(garage.trim(), assets.path().join("x86_64/garage")).unwrap();
+    assets
+}
+
+/// `garage layout show`'s current version on host `i`.
+fn layout_version(lab: &Lab, i: usize) -> u64 {
+    let show = lab.on(i, "garage layout show").stdout;
+    show.lines()
+        .find_map(|l| l.strip_prefix("Current cluster layout version: "))
+        .unwrap_or_else(|| panic!("no version in:\n{show}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn nodes_brings_up_docker_overlay_and_a_3_zone_garage_then_joins_a_4th_host() {
+    let mirror = DebMirror::start(&["containerd", "runc", "docker.io"]);
+    let lab = Lab::start("nodes", 4, 27);
+    let assets = lab_assets();
+    let cache = tempfile::tempdir().unwrap();
+    let with_mirror = |text: String| {
+        format!(
+            "docker: {{ mirror: \"{}\", packages: [containerd, runc, docker.io] }}\n{text}",
+            mirror.url
+        )
+    };
+    let four = lab.write_inventory("nodes.yml", with_mirror);
+    let host4 = format!("{}:", lab.host(4));
+    let three = lab.write_inventory("nodes.yml.3", |text| {
+        with_mirror(
+            text.lines()
+                .filter(|l| !l.contains(&host4))
+                .map(|l| format!("{l}\n"))
+                .collect(),
+        )
+    });
+    // Same folder, so docker.lock and secrets.env are shared by both inventories.
+    let mesh = |inv: &std::path::Path| {
+        Mesh::new(inv)
+            .env("MESH_CACHE", cache.path())
+            .env("MESH_ASSETS", assets.path())
+            .args(["nodes", "--first-ip", "10.77.27.11"])
+    };
+
+    mesh(&three).run().ok();
+    let again = mesh(&three).run().ok();
+    assert!(
+        again.stdout.contains("3 hosts: 0 changed, 0 failed"),
+        "{}",
+        again.stdout
+    );
+    assert!(
+        again.stdout.contains("layout unchanged (version 1)"),
+        "{}",
+        again.stdout
+    );
+
+    // Docker from the local mirror via the lock, on every host.
+    for i in 1..=3 {
+        let v = lab.on(i, "dpkg-query -W -f '${Version}' docker.io").stdout;
+        let lock = std::fs::read_to_string(four.parent().unwrap().join("docker.lock")).unwrap();
+        assert!(
+            lock.contains(&v),
+            "docker.io {v} not the pinned one:\n{lock}"
+        );
+        assert_eq!(
+            lab.on(i, "systemctl is-active docker wesher garage").stdout,
+            "active\nactive\nactive\n"
+        );
+    }
+    // A healthy 3-zone, 3-node garage.
+    let status = lab.on(2, "garage status").stdout;
+    assert!(!status.contains("FAILED NODES"), "{status}");
+    for z in ["z1", "z2", "z3"] {
+        assert!(status.contains(z), "{status}");
+    }
+    let show = lab.on(1, "garage layout show").stdout;
+    for i in 1..=3 {
+        assert!(show.contains(&format!("[{}]", lab.host(i))), "{show}");
+    }
+    assert_eq!(layout_version(&lab, 1), 1);
+    let config = lab
+        .on(2, "stat -c %a /etc/garage.toml; cat /etc/garage.toml")
+        .stdout;
+    assert!(config.starts_with("600\n"), "{config}");
+    assert!(
+        config.contains("rpc_public_addr = \"10.77.27.12:3901\""),
+        "{config}"
+    );
+    assert!(
+        config.contains("@10.77.27.11:3901\"]"),
+        "bootstrap_peers = first node: {config}"
+    );
+    assert!(config.contains("db_engine = \"lmdb\""), "{config}");
+    // One rpc_secret for the whole cluster.
+    let secret = |i| lab.on(i, "grep rpc_secret /etc/garage.toml").stdout;
+    assert_eq!(secret(1), secret(3));
+
+    // S3: written through node 1, read back from node 3.
+    let secrets = std::fs::read_to_string(four.parent().unwrap().join("secrets.env")).unwrap();
+    let get = |k: &str| {
+        secrets
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k} not in secrets.env"))
+            .trim_matches('\'')
+            .to_string()
+    };
+    let s3 = format!(
+        "curl -sS -f --aws-sigv4 aws:amz:garage:s3 --user {}:{} -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD'",
+        get("GARAGE_KEY"),
+        get("GARAGE_SECRET")
+    );
+    lab.on(
+        1,
+        &format!("echo across-nodes > /tmp/o && {s3} -T /tmp/o http://127.0.0.1:3900/mesh/o"),
+    );
+    let back = lab.on(3, &format!("{s3} http://127.0.0.1:3900/mesh/o"));
+    assert_eq!(back.stdout.trim(), "across-nodes", "{back:?}");
+
+    // A 4th host joins; the others are not disturbed; exactly one new layout version.
+    let join = mesh(&four).args(["--json"]).run().ok();
+    let summary = join.summary();
+    for h in summary["hosts"].as_array().unwrap() {
+        let changed = h["changed"].as_u64().unwrap();
+        if h["host"] == lab.host(4) {
+            assert!(changed > 0, "{h}");
+        } else {
+            assert_eq!(changed, 0, "an existing host changed: {h}");
+        }
+    }
+    assert_eq!(layout_version(&lab, 1), 2);
+    let show = lab.on(4, "garage layout show").stdout;
+    assert!(show.contains(&format!("[{}]", lab.host(4))), "{show}");
+    let last = mesh(&four).run().ok();
+    assert!(
+        last.stdout.contains("4 hosts: 0 changed, 0 failed"),
+        "{}",
+        last.stdout
+    );
+    assert_eq!(
+        layout_version(&lab, 1),
+        2,
+        "no new version without a change"
+    );
+}

@@ -1,14 +1,17 @@
 //! `mesh nodes`: bootstrap hosts. Steps, in order: basic (packages,
-//! logrotate, journald, firewall), docker (pinned .debs). wesher and garage follow.
+//! logrotate, journald, firewall), docker (pinned .debs), wesher (overlay),
+//! garage (object store). wesher and garage start from the `--first-ip` node.
 
 mod basic;
 mod docker;
 mod firewall;
+mod garage;
 mod wesher;
 
 pub use basic::Basic;
 pub use docker::{Docker, DockerPlan, DockerResolve};
 pub use firewall::{Firewall, FIREWALL_PORTS};
+pub use garage::{Garage, GarageFirstId, GarageLayout, GaragePlan, GarageSecret};
 pub use wesher::{routable_address, Wesher, WesherKey, WesherPlan};
 
 use super::{Phase, Stage};
@@ -36,7 +39,7 @@ pub struct NodesOptions {
 }
 
 /// Steps that bootstrap from the first node and so need `--first-ip`.
-pub const NEEDS_FIRST: &[&str] = &["wesher"];
+pub const NEEDS_FIRST: &[&str] = &["wesher", "garage"];
 
 /// `docker.lock` next to the inventory.
 pub fn lock_path(inventory: &Path) -> PathBuf {
@@ -85,6 +88,13 @@ pub fn phase(inv: &Inventory, opts: &NodesOptions) -> Phase {
             opts.secrets_path.clone(),
             opts.dry_run,
         );
+        let garage = GaragePlan::new(
+            first.clone(),
+            opts.assets.clone(),
+            opts.secrets_path.clone(),
+            opts.dry_run,
+            inv.hosts.len().clamp(1, 3),
+        );
         stages.extend([
             Stage::Cluster(Box::new(WesherKey(wesher.clone()))),
             Stage::Hosts(Box::new(Wesher {
@@ -96,6 +106,17 @@ pub fn phase(inv: &Inventory, opts: &NodesOptions) -> Phase {
                 plan: wesher,
                 first: false,
             })),
+            Stage::Cluster(Box::new(GarageSecret(garage.clone()))),
+            Stage::Hosts(Box::new(Garage {
+                plan: garage.clone(),
+                first: true,
+            })),
+            Stage::Cluster(Box::new(GarageFirstId(garage.clone()))),
+            Stage::Hosts(Box::new(Garage {
+                plan: garage.clone(),
+                first: false,
+            })),
+            Stage::Cluster(Box::new(GarageLayout(garage))),
         ]);
     }
     Phase {

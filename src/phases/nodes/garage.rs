@@ -1,0 +1,608 @@
+//! Step "garage": the S3-compatible object store across zones.
+//!
+//! Stages: the RPC secret is settled once (`RPC_SECRET` in `secrets.env`,
+//! 32 random bytes, hex); the first node gets the binary, `/etc/garage.toml`
+//! (mode 0600) and `garage.service`; the controller reads its full node id;
+//! every other node gets the same with `bootstrap_peers` = that id; finally,
+//! from one node, every node missing from the layout (or with another zone,
+//! capacity or tag) is assigned, and a layout version is applied only when
+//! something changed. On first bootstrap an access key and a bucket are
+//! created and the key is saved as GARAGE_KEY / GARAGE_SECRET.
+
+use crate::inventory::{Arch, Host};
+use crate::ops::{FileOp, Op, OpCtx, OpError, OpFailure, UnitOp};
+use crate::phases::{converge_ops, ClusterOutcome, ClusterStep, HostCtx, Step, StepOutcome};
+use crate::quote::{Cmd, Script};
+use crate::secrets::{random_hex, Secrets};
+use crate::ssh::{BoxFut, Input};
+use crate::template::render_builtin;
+use minijinja::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+pub const SECRET_NAME: &str = "RPC_SECRET";
+const BIN: &str = "/usr/local/bin/garage";
+const CONFIG: &str = "/etc/garage.toml";
+/// Capacity a node gets unless its vars set GARAGE_CAPACITY.
+pub const DEFAULT_CAPACITY: &str = "10G";
+/// Bucket created on first bootstrap unless vars set GARAGE_BUCKET.
+pub const DEFAULT_BUCKET: &str = "mesh";
+
+/// Shared by the garage stages.
+pub struct GaragePlan {
+    pub first: Host,
+    pub assets: PathBuf,
+    pub secrets_path: PathBuf,
+    pub dry_run: bool,
+    pub replication_factor: usize,
+    rpc_secret: Mutex<Option<String>>,
+    /// `<id>@<addr>:3901` of the first node.
+    first_id: Mutex<Option<String>>,
+}
+
+impl GaragePlan {
+    pub fn new(
+        first: Host,
+        assets: PathBuf,
+        secrets_path: PathBuf,
+        dry_run: bool,
+        replication_factor: usize,
+    ) -> Arc<Self> {
+        Arc::new(GaragePlan {
+            first,
+            assets,
+            secrets_path,
+            dry_run,
+            replication_factor,
+            rpc_secret: Mutex::new(None),
+            first_id: Mutex::new(None),
+        })
+    }
+
+    pub fn asset(&self, arch: Arch) -> PathBuf {
+        self.assets.join(arch.to_string()).join("garage")
+    }
+}
+
+fn get(m: &Mutex<Option<String>>) -> Option<String> {
+    m.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn put(m: &Mutex<Option<String>>, v: String) {
+    *m.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+}
+
+fn garage(args: &[&str]) -> Cmd {
+    Cmd::new(BIN).args(["-c", CONFIG]).args(args)
+}
+
+/// `garage node id -q`, waiting for a starting daemon.
+fn node_id_script() -> Script {
+    let mut s = Script::new();
+    s.raw("for i in $(seq 1 60); do");
+    s.cmd(garage(&["node", "id", "-q"]));
+    s.raw("[ $? -eq 0 ] && exit 0; sleep 0.5; done; exit 1");
+    s
+}
+
+async fn node_id(ctx: &HostCtx) -> Result<String, String> {
+    let out = ctx
+        .op_ctx()
+        .run_ok("garage node id", node_id_script().as_str(), Input::None)
+        .await
+        .map_err(|e| e.to_string())?;
+    out.stdout_str()
+        .lines()
+        .map(str::trim)
+        .find(|l| l.contains('@'))
+        .map(str::to_string)
+        .ok_or_else(|| format!("no node id in `garage node id` output on {}", ctx.host.name))
+}
+
+/// Cluster stage: settle the one RPC secret of the cluster.
+pub struct GarageSecret(pub Arc<GaragePlan>);
+
+impl ClusterStep for GarageSecret {
+    fn name(&self) -> &'static str {
+        "garage"
+    }
+
+    fn run<'a>(&'a self, _hosts: &'a [Arc<HostCtx>]) -> BoxFut<'a, ClusterOutcome> {
+        Box::pin(async move {
+            let settle = || -> Result<String, String> {
+                let mut secrets = Secrets::load(&self.0.secrets_path).map_err(|e| e.to_string())?;
+                if let Some(s) = secrets.get(SECRET_NAME) {
+                    return Ok(s.to_string());
+                }
+                let new = random_hex(32).map_err(|e| format!("random secret: {e}"))?;
+                if !self.0.dry_run {
+                    secrets.set(SECRET_NAME, &new).map_err(|e| e.to_string())?;
+                }
+                Ok(new)
+            };
+            match settle() {
+                Ok(secret) => {
+                    put(&self.0.rpc_secret, secret);
+                    ClusterOutcome::default()
+                }
+                Err(e) => ClusterOutcome {
+                    abort: Some(e),
+                    ..Default::default()
+                },
+            }
+        })
+    }
+}
+
+/// Cluster stage: read the first node's full node id for `bootstrap_peers`.
+pub struct GarageFirstId(pub Arc<GaragePlan>);
+
+impl ClusterStep for GarageFirstId {
+    fn name(&self) -> &'static str {
+        "garage"
+    }
+
+    fn run<'a>(&'a self, hosts: &'a [Arc<HostCtx>]) -> BoxFut<'a, ClusterOutcome> {
+        Box::pin(async move {
+            let Some(first) = hosts.iter().find(|h| h.host.name == self.0.first.name) else {
+                return ClusterOutcome {
+                    abort: Some(format!(
+                        "garage bootstraps from the first node {}, which is not in this run (failed, or left out by --limit). Fix: include it",
+                        self.0.first.name
+                    )),
+                    ..Default::default()
+                };
+            };
+            if self.0.dry_run {
+                // A fresh cluster has no id yet; the dry run only shows the rest.
+                let id = node_id(first)
+                    .await
+                    .unwrap_or_else(|_| "<first node id>".into());
+                put(&self.0.first_id, id);
+                return ClusterOutcome::default();
+            }
+            match node_id(first).await {
+                Ok(id) => {
+                    let message = format!("first node {}", id);
+                    put(&self.0.first_id, id);
+                    ClusterOutcome {
+                        message: Some(message),
+                        ..Default::default()
+                    }
+                }
+                Err(e) => ClusterOutcome {
+                    abort: Some(e),
+                    ..Default::default()
+                },
+            }
+        })
+    }
+}
+
+/// Host step "garage": the first node (`first: true`) or the others.
+pub struct Garage {
+    pub plan: Arc<GaragePlan>,
+    pub first: bool,
+}
+
+impl Garage {
+    async fn ops(&self, ctx: &HostCtx) -> Result<Vec<Box<dyn Op>>, String> {
+        let facts = ctx.facts().await.map_err(|f| f.error.to_string())?;
+        let arch = match ctx.host.arch {
+            Some(a) => a,
+            None => Arch::from_str(&facts.arch).map_err(|e| e.to_string())?,
+        };
+        let asset = self.plan.asset(arch);
+        let secret = get(&self.plan.rpc_secret).ok_or("no RPC secret (its stage did not run)")?;
+        let peers: Vec<String> = if self.first {
+            Vec::new()
+        } else {
+            vec![get(&self.plan.first_id).ok_or("the first node's id is unknown")?]
+        };
+        let overlay_ip = ctx.vars.get("OVERLAY_IP").ok_or("no OVERLAY_IP")?;
+        let mut extra = BTreeMap::new();
+        extra.insert("rpc_secret".to_string(), Value::from(secret));
+        extra.insert(
+            "rpc_public_addr".to_string(),
+            Value::from(format!("{overlay_ip}:3901")),
+        );
+        extra.insert("bootstrap_peers".to_string(), Value::from(peers));
+        extra.insert(
+            "replication_factor".to_string(),
+            Value::from(self.plan.replication_factor),
+        );
+        let config = render_builtin("garage.toml.j2", &ctx.vars, Some(&Value::from(extra)))
+            .map_err(|e| e.to_string())?;
+        let unit =
+            render_builtin("garage.service.j2", &ctx.vars, None).map_err(|e| e.to_string())?;
+        let binary = FileOp::from_local(BIN, &asset)
+            .map_err(|e| {
+                format!(
+                    "{}: {e}. Fix: put the garage binary for {arch} there",
+                    asset.display()
+                )
+            })?
+            .mode(0o755)
+            .id("garage-bin");
+        Ok(vec![
+            Box::new(binary),
+            Box::new(
+                FileOp::from_bytes(CONFIG, config)
+                    .mode(0o600)
+                    .id("garage-conf"),
+            ),
+            Box::new(
+                UnitOp::new("garage.service", unit).restart_when(["garage-bin", "garage-conf"]),
+            ),
+        ])
+    }
+}
+
+impl Step for Garage {
+    fn name(&self) -> &'static str {
+        "garage"
+    }
+
+    fn wants(&self, ctx: &HostCtx) -> bool {
+        (ctx.host.name == self.plan.first.name) == self.first
+    }
+
+    fn check(&self, ctx: &HostCtx) -> Result<(), String> {
+        if ctx.host.zone.is_none() {
+            return Err(
+                "no zone: garage replicates across zones. Fix: set `zone:` for this host".into(),
+            );
+        }
+        capacity_bytes(&capacity_of(ctx))?;
+        if let Some(arch) = ctx.host.arch {
+            let asset = self.plan.asset(arch);
+            if !asset.is_file() {
+                return Err(format!(
+                    "missing {}. Fix: put the garage binary for {arch} there (or pass --assets DIR)",
+                    asset.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn run<'a>(&'a self, ctx: &'a HostCtx) -> BoxFut<'a, Result<StepOutcome, OpFailure>> {
+        Box::pin(async move {
+            let ops = self.ops(ctx).await;
+            converge_ops(ctx, "garage", ops).await
+        })
+    }
+}
+
+fn capacity_of(ctx: &HostCtx) -> String {
+    ctx.vars
+        .get("GARAGE_CAPACITY")
+        .unwrap_or(DEFAULT_CAPACITY)
+        .to_string()
+}
+
+/// `10G`, `500GB`, `1T`, `1000000B` → bytes (decimal units, as garage reads them).
+pub fn capacity_bytes(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("GARAGE_CAPACITY {text:?} is not a size. Fix: write e.g. 100G"))?;
+    let mult = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "K" | "KB" => 1e3,
+        "M" | "MB" => 1e6,
+        "G" | "GB" => 1e9,
+        "T" | "TB" => 1e12,
+        "P" | "PB" => 1e15,
+        "KIB" => 1024.0,
+        "MIB" => 1024f64.powi(2),
+        "GIB" => 1024f64.powi(3),
+        "TIB" => 1024f64.powi(4),
+        "PIB" => 1024f64.powi(5),
+        _ => {
+            return Err(format!(
+                "GARAGE_CAPACITY {text:?}: unknown unit. Fix: use B, KB, MB, GB, TB"
+            ))
+        }
+    };
+    Ok(n * mult)
+}
+
+/// A role in the current layout, from `garage layout show`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Role {
+    pub id_prefix: String,
+    pub tags: String,
+    pub zone: String,
+    pub capacity: f64,
+}
+
+/// Current roles and version from `garage layout show`.
+pub fn parse_layout(text: &str) -> (Vec<Role>, u64) {
+    let mut roles = Vec::new();
+    let mut version = 0;
+    let mut in_current = false;
+    for line in text.lines() {
+        if line.starts_with("====") {
+            in_current = line.contains("CURRENT CLUSTER LAYOUT");
+            continue;
+        }
+        if let Some(v) = line.strip_prefix("Current cluster layout version:") {
+            version = v.trim().parse().unwrap_or(0);
+            continue;
+        }
+        if !in_current {
+            continue;
+        }
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // ID  [tags]  zone  capacity unit  ...
+        if f.len() >= 5 && f[0].len() == 16 && f[0].chars().all(|c| c.is_ascii_hexdigit()) {
+            let capacity = capacity_bytes(&format!("{}{}", f[3], f[4])).unwrap_or(0.0);
+            roles.push(Role {
+                id_prefix: f[0].to_string(),
+                tags: f[1].trim_matches(|c| c == '[' || c == ']').to_string(),
+                zone: f[2].to_string(),
+                capacity,
+            });
+        }
+    }
+    (roles, version)
+}
+
+/// `Key ID:` and `Secret key:` from `garage key create`.
+pub fn parse_key(text: &str) -> Option<(String, String)> {
+    let find = |label: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .map(|v| v.trim().to_string())
+    };
+    Some((find("Key ID:")?, find("Secret key:")?))
+}
+
+/// Cluster stage: layout assignments, once, and the first key + bucket.
+pub struct GarageLayout(pub Arc<GaragePlan>);
+
+impl GarageLayout {
+    async fn layout(&self, hosts: &[Arc<HostCtx>], out: &mut ClusterOutcome) -> Result<(), String> {
+        let admin = hosts
+            .iter()
+            .find(|h| h.host.name == self.0.first.name)
+            .or(hosts.first())
+            .ok_or("no host left to run the layout from")?;
+        let ctx = admin.op_ctx();
+        // Node ids, read by the controller from each host.
+        let mut ids = Vec::new();
+        for h in hosts {
+            match node_id(h).await {
+                Ok(id) => ids.push((h.clone(), id)),
+                Err(e) if self.0.dry_run => {
+                    out.message = Some(format!("would bootstrap the layout ({e})"));
+                    return Ok(());
+                }
+                Err(e) => out.host_failures.push((h.host.name.clone(), e)),
+            }
+        }
+        // Wait until the admin node sees every node.
+        let mut status = String::new();
+        for _ in 0..60 {
+            let s = ctx
+                .run("garage status", &garage(&["status"]).build(), Input::None)
+                .await
+                .map_err(|e| e.to_string())?;
+            status = s.stdout_str();
+            if ids.iter().all(|(_, id)| status.contains(&id[..16])) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        let mut connected = Vec::new();
+        for (h, id) in ids {
+            if status.contains(&id[..16]) {
+                connected.push((h, id));
+            } else {
+                out.host_failures.push((
+                    h.host.name.clone(),
+                    format!(
+                        "garage on {} did not join the cluster within 30 s",
+                        h.host.name
+                    ),
+                ));
+            }
+        }
+        let show = ctx
+            .run_ok(
+                "garage layout show",
+                &garage(&["layout", "show"]).build(),
+                Input::None,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let (roles, version) = parse_layout(&show.stdout_str());
+        let mut assign = Script::new();
+        let mut assigned = Vec::new();
+        for (h, id) in &connected {
+            let zone = h.host.zone.clone().unwrap_or_default();
+            let capacity = capacity_of(h);
+            let want = capacity_bytes(&capacity)?;
+            let current = roles.iter().find(|r| id.starts_with(&r.id_prefix));
+            let same = current.is_some_and(|r| {
+                r.zone == zone && r.tags == h.host.name && (r.capacity - want).abs() <= want * 0.01
+            });
+            if !same {
+                assign.cmd(garage(&[
+                    "layout",
+                    "assign",
+                    &id[..16],
+                    "-z",
+                    &zone,
+                    "-c",
+                    &capacity,
+                    "-t",
+                    &h.host.name,
+                ]));
+                assigned.push(h.host.name.clone());
+            }
+        }
+        if assigned.is_empty() {
+            out.message = Some(format!("layout unchanged (version {version})"));
+        } else if self.0.dry_run {
+            out.message = Some(format!(
+                "would assign {} and apply layout version {}",
+                assigned.join(", "),
+                version + 1
+            ));
+        } else {
+            assign.cmd(garage(&[
+                "layout",
+                "apply",
+                "--version",
+                &(version + 1).to_string(),
+            ]));
+            ctx.run_ok("garage layout", assign.as_str(), Input::None)
+                .await
+                .map_err(|e| e.to_string())?;
+            out.changed = true;
+            out.message = Some(format!(
+                "assigned {}; applied layout version {}",
+                assigned.join(", "),
+                version + 1
+            ));
+        }
+        if !self.0.dry_run {
+            self.key_and_bucket(&ctx, admin, out).await?;
+        }
+        Ok(())
+    }
+
+    /// On first bootstrap: an access key (saved to secrets.env) and a bucket it owns.
+    async fn key_and_bucket(
+        &self,
+        ctx: &OpCtx<'_>,
+        admin: &HostCtx,
+        out: &mut ClusterOutcome,
+    ) -> Result<(), String> {
+        let mut secrets = Secrets::load(&self.0.secrets_path).map_err(|e| e.to_string())?;
+        let bucket = admin
+            .vars
+            .get("GARAGE_BUCKET")
+            .unwrap_or(DEFAULT_BUCKET)
+            .to_string();
+        let key_id = match secrets.get("GARAGE_KEY") {
+            Some(k) => k.to_string(),
+            None => {
+                let created = ctx
+                    .run_secret(
+                        "garage key create",
+                        &garage(&["key", "create", "mesh"]).build(),
+                    )
+                    .await
+                    .map_err(|e: OpError| e.to_string())?;
+                let (id, secret) = parse_key(&created.stdout_str())
+                    .ok_or("`garage key create` printed no Key ID / Secret key")?;
+                secrets.set("GARAGE_KEY", &id).map_err(|e| e.to_string())?;
+                secrets
+                    .set("GARAGE_SECRET", &secret)
+                    .map_err(|e| e.to_string())?;
+                out.changed = true;
+                id
+            }
+        };
+        let mut s = Script::new();
+        s.raw("set -e");
+        let info = garage(&["bucket", "info", &bucket]);
+        s.raw(&format!("if ! {info} >/dev/null 2>&1; then"));
+        s.cmd(garage(&["bucket", "create", &bucket]));
+        s.cmd(garage(&[
+            "bucket", "allow", "--read", "--write", "--owner", &bucket, "--key", &key_id,
+        ]));
+        s.raw("echo created");
+        s.raw("fi");
+        let made = ctx
+            .run_ok("garage bucket", s.as_str(), Input::None)
+            .await
+            .map_err(|e| e.to_string())?;
+        if made.stdout_str().contains("created") {
+            out.changed = true;
+        }
+        Ok(())
+    }
+}
+
+impl ClusterStep for GarageLayout {
+    fn name(&self) -> &'static str {
+        "garage"
+    }
+
+    fn run<'a>(&'a self, hosts: &'a [Arc<HostCtx>]) -> BoxFut<'a, ClusterOutcome> {
+        Box::pin(async move {
+            let mut out = ClusterOutcome::default();
+            if let Err(e) = self.layout(hosts, &mut out).await {
+                out.abort = Some(e);
+            }
+            out
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHOW: &str = "==== CURRENT CLUSTER LAYOUT ====
+ID                Tags    Zone  Capacity   Usable capacity
+5a8d56372159a158  [lab-1]  z1    9.3 GiB  9.3 GiB (100.0%)
+77aa56372159a158  [lab-2]  z2    953.7 MiB  953.7 MiB (100.0%)
+
+Zone redundancy: maximum
+
+Current cluster layout version: 4
+";
+
+    #[test]
+    fn parses_roles_and_version() {
+        let (roles, version) = parse_layout(SHOW);
+        assert_eq!(version, 4);
+        assert_eq!(roles.len(), 2);
+        assert_eq!(roles[0].tags, "lab-1");
+        assert_eq!(roles[1].zone, "z2");
+        assert!((roles[0].capacity - 10e9).abs() < 10e9 * 0.01);
+        assert!((roles[1].capacity - 1e9).abs() < 1e9 * 0.01);
+    }
+
+    #[test]
+    fn an_empty_layout_has_no_roles() {
+        let (roles, version) = parse_layout(
+            "==== CURRENT CLUSTER LAYOUT ====\nNo nodes currently have a role in the cluster.\n\nCurrent cluster layout version: 0\n",
+        );
+        assert!(roles.is_empty());
+        assert_eq!(version, 0);
+    }
+
+    #[test]
+    fn staged_changes_are_not_current_roles() {
+        let text = format!("{SHOW}\n==== STAGED ROLE CHANGES ====\nID                Tags  Zone  Capacity\n99aa56372159a158  [x]  z3    1 GiB\n");
+        assert_eq!(parse_layout(&text).0.len(), 2);
+    }
+
+    #[test]
+    fn capacities_in_decimal_and_binary_units() {
+        assert_eq!(capacity_bytes("10G").unwrap(), 10e9);
+        assert_eq!(capacity_bytes("500GB").unwrap(), 500e9);
+        assert_eq!(capacity_bytes("1.5 TiB").unwrap(), 1.5 * 1024f64.powi(4));
+        assert!(capacity_bytes("lots").is_err());
+        assert!(capacity_bytes("10X").is_err());
+    }
+
+    #[test]
+    fn reads_a_new_key() {
+        let text = "==== ACCESS KEY INFORMATION ====\nKey ID:              GKb8f1\nKey name:            mesh\nSecret key:          946e0f\n";
+        assert_eq!(parse_key(text), Some(("GKb8f1".into(), "946e0f".into())));
+        assert_eq!(parse_key("nothing"), None);
+    }
+}
