@@ -12,11 +12,9 @@ FIRST_IP        ?=
 DOCKERFILES_PATH ?= ../dockerfiles
 SERVICE         ?=
 GROUP           ?=
-# The lab `make demo` runs against.
-DEMO_INV        := target/lab/lab/inventory.yml
 MESH            := target/release/mesh
 
-.PHONY: help prereqs lab-image lab lab-down build test demo bench \
+.PHONY: help prereqs lab-image lab lab-down build garage test demo bench \
 	nodes services services-up deploy care FORCE
 
 help: ## List targets and their variables
@@ -44,15 +42,15 @@ $(MESH): FORCE
 
 build: $(MESH) ## Build target/release/mesh
 
-test: prereqs ## Run every test: unit tests and mesh against real lab hosts
+garage: ## Build the real garage binary for the lab once (cached in ~/.cache/mesh)
+	tests/lab/garage.sh >/dev/null
+
+test: prereqs garage ## Run every test: unit tests and mesh against real lab hosts
 	cargo test
 
 demo: N = 3
-demo: lab $(MESH) ## Bootstrap N=3 lab hosts with mesh, then show a converged re-run
-	$(MESH) -i $(DEMO_INV) inventory
-	$(MESH) -i $(DEMO_INV) nodes --first-ip 10.77.1.11
-	@echo "--- re-run on the converged lab: nothing changes ---"
-	$(MESH) -i $(DEMO_INV) nodes --first-ip 10.77.1.11
+demo: lab $(MESH) garage ## mesh nodes on N=3 lab hosts (Docker, overlay, garage), then the converged re-run
+	tests/lab/demo.sh
 
 bench: N = 50
 bench: prereqs $(MESH) ## Cold and warm wall times of a nodes-style step on N=50 lab hosts

@@ -77,6 +77,8 @@ pub enum Event {
     },
     Summary {
         hosts: Vec<HostSummary>,
+        /// Changes the controller made once for all (e.g. a garage layout).
+        controller_changed: usize,
         changed: usize,
         failed: usize,
         seconds: f64,
@@ -99,6 +101,8 @@ pub struct HostSummary {
 #[derive(Debug, Clone)]
 pub struct RunSummary {
     pub hosts: Vec<HostSummary>,
+    /// Changes made once by cluster stages.
+    pub controller_changed: usize,
     pub seconds: f64,
 }
 
@@ -113,7 +117,7 @@ impl RunSummary {
     }
 
     pub fn changed(&self) -> usize {
-        self.hosts.iter().map(|h| h.changed).sum()
+        self.hosts.iter().map(|h| h.changed).sum::<usize>() + self.controller_changed
     }
 }
 
@@ -227,6 +231,7 @@ pub async fn run_phase(
             ..Default::default()
         })
         .collect();
+    let mut controller_changed = 0;
     // Indexes of hosts still going.
     let mut live: Vec<usize> = (0..hosts.len()).collect();
     let mut stage = 0;
@@ -262,6 +267,7 @@ pub async fn run_phase(
                     fail_host(&hosts[h], step.name(), error, &tx, &mut summaries[h]);
                 }
             } else {
+                controller_changed += usize::from(outcome.changed);
                 let _ = tx.send(Event::StepDone {
                     host: CONTROLLER.into(),
                     step: step.name().into(),
@@ -328,10 +334,12 @@ pub async fn run_phase(
     }
     let summary = RunSummary {
         hosts: summaries,
+        controller_changed,
         seconds: started.elapsed().as_secs_f64(),
     };
     let _ = tx.send(Event::Summary {
         hosts: summary.hosts.clone(),
+        controller_changed,
         changed: summary.changed(),
         failed: summary.hosts.iter().filter(|h| h.failed.is_some()).count(),
         seconds: summary.seconds,
@@ -574,6 +582,7 @@ impl Output {
         }
         let Some(Event::Summary {
             hosts,
+            controller_changed,
             changed,
             failed,
             seconds,
@@ -601,6 +610,12 @@ impl Output {
                 out,
                 "  {:width$}  {counts:<32} {:>7.2}s  {status}",
                 h.host, h.seconds
+            );
+        }
+        if controller_changed > 0 {
+            let _ = writeln!(
+                out,
+                "  {CONTROLLER:width$}  {controller_changed} changed (once, for the cluster)"
             );
         }
         let would: usize = hosts.iter().map(|h| h.would_change).sum();

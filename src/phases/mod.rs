@@ -180,10 +180,16 @@ impl Phase {
         }
     }
 
-    /// Step names in order, each once.
+    /// Step names in the order hosts run them, each once (steps with only
+    /// controller work last).
     pub fn step_names(&self) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
-        for s in &self.stages {
+        let hosts_first = self
+            .stages
+            .iter()
+            .filter(|s| matches!(s, Stage::Hosts(_)))
+            .chain(self.stages.iter());
+        for s in hosts_first {
             if !names.iter().any(|n| n == s.name()) {
                 names.push(s.name().to_string());
             }

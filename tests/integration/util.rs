@@ -64,6 +64,11 @@ impl Lab {
         prepare();
         let name = format!("mt-{name}");
         let dir = repo_root().join("target/lab").join(&name);
+        // The hosts are new: state mesh kept about the old ones is stale.
+        for stale in ["secrets.env", "docker.lock", ".mesh"] {
+            let p = dir.join(stale);
+            let _ = std::fs::remove_file(&p).or_else(|_| std::fs::remove_dir_all(&p));
+        }
         let out = sh(Command::new("bash").arg(lab_script()).args([
             "up",
             "--name",

@@ -493,9 +493,35 @@ impl GarageLayout {
             .get("GARAGE_BUCKET")
             .unwrap_or(DEFAULT_BUCKET)
             .to_string();
-        let key_id = match secrets.get("GARAGE_KEY") {
-            Some(k) => k.to_string(),
-            None => {
+        let mut key_is_new = false;
+        let key_id = match (secrets.get("GARAGE_KEY"), secrets.get("GARAGE_SECRET")) {
+            (Some(id), Some(secret)) => {
+                // A rebuilt cluster lacks the saved key: import it, so services keep their credentials.
+                let mut s = Script::new();
+                s.raw("set -e");
+                s.raw(&format!(
+                    "if ! {} >/dev/null 2>&1; then",
+                    garage(&["key", "info", id])
+                ));
+                s.cmd(garage(&[
+                    "key", "import", "--yes", "-n", "mesh", id, secret,
+                ]));
+                s.raw("echo imported; fi");
+                let imported = ctx
+                    .run_secret("garage key (import if missing)", s.as_str())
+                    .await
+                    .map_err(|_| {
+                        format!(
+                            "the access key GARAGE_KEY in {} is not in the cluster and cannot be imported (a deleted key id stays reserved). Fix: remove GARAGE_KEY and GARAGE_SECRET from it; mesh then creates a new key",
+                            self.0.secrets_path.display()
+                        )
+                    })?;
+                if imported.stdout_str().contains("imported") {
+                    key_is_new = true;
+                }
+                id.to_string()
+            }
+            _ => {
                 let created = ctx
                     .run_secret(
                         "garage key create",
@@ -509,20 +535,28 @@ impl GarageLayout {
                 secrets
                     .set("GARAGE_SECRET", &secret)
                     .map_err(|e| e.to_string())?;
-                out.changed = true;
+                key_is_new = true;
                 id
             }
         };
+        // A new bucket, or a key new to the cluster, gets the key's permissions.
+        out.changed |= key_is_new;
+        let allow = garage(&[
+            "bucket", "allow", "--read", "--write", "--owner", &bucket, "--key", &key_id,
+        ]);
         let mut s = Script::new();
         s.raw("set -e");
         let info = garage(&["bucket", "info", &bucket]);
         s.raw(&format!("if ! {info} >/dev/null 2>&1; then"));
         s.cmd(garage(&["bucket", "create", &bucket]));
-        s.cmd(garage(&[
-            "bucket", "allow", "--read", "--write", "--owner", &bucket, "--key", &key_id,
-        ]));
+        if !key_is_new {
+            s.cmd(allow.clone());
+        }
         s.raw("echo created");
         s.raw("fi");
+        if key_is_new {
+            s.cmd(allow);
+        }
         let made = ctx
             .run_ok("garage bucket", s.as_str(), Input::None)
             .await
