@@ -19,7 +19,7 @@ fn upgrade_stamp() -> String {
 }
 
 /// apt-get with the options every unattended call needs.
-pub(crate) fn apt_get(args: &[&str]) -> Script {
+fn apt_get(args: &[&str]) -> Script {
     let mut s = Script::new();
     s.raw("export DEBIAN_FRONTEND=noninteractive");
     s.cmd(
@@ -30,6 +30,15 @@ pub(crate) fn apt_get(args: &[&str]) -> Script {
             .args(args),
     );
     s
+}
+
+/// `apt-get install` of package names or local `.deb` paths (dependencies
+/// from the host's own repositories), without recommends.
+pub(crate) fn install_script(items: &[String], options: &[&str]) -> Script {
+    let mut args = vec!["install", "--no-install-recommends"];
+    args.extend_from_slice(options);
+    args.extend(items.iter().map(String::as_str));
+    apt_get(&args)
 }
 
 fn touch(path: &str) -> Script {
@@ -186,9 +195,8 @@ impl Op for AptInstall {
 
     fn apply<'a>(&'a self, ctx: &'a OpCtx<'a>, _flags: u32) -> BoxFut<'a, Result<bool, OpError>> {
         Box::pin(async move {
-            let mut args = vec!["install", "--no-install-recommends"];
-            args.extend(self.packages.iter().map(String::as_str));
-            ctx.run_ok(&self.label(), apt_get(&args).as_str(), Input::None)
+            let script = install_script(&self.packages, &[]);
+            ctx.run_ok(&self.label(), script.as_str(), Input::None)
                 .await?;
             Ok(true)
         })

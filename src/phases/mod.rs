@@ -60,6 +60,17 @@ impl HostCtx {
         }
     }
 
+    /// The host's architecture: the inventory's `arch`, else `uname -m`.
+    pub async fn arch(&self) -> Result<crate::inventory::Arch, String> {
+        if let Some(a) = self.host.arch {
+            return Ok(a);
+        }
+        let facts = self.facts().await.map_err(|f| f.error.to_string())?;
+        facts.arch.parse().map_err(|e| {
+            format!("{e}. Fix: set `arch:` for this host in the inventory if it is supported")
+        })
+    }
+
     /// Facts about the host, gathered once (one round trip) on first use.
     pub async fn facts(&self) -> Result<&Facts, OpFailure> {
         self.facts
@@ -133,6 +144,16 @@ pub struct ClusterOutcome {
     pub host_failures: Vec<(String, String)>,
     /// The stage failed for everyone: every remaining host stops with this.
     pub abort: Option<String>,
+}
+
+impl ClusterOutcome {
+    /// The stage failed for every remaining host.
+    pub fn failed(error: impl Into<String>) -> Self {
+        ClusterOutcome {
+            abort: Some(error.into()),
+            ..Default::default()
+        }
+    }
 }
 
 /// Work done once, on the controller, for the hosts still going (e.g.

@@ -498,6 +498,23 @@ fn nodes_brings_up_docker_overlay_and_a_3_zone_garage_then_joins_a_4th_host() {
             .args(["nodes", "--first-ip", "10.77.27.11"])
     };
 
+    // A dry run of the whole phase writes nothing, here or there.
+    let dry = mesh(&three).args(["--dry-run"]).run().ok();
+    assert!(
+        dry.stdout.contains("would bootstrap the layout"),
+        "{}",
+        dry.stdout
+    );
+    let dir = four.parent().unwrap();
+    assert!(!dir.join("docker.lock").exists() && !dir.join("secrets.env").exists());
+    for i in 1..=3 {
+        let left = lab.on(
+            i,
+            "ls -d /var/lib/mesh /etc/default/wesher /etc/garage.toml 2>/dev/null",
+        );
+        assert_eq!(left.stdout, "", "dry run touched host {i}");
+    }
+
     mesh(&three).run().ok();
     let again = mesh(&three).run().ok();
     assert!(

@@ -8,7 +8,6 @@
 //! come from the host's own Debian repositories), and docker is enabled.
 
 use crate::deb::Lock;
-use crate::inventory::Arch;
 use crate::mirror::{self, ResolvedDeb};
 use crate::ops::{
     apt, converge, AptUpdate, Decision, FileOp, Op, OpCtx, OpError, OpFailure, UnitOp,
@@ -18,7 +17,6 @@ use crate::quote::{Cmd, Script};
 use crate::ssh::{BoxFut, Input};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 /// Where pushed `.deb`s are kept on hosts (re-runs need not push them again).
@@ -104,13 +102,8 @@ impl DockerPlan {
 
 /// The host's (codename, Debian arch): the inventory's arch wins over `uname -m`.
 async fn host_key(ctx: &HostCtx) -> Result<Key, String> {
+    let arch = ctx.arch().await?;
     let facts = ctx.facts().await.map_err(|f| f.error.to_string())?;
-    let arch = match ctx.host.arch {
-        Some(a) => a,
-        None => Arch::from_str(&facts.arch).map_err(|e| {
-            format!("{e}. Fix: set `arch:` for this host in the inventory if it is supported")
-        })?,
-    };
     if facts.codename.is_empty() {
         return Err("no VERSION_CODENAME in /etc/os-release: is this Debian?".into());
     }
@@ -289,9 +282,7 @@ impl Op for DebInstall {
                 .await
                 .map_err(|f| OpError::Other(format!("{}: {}", f.label, f.error)))?;
             let files: Vec<String> = needed.iter().map(|d| Self::host_path(d)).collect();
-            let mut args = vec!["install", "--no-install-recommends", "--allow-downgrades"];
-            args.extend(files.iter().map(String::as_str));
-            let script = apt::apt_get(&args);
+            let script = apt::install_script(&files, &["--allow-downgrades"]);
             ctx.run_ok("apt-get install docker .debs", script.as_str(), Input::None)
                 .await?;
             Ok(true)

@@ -9,7 +9,7 @@
 //! something changed. On first bootstrap an access key and a bucket are
 //! created and the key is saved as GARAGE_KEY / GARAGE_SECRET.
 
-use crate::inventory::{Arch, Host};
+use crate::inventory::Host;
 use crate::ops::{FileOp, Op, OpCtx, OpError, OpFailure, UnitOp};
 use crate::phases::{converge_ops, ClusterOutcome, ClusterStep, HostCtx, Step, StepOutcome};
 use crate::quote::{Cmd, Script};
@@ -19,7 +19,6 @@ use crate::template::render_builtin;
 use minijinja::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 pub const SECRET_NAME: &str = "RPC_SECRET";
@@ -60,10 +59,6 @@ impl GaragePlan {
             first_id: Mutex::new(None),
         })
     }
-
-    pub fn asset(&self, arch: Arch) -> PathBuf {
-        self.assets.join(arch.to_string()).join("garage")
-    }
 }
 
 fn get(m: &Mutex<Option<String>>) -> Option<String> {
@@ -81,6 +76,7 @@ fn garage(args: &[&str]) -> Cmd {
 /// `garage node id -q`, waiting for a starting daemon.
 fn node_id_script() -> Script {
     let mut s = Script::new();
+    s.line("[ -x {} ] && [ -f {} ] || exit 3", &[BIN, CONFIG]);
     s.raw("for i in $(seq 1 60); do");
     s.cmd(garage(&["node", "id", "-q"]));
     s.raw("[ $? -eq 0 ] && exit 0; sleep 0.5; done; exit 1");
@@ -90,9 +86,20 @@ fn node_id_script() -> Script {
 async fn node_id(ctx: &HostCtx) -> Result<String, String> {
     let out = ctx
         .op_ctx()
-        .run_ok("garage node id", node_id_script().as_str(), Input::None)
+        .run("garage node id", node_id_script().as_str(), Input::None)
         .await
         .map_err(|e| e.to_string())?;
+    match out.code {
+        Some(0) => {}
+        Some(3) => return Err(format!("garage is not installed on {} yet", ctx.host.name)),
+        _ => {
+            return Err(format!(
+                "`garage node id` failed on {}: {}",
+                ctx.host.name,
+                ctx.log.redact(&out.tail(3))
+            ))
+        }
+    }
     out.stdout_str()
         .lines()
         .map(str::trim)
@@ -127,10 +134,7 @@ impl ClusterStep for GarageSecret {
                     put(&self.0.rpc_secret, secret);
                     ClusterOutcome::default()
                 }
-                Err(e) => ClusterOutcome {
-                    abort: Some(e),
-                    ..Default::default()
-                },
+                Err(e) => ClusterOutcome::failed(e),
             }
         })
     }
@@ -147,13 +151,10 @@ impl ClusterStep for GarageFirstId {
     fn run<'a>(&'a self, hosts: &'a [Arc<HostCtx>]) -> BoxFut<'a, ClusterOutcome> {
         Box::pin(async move {
             let Some(first) = hosts.iter().find(|h| h.host.name == self.0.first.name) else {
-                return ClusterOutcome {
-                    abort: Some(format!(
+                return ClusterOutcome::failed(format!(
                         "garage bootstraps from the first node {}, which is not in this run (failed, or left out by --limit). Fix: include it",
                         self.0.first.name
-                    )),
-                    ..Default::default()
-                };
+                    ));
             };
             if self.0.dry_run {
                 // A fresh cluster has no id yet; the dry run only shows the rest.
@@ -172,10 +173,7 @@ impl ClusterStep for GarageFirstId {
                         ..Default::default()
                     }
                 }
-                Err(e) => ClusterOutcome {
-                    abort: Some(e),
-                    ..Default::default()
-                },
+                Err(e) => ClusterOutcome::failed(e),
             }
         })
     }
@@ -189,12 +187,7 @@ pub struct Garage {
 
 impl Garage {
     async fn ops(&self, ctx: &HostCtx) -> Result<Vec<Box<dyn Op>>, String> {
-        let facts = ctx.facts().await.map_err(|f| f.error.to_string())?;
-        let arch = match ctx.host.arch {
-            Some(a) => a,
-            None => Arch::from_str(&facts.arch).map_err(|e| e.to_string())?,
-        };
-        let asset = self.plan.asset(arch);
+        let asset = super::asset(&self.plan.assets, ctx.arch().await?, "garage")?;
         let secret = get(&self.plan.rpc_secret).ok_or("no RPC secret (its stage did not run)")?;
         let peers: Vec<String> = if self.first {
             Vec::new()
@@ -218,12 +211,7 @@ impl Garage {
         let unit =
             render_builtin("garage.service.j2", &ctx.vars, None).map_err(|e| e.to_string())?;
         let binary = FileOp::from_local(BIN, &asset)
-            .map_err(|e| {
-                format!(
-                    "{}: {e}. Fix: put the garage binary for {arch} there",
-                    asset.display()
-                )
-            })?
+            .map_err(|e| format!("{}: {e}", asset.display()))?
             .mode(0o755)
             .id("garage-bin");
         Ok(vec![
@@ -257,13 +245,7 @@ impl Step for Garage {
         }
         capacity_bytes(&capacity_of(ctx))?;
         if let Some(arch) = ctx.host.arch {
-            let asset = self.plan.asset(arch);
-            if !asset.is_file() {
-                return Err(format!(
-                    "missing {}. Fix: put the garage binary for {arch} there (or pass --assets DIR)",
-                    asset.display()
-                ));
-            }
+            super::asset(&self.plan.assets, arch, "garage")?;
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ pub use garage::{Garage, GarageFirstId, GarageLayout, GaragePlan, GarageSecret};
 pub use wesher::{routable_address, Wesher, WesherKey, WesherPlan};
 
 use super::{Phase, Stage};
-use crate::inventory::{Host, Inventory};
+use crate::inventory::{Arch, Host, Inventory};
 use crate::mirror;
 use std::path::{Path, PathBuf};
 
@@ -36,6 +36,19 @@ pub struct NodesOptions {
     /// `assets/<arch>/` binaries (wesher, garage).
     pub assets: PathBuf,
     pub secrets_path: PathBuf,
+}
+
+/// `<assets>/<arch>/<name>`, which must exist.
+pub fn asset(assets: &Path, arch: Arch, name: &str) -> Result<PathBuf, String> {
+    let path = assets.join(arch.to_string()).join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "missing {}. Fix: put the {name} binary for {arch} there (or pass --assets DIR)",
+            path.display()
+        ))
+    }
 }
 
 /// Steps that bootstrap from the first node and so need `--first-ip`.

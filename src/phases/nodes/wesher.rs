@@ -10,7 +10,7 @@
 //! the first node's routable address) and `wesher.service`. Existing nodes'
 //! settings do not depend on the host list, so adding a host disturbs none.
 
-use crate::inventory::{Arch, Host};
+use crate::inventory::Host;
 use crate::ops::{field, CommandOp, Decision, FileOp, Op, OpCtx, OpError, OpFailure, UnitOp};
 use crate::phases::{converge_ops, ClusterOutcome, ClusterStep, HostCtx, Step, StepOutcome};
 use crate::quote::Script;
@@ -21,7 +21,6 @@ use minijinja::Value;
 use std::collections::BTreeMap;
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 pub const KEY_NAME: &str = "WESHER_CLUSTER_KEY";
@@ -59,11 +58,6 @@ impl WesherPlan {
 
     fn key(&self) -> Option<String> {
         self.key.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// `assets/<arch>/wesher`.
-    pub fn asset(&self, arch: Arch) -> PathBuf {
-        self.assets.join(arch.to_string()).join("wesher")
     }
 }
 
@@ -144,10 +138,7 @@ impl ClusterStep for WesherKey {
                         ..Default::default()
                     }
                 }
-                Err(e) => ClusterOutcome {
-                    abort: Some(e),
-                    ..Default::default()
-                },
+                Err(e) => ClusterOutcome::failed(e),
             }
         })
     }
@@ -162,18 +153,7 @@ pub struct Wesher {
 impl Wesher {
     async fn ops(&self, ctx: &HostCtx) -> Result<Vec<Box<dyn Op>>, String> {
         let host = &ctx.host;
-        let facts = ctx.facts().await.map_err(|f| f.error.to_string())?;
-        let arch = match host.arch {
-            Some(a) => a,
-            None => Arch::from_str(&facts.arch).map_err(|e| e.to_string())?,
-        };
-        let asset = self.plan.asset(arch);
-        if !asset.is_file() {
-            return Err(format!(
-                "missing {}. Fix: put the wesher binary for {arch} there",
-                asset.display()
-            ));
-        }
+        let asset = super::asset(&self.plan.assets, ctx.arch().await?, "wesher")?;
         let key = self
             .plan
             .key()
@@ -245,13 +225,7 @@ impl Step for Wesher {
 
     fn check(&self, ctx: &HostCtx) -> Result<(), String> {
         if let Some(arch) = ctx.host.arch {
-            let asset = self.plan.asset(arch);
-            if !asset.is_file() {
-                return Err(format!(
-                    "missing {}. Fix: put the wesher binary for {arch} there (or pass --assets DIR)",
-                    asset.display()
-                ));
-            }
+            super::asset(&self.plan.assets, arch, "wesher")?;
         }
         if ctx.host.behind_nat {
             routable_address(&ctx.host)?;
