@@ -358,3 +358,58 @@ fn print_inventory(inv: &Inventory, hosts: &[&Host], json: bool) {
         println!("  {}: {}", g.name, g.hosts.join(", "));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INV: &str = "groups:
+  g:
+    hosts:
+      a: { address: 10.0.0.1, zone: z1 }
+      b: { address: 192.168.1.5, zone: z2, behind_nat: true, public_ip: 198.51.100.9 }
+      c: { address: c.example.org, zone: z3, overlay_ip: 10.9.9.9 }
+";
+
+    fn inv() -> Inventory {
+        Inventory::parse(Path::new("inv.yml"), INV).unwrap()
+    }
+
+    #[test]
+    fn first_ip_matches_address_or_public_ip() {
+        let inv = inv();
+        assert_eq!(first_node(&inv, "10.0.0.1").unwrap().name, "a");
+        assert_eq!(first_node(&inv, "198.51.100.9").unwrap().name, "b");
+        assert_eq!(first_node(&inv, "c.example.org").unwrap().name, "c");
+        let err = first_node(&inv, "10.0.0.99").unwrap_err().to_string();
+        assert!(err.contains("a (10.0.0.1)"), "{err}");
+        assert!(err.contains("public_ip 198.51.100.9"), "{err}");
+        assert!(err.contains("Fix:"), "{err}");
+    }
+
+    #[test]
+    fn overlay_ip_is_derived_unless_set() {
+        let inv = inv();
+        let c = inv.host("c").unwrap();
+        assert_eq!(overlay_ip(&inv, c).to_string(), "10.9.9.9");
+        let a = inv.host("a").unwrap();
+        assert_eq!(
+            overlay_ip(&inv, a),
+            crate::overlay::overlay_ip(&"10.0.0.0/8".parse().unwrap(), "a")
+        );
+    }
+
+    #[test]
+    fn host_vars_put_facts_first_and_redact_secrets() {
+        let inv = inv();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets.env");
+        std::fs::write(&path, "REDIS_PWD=hunter2-very-secret\n").unwrap();
+        let secrets = Secrets::load(&path).unwrap();
+        let vars = host_vars(&inv, inv.host("a").unwrap(), &secrets);
+        assert_eq!(vars.get("HOSTNAME"), Some("a"));
+        assert_eq!(vars.get("ZONE"), Some("z1"));
+        assert!(vars.get("OVERLAY_IP").unwrap().starts_with("10."));
+        assert_eq!(vars.redact("pw=hunter2-very-secret"), "pw=***");
+    }
+}

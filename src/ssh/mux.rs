@@ -168,9 +168,11 @@ impl SshTransport {
             session,
             sudo: false,
         };
-        // Learn once whether commands need sudo (login user is not root).
-        let out = self.run(&conn, "id -u", Input::None).await?;
-        conn.sudo = out.stdout_str().trim() != "0";
+        // Learn once whether commands need sudo, unless the inventory says root.
+        if self.target.user.as_deref() != Some("root") {
+            let out = self.run(&conn, "id -u", Input::None).await?;
+            conn.sudo = out.stdout_str().trim() != "0";
+        }
         Ok(conn)
     }
 
