@@ -270,8 +270,8 @@ impl FileOp {
             match self.inline_content() {
                 // Small public text rides in the script, leaving stdin to one big file.
                 Some(text) => s.line("(umask 077; printf %s {} > \"$t\")", &[text]),
-                // head -c reads exactly SIZE bytes, so several files share one stdin.
-                None => s.line("(umask 077; head -c {} > \"$t\")", &[&size]),
+                // Exactly SIZE bytes, so several files can share one stdin (see run_batch).
+                None => s.line("(umask 077; mesh_read {} > \"$t\")", &[&size]),
             };
             s.line(
                 "s=$(stat -c %s -- \"$t\"); if [ \"$s\" != {} ]; then echo \"upload cut short: $s of {} bytes\" >&2; exit 1; fi",

@@ -215,7 +215,7 @@ pub trait Op: Send + Sync {
 /// One op's change as a script, runnable alone or batched.
 #[derive(Debug, Clone)]
 pub struct Part {
-    /// Runs in its own subshell under `set -e`; reads exactly its input's bytes.
+    /// Runs in its own subshell under `set -e`; reads its input with `mesh_read SIZE`.
     pub script: Script,
     pub input: Input,
     /// Whether running it changes the host (false for bookkeeping only).
@@ -231,9 +231,19 @@ async fn run_batch(ctx: &OpCtx<'_>, parts: Vec<(String, Part)>) -> Result<(), (u
     let mut script = Script::new();
     script.raw("set -e");
     let mut inputs = Vec::new();
+    // Parts read their stdin bytes with `mesh_read SIZE`: exactly SIZE bytes
+    // while others follow (head -c), plain `cat` (big buffers) for the last.
+    let last_reader = parts
+        .iter()
+        .rposition(|(_, p)| !matches!(p.input, Input::None));
     for (i, (_, part)) in parts.iter().enumerate() {
         script.raw("(");
         script.raw("set -e");
+        if Some(i) == last_reader {
+            script.raw("mesh_read() { cat; }");
+        } else {
+            script.raw("mesh_read() { head -c \"$1\"; }");
+        }
         script.append(&part.script);
         script.raw(")");
         script.raw(&format!("echo '{DONE}{i}'"));
@@ -636,7 +646,7 @@ mod tests {
         )];
         converge_on(&conn, &ops, false).unwrap();
         let apply = &conn.calls()[1];
-        assert!(apply.contains("head -c 12"), "{apply}");
+        assert!(apply.contains("mesh_read 12"), "{apply}");
         assert!(!apply.contains("s3cret-value"), "{apply}");
     }
 
