@@ -568,6 +568,12 @@ impl Output {
             }
         }
         if let Mode::Bars(b) = &mut self.mode {
+            // The controller's stages end without a HostDone.
+            if let Event::StepDone { host, .. } | Event::StepFailed { host, .. } = &ev {
+                if host == CONTROLLER {
+                    b.active.remove(host);
+                }
+            }
             b.redraw();
         }
     }

@@ -145,11 +145,20 @@ fn nodes_basic_dry_run_then_converge_then_nothing_changes() {
         assert!(conf.contains("SystemMaxUse=100M"), "{conf}");
         let rotate = lab.on(i, "grep '^rotate' /etc/logrotate.conf").stdout;
         assert_eq!(rotate.trim(), "rotate 2");
-        // The dead-man timer was cancelled after the fresh login succeeded.
+        // The dead-man timer was armed, then cancelled after the fresh login succeeded.
         let timer = lab
             .on(i, "systemctl is-active mesh-ufw-deadman.timer")
             .stdout;
         assert_ne!(timer.trim(), "active");
+        let journal = lab
+            .on(
+                i,
+                "journalctl --no-pager -o cat | grep mesh-ufw-deadman.timer",
+            )
+            .stdout;
+        let started = journal.find("Started mesh-ufw-deadman.timer");
+        let stopped = journal.find("Stopped mesh-ufw-deadman.timer");
+        assert!(started.is_some() && started < stopped, "{journal}");
     }
 
     // Re-run on the converged hosts: 0 changed, said plainly.

@@ -137,3 +137,22 @@ pub fn phase(inv: &Inventory, opts: &NodesOptions) -> Phase {
         stages,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_asset_names_its_path_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = asset(dir.path(), Arch::Aarch64, "wesher").unwrap_err();
+        assert!(err.contains("aarch64/wesher"), "{err}");
+        assert!(err.contains("Fix:"), "{err}");
+        std::fs::create_dir_all(dir.path().join("x86_64")).unwrap();
+        std::fs::write(dir.path().join("x86_64/garage"), "bin").unwrap();
+        assert_eq!(
+            asset(dir.path(), Arch::X86_64, "garage").unwrap(),
+            dir.path().join("x86_64/garage")
+        );
+    }
+}
