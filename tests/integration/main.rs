@@ -626,3 +626,48 @@ fn nodes_brings_up_docker_overlay_and_a_3_zone_garage_then_joins_a_4th_host() {
         "no new version without a change"
     );
 }
+
+#[test]
+fn one_multiplexed_connection_per_host_whatever_the_number_of_commands() {
+    // sshd listens on at most 16 addresses.
+    let sshd = util::LoopSshd::start(16);
+    let run = sshd
+        .mesh()
+        .args(["exec", "--", "echo $SSH_CONNECTION | cut -d' ' -f3"])
+        .run()
+        .ok();
+    for i in 1..=sshd.count {
+        assert!(
+            run.stdout.contains(&format!("[l{i}] 127.0.0.{i}\n")),
+            "l{i} not reached at its own address:\n{}",
+            run.stdout
+        );
+    }
+    assert_eq!(sshd.logins(), sshd.count, "one login per host");
+    // A read-only step runs several commands per host (facts, probe, recheck):
+    // still one login each. (4 hosts: the recheck simulates an apt upgrade.)
+    let dry = sshd
+        .mesh()
+        .args([
+            "--limit",
+            "l[1-4]",
+            "--dry-run",
+            "--json",
+            "nodes",
+            "--only",
+            "basic",
+        ])
+        .run()
+        .ok();
+    let events = dry.events();
+    let steps = events.iter().filter(|e| e["event"] == "step_done").count();
+    assert_eq!(steps, 4, "{}", dry.stdout);
+    let log = std::fs::read_to_string(sshd.dir.path().join(".mesh/logs/latest/l1.log")).unwrap();
+    let commands = log.lines().filter(|l| l.contains("(exit ")).count();
+    assert!(commands >= 3, "facts, probe, recheck:\n{log}");
+    assert_eq!(
+        sshd.logins(),
+        sshd.count + 4,
+        "one more login per host for the second run"
+    );
+}

@@ -335,3 +335,89 @@ impl Drop for DebMirror {
         let _ = self.server.wait();
     }
 }
+
+/// An sshd of the test's own on loopback (`127.0.0.1..=127.0.0.N`, one port),
+/// for fast transport tests without containers. The "hosts" are this machine.
+pub struct LoopSshd {
+    pub dir: tempfile::TempDir,
+    pub count: usize,
+    child: std::process::Child,
+}
+
+impl LoopSshd {
+    pub fn start(count: usize) -> LoopSshd {
+        prepare();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for key in ["host_ed25519", "id_ed25519"] {
+            let out = sh(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(d.join(key)));
+            assert!(out.status.success(), "ssh-keygen failed");
+        }
+        std::fs::copy(d.join("id_ed25519.pub"), d.join("authorized_keys")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cfg = format!(
+            "Port {port}\nHostKey {0}/host_ed25519\nAuthorizedKeysFile {0}/authorized_keys\n\
+             PidFile {0}/sshd.pid\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nLogLevel INFO\n\
+             MaxStartups 200:30:400\nMaxSessions 100\n",
+            d.display()
+        );
+        for i in 1..=count {
+            cfg.push_str(&format!("ListenAddress 127.0.0.{i}:{port}\n"));
+        }
+        std::fs::write(d.join("sshd_config"), cfg).unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-f"])
+            .arg(d.join("sshd_config"))
+            .arg("-E")
+            .arg(d.join("sshd.log"))
+            .spawn()
+            .expect("/usr/sbin/sshd (openssh-server, installed by tests/lab/prereqs.sh)");
+        let up = (0..50).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(
+            up,
+            "the test's sshd did not start: {}",
+            std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
+        );
+        let mut inv = format!(
+            "ssh: {{ user: root, port: {port}, identity_file: {0}/id_ed25519, \
+             options: {{ UserKnownHostsFile: {0}/known_hosts, KexAlgorithms: curve25519-sha256 }} }}\n\
+             groups:\n  loop:\n    hosts:\n",
+            d.display()
+        );
+        for i in 1..=count {
+            inv.push_str(&format!("      l{i}: {{ address: 127.0.0.{i} }}\n"));
+        }
+        std::fs::write(d.join("inventory.yml"), inv).unwrap();
+        LoopSshd { dir, count, child }
+    }
+
+    pub fn mesh(&self) -> Mesh {
+        Mesh::new(&self.dir.path().join("inventory.yml"))
+    }
+
+    /// Successful logins so far (one per SSH connection).
+    pub fn logins(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("sshd.log"))
+            .unwrap_or_default()
+            .matches("Accepted publickey")
+            .count()
+    }
+}
+
+impl Drop for LoopSshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
