@@ -551,11 +551,18 @@ fn nodes_brings_up_docker_overlay_and_a_3_zone_garage_then_joins_a_4th_host() {
         );
     }
     // A healthy 3-zone, 3-node garage.
-    let status = lab.on(2, "garage status").stdout;
-    assert!(!status.contains("FAILED NODES"), "{status}");
-    for z in ["z1", "z2", "z3"] {
-        assert!(status.contains(z), "{status}");
-    }
+    // (Garage gossips asynchronously: give a node's view a few seconds to settle.)
+    let status = util::eventually(|| {
+        let status = lab.on(2, "garage status").stdout;
+        let healthy = !status.contains("FAILED NODES")
+            && ["z1", "z2", "z3"].iter().all(|z| status.contains(z));
+        healthy.then_some(status.clone()).ok_or(status)
+    });
+    let nodes = status
+        .lines()
+        .filter(|l| l.split_whitespace().next().is_some_and(|id| id.len() == 16))
+        .count();
+    assert_eq!(nodes, 3, "three healthy nodes:\n{status}");
     let show = lab.on(1, "garage layout show").stdout;
     for i in 1..=3 {
         assert!(show.contains(&format!("[{}]", lab.host(i))), "{show}");
@@ -593,10 +600,8 @@ fn nodes_brings_up_docker_overlay_and_a_3_zone_garage_then_joins_a_4th_host() {
         get("GARAGE_KEY"),
         get("GARAGE_SECRET")
     );
-    lab.on(
-        1,
-        &format!("echo across-nodes > /tmp/o && {s3} -T /tmp/o http://127.0.0.1:3900/mesh/o"),
-    );
+    let put = format!("echo across-nodes > /tmp/o && {s3} -T /tmp/o http://127.0.0.1:3900/mesh/o");
+    util::eventually(|| lab.on(1, &put).ok_or_log());
     let back = lab.on(3, &format!("{s3} http://127.0.0.1:3900/mesh/o"));
     assert_eq!(back.stdout.trim(), "across-nodes", "{back:?}");
 

@@ -193,6 +193,18 @@ impl From<std::process::Output> for Run {
 }
 
 impl Run {
+    /// `Ok` when the command succeeded, else its output as the error.
+    pub fn ok_or_log(self) -> Result<Run, String> {
+        if self.code == 0 {
+            Ok(self)
+        } else {
+            Err(format!(
+                "exit {}: {}{}",
+                self.code, self.stdout, self.stderr
+            ))
+        }
+    }
+
     /// Panics with the full output unless the exit code is `code`.
     pub fn expect_code(self, code: i32) -> Run {
         assert_eq!(
@@ -420,4 +432,17 @@ impl Drop for LoopSshd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Retry `check` for up to 30 s; panics with its last error.
+pub fn eventually<T>(mut check: impl FnMut() -> Result<T, String>) -> T {
+    let mut last = String::new();
+    for _ in 0..60 {
+        match check() {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    panic!("still failing after 30 s: {last}");
 }
