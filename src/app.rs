@@ -321,7 +321,7 @@ fn print_inventory(inv: &Inventory, hosts: &[&Host], json: bool) {
                 "behind_nat": h.behind_nat,
                 "public_ip": h.public_ip,
                 "public_dns": h.public_dns,
-                "overlay_ip": h.overlay_ip,
+                "overlay_ip": overlay_ip(inv, h),
                 "services": h.services,
                 "traefik_host": h.traefik_host,
                 "vars": vars,
