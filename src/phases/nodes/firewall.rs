@@ -179,6 +179,8 @@ impl Op for Firewall {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::HostLog;
+    use crate::ssh::recording::{ok, RecordingTransport};
 
     const CONVERGED: &str = "status active\npolicy INPUT DROP\npolicy OUTPUT ACCEPT\n\
 added Added user rules (see 'ufw status' for running firewall):\n\
@@ -202,6 +204,64 @@ added ufw allow 7946\nadded ufw allow 51820/udp\n";
             Decision::Change { reason, .. } => assert_eq!(reason, "allow 2222/tcp"),
             d => panic!("{d:?}"),
         }
+    }
+
+    fn apply_with(conn: &RecordingTransport) -> Result<bool, OpError> {
+        let log = HostLog::discard();
+        let ctx = OpCtx {
+            conn,
+            log: &log,
+            checksum: false,
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(Firewall::new(22, 90).apply(&ctx, 0))
+    }
+
+    #[test]
+    fn the_dead_man_switch_is_armed_before_ufw_is_enabled_and_cancelled_after_a_fresh_login() {
+        let conn = RecordingTransport::new(|_, _| ok(""));
+        assert!(apply_with(&conn).unwrap());
+        let calls = conn.calls();
+        let arm = calls[0]
+            .find("systemd-run --unit=mesh-ufw-deadman --on-active=90")
+            .unwrap();
+        let ssh_rule = calls[0].find("ufw allow 22/tcp").unwrap();
+        let http_rule = calls[0].find("ufw allow 80/tcp").unwrap();
+        let enable = calls[0].find("ufw --force enable").unwrap();
+        assert!(
+            arm < ssh_rule && ssh_rule < http_rule && http_rule < enable,
+            "{}",
+            calls[0]
+        );
+        assert_eq!(calls[1], "<fresh ssh>");
+        assert!(calls[2].contains("systemctl stop mesh-ufw-deadman.timer"));
+    }
+
+    #[test]
+    fn a_lockout_is_rolled_back_over_the_open_connection() {
+        let conn = RecordingTransport::new(|_, _| ok("")).with_fresh_failing();
+        let err = apply_with(&conn).unwrap_err().to_string();
+        assert!(err.contains("disabled the firewall again"), "{err}");
+        assert!(conn.calls()[2].contains("ufw --force disable"));
+    }
+
+    #[test]
+    fn with_the_connection_gone_too_the_timer_heals_the_host() {
+        let conn = RecordingTransport::new(|script, _| {
+            let mut out = ok("");
+            if script.contains("ufw --force disable\n") && !script.contains("systemd-run") {
+                out.code = None;
+            }
+            out
+        })
+        .with_fresh_failing();
+        let err = apply_with(&conn).unwrap_err().to_string();
+        assert!(
+            err.contains("dead-man switch disables the firewall within 90 s"),
+            "{err}"
+        );
     }
 
     #[test]
