@@ -5,7 +5,7 @@
 #   lab.sh image [--rebuild]                             build mesh-lab:bookworm-1 (once)
 #   lab.sh up --name NAME --count N --slot S [--dir DIR] start NAME-1..NAME-N at 10.77.S.(10+i),
 #                                                        write DIR/inventory.yml
-#   lab.sh down --name NAME                              remove that lab's hosts
+#   lab.sh down --name NAME                              remove that lab's hosts (the network stays)
 #   lab.sh down-all                                      remove every lab host and the network
 #   lab.sh exec NAME-i [-- CMD...]                       docker exec into a host (default: bash)
 #
@@ -216,9 +216,12 @@ EOF
 
 ensure_network() {
     docker network inspect "$NETWORK" >/dev/null 2>&1 && return 0
-    docker network create --subnet "$SUBNET" "$NETWORK" >/dev/null 2>&1 \
-        || docker network inspect "$NETWORK" >/dev/null 2>&1 \
-        || die "cannot create docker network $NETWORK ($SUBNET)"
+    # Labs start in parallel (tests): one creates the network, the others wait for it.
+    (
+        flock 7
+        docker network inspect "$NETWORK" >/dev/null 2>&1 ||
+            docker network create --subnet "$SUBNET" "$NETWORK" >/dev/null
+    ) 7>"$LOCK_FILE.net" || die "cannot create docker network $NETWORK ($SUBNET)"
 }
 
 ssh_opts() {
@@ -459,8 +462,9 @@ cmd_down() {
         shift
     done
     [[ -n $lab ]] || die "down: --name is required"
+    # The shared network stays: another lab may be starting on it right now
+    # (parallel tests); `down-all` removes it.
     remove_by_label "$LABEL=$lab"
-    remove_network_if_unused
 }
 
 cmd_down_all() {
