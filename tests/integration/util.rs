@@ -251,6 +251,9 @@ impl DebMirror {
     /// dpkg-scanpackages.
     pub fn start(packages: &[&str]) -> DebMirror {
         prepare();
+        // Tests fill the shared cache one at a time (no half-downloaded .debs).
+        static DOWNLOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = DOWNLOAD.lock().unwrap_or_else(|e| e.into_inner());
         let cache = repo_root().join("target/test-debs");
         std::fs::create_dir_all(&cache).unwrap();
         let have = |p: &str| {
@@ -263,15 +266,21 @@ impl DebMirror {
         };
         let missing: Vec<&str> = packages.iter().copied().filter(|p| !have(p)).collect();
         if !missing.is_empty() {
+            // Download beside the cache, then move in: a cached .deb is always whole.
+            let part = tempfile::tempdir_in(cache.parent().unwrap()).unwrap();
             let download = || {
                 Run::from(sh(Command::new("apt-get")
                     .arg("download")
                     .args(&missing)
-                    .current_dir(&cache)))
+                    .current_dir(part.path())))
             };
             if download().code != 0 {
                 sh(Command::new("apt-get").args(["update", "-qq"]));
                 download().ok();
+            }
+            for e in std::fs::read_dir(part.path()).unwrap() {
+                let e = e.unwrap();
+                std::fs::rename(e.path(), cache.join(e.file_name())).unwrap();
             }
         }
         let dir = tempfile::tempdir().unwrap();
