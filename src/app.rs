@@ -19,6 +19,9 @@ use std::time::Duration;
 /// Exit code for bad input: nothing was touched.
 pub const EXIT_BAD_INPUT: u8 = 2;
 
+/// Exit code after Ctrl-C (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
 /// Errors before any host is touched; all map to exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -155,9 +158,20 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
         verbose: cli.verbose,
         dry_run: cli.dry_run,
     };
-    let summary = run_phase(Arc::new(phase), ctxs, &opts).await;
+    let conns: Vec<Arc<dyn Transport>> = ctxs.iter().map(|c| c.conn.clone()).collect();
+    let code = tokio::select! {
+        summary = run_phase(Arc::new(phase), ctxs, &opts) => summary.exit_code(),
+        _ = tokio::signal::ctrl_c() => {
+            // Leave no ssh masters behind; hosts keep whatever finished.
+            eprintln!("\ninterrupted: closing connections (steps already applied stay applied)");
+            for conn in conns {
+                conn.close().await;
+            }
+            EXIT_INTERRUPTED
+        }
+    };
     let _ = std::fs::remove_dir_all(&control_dir);
-    Ok(summary.exit_code())
+    Ok(code)
 }
 
 /// Every step's checks for every host, all problems at once.

@@ -342,8 +342,22 @@ impl Transport for SshTransport {
         Box::pin(async move {
             let conn = self.conn.lock().await.take();
             if let Some(conn) = conn {
-                if let Ok(conn) = Arc::try_unwrap(conn) {
-                    let _ = conn.session.close().await;
+                match Arc::try_unwrap(conn) {
+                    Ok(conn) => {
+                        let _ = conn.session.close().await;
+                    }
+                    // A command still holds it (e.g. interrupted): ask the master to exit.
+                    Err(_) => {
+                        let _ = tokio::process::Command::new("ssh")
+                            .arg("-S")
+                            .arg(&self.ctl)
+                            .args(["-O", "exit", "--", &self.target.address])
+                            .stdin(StdStdio::null())
+                            .stdout(StdStdio::null())
+                            .stderr(StdStdio::null())
+                            .status()
+                            .await;
+                    }
                 }
             }
             let _ = std::fs::remove_file(&self.ctl);
