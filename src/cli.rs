@@ -7,7 +7,7 @@ use std::path::PathBuf;
 /// mesh: turn plain Debian hosts into one private service mesh, over SSH.
 ///
 /// Exit codes: 0 all hosts succeeded, 1 some host failed, 2 bad input
-/// (nothing was touched).
+/// (nothing was touched), 130 interrupted.
 #[derive(Debug, Parser)]
 #[command(name = "mesh", version, propagate_version = true)]
 pub struct Cli {
