@@ -9,6 +9,7 @@
 //! something changed. On first bootstrap an access key and a bucket are
 //! created and the key is saved as GARAGE_KEY / GARAGE_SECRET.
 
+use super::Slot;
 use crate::inventory::Host;
 use crate::ops::{FileOp, Op, OpCtx, OpError, OpFailure, UnitOp};
 use crate::phases::{converge_ops, ClusterOutcome, ClusterStep, HostCtx, Step, StepOutcome};
@@ -19,7 +20,7 @@ use crate::template::render_builtin;
 use minijinja::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 pub const SECRET_NAME: &str = "RPC_SECRET";
 const BIN: &str = "/usr/local/bin/garage";
@@ -36,9 +37,9 @@ pub struct GaragePlan {
     pub secrets_path: PathBuf,
     pub dry_run: bool,
     pub replication_factor: usize,
-    rpc_secret: Mutex<Option<String>>,
+    rpc_secret: Slot<String>,
     /// `<id>@<addr>:3901` of the first node.
-    first_id: Mutex<Option<String>>,
+    first_id: Slot<String>,
 }
 
 impl GaragePlan {
@@ -55,18 +56,10 @@ impl GaragePlan {
             secrets_path,
             dry_run,
             replication_factor,
-            rpc_secret: Mutex::new(None),
-            first_id: Mutex::new(None),
+            rpc_secret: Slot::new(),
+            first_id: Slot::new(),
         })
     }
-}
-
-fn get(m: &Mutex<Option<String>>) -> Option<String> {
-    m.lock().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
-fn put(m: &Mutex<Option<String>>, v: String) {
-    *m.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
 }
 
 fn garage(args: &[&str]) -> Cmd {
@@ -131,7 +124,7 @@ impl ClusterStep for GarageSecret {
             };
             match settle() {
                 Ok(secret) => {
-                    put(&self.0.rpc_secret, secret);
+                    self.0.rpc_secret.set(secret);
                     ClusterOutcome::default()
                 }
                 Err(e) => ClusterOutcome::failed(e),
@@ -156,22 +149,19 @@ impl ClusterStep for GarageFirstId {
                         self.0.first.name
                     ));
             };
-            if self.0.dry_run {
-                // A fresh cluster has no id yet; the dry run only shows the rest.
-                let id = node_id(first)
-                    .await
-                    .unwrap_or_else(|_| "<first node id>".into());
-                put(&self.0.first_id, id);
-                return ClusterOutcome::default();
-            }
             match node_id(first).await {
                 Ok(id) => {
-                    let message = format!("first node {}", id);
-                    put(&self.0.first_id, id);
+                    let message = format!("first node {id}");
+                    self.0.first_id.set(id);
                     ClusterOutcome {
                         message: Some(message),
                         ..Default::default()
                     }
+                }
+                // A fresh cluster has no id yet; the dry run only shows the rest.
+                Err(_) if self.0.dry_run => {
+                    self.0.first_id.set("<first node id>".into());
+                    ClusterOutcome::default()
                 }
                 Err(e) => ClusterOutcome::failed(e),
             }
@@ -188,11 +178,19 @@ pub struct Garage {
 impl Garage {
     async fn ops(&self, ctx: &HostCtx) -> Result<Vec<Box<dyn Op>>, String> {
         let asset = super::asset(&self.plan.assets, ctx.arch().await?, "garage")?;
-        let secret = get(&self.plan.rpc_secret).ok_or("no RPC secret (its stage did not run)")?;
+        let secret = self
+            .plan
+            .rpc_secret
+            .get()
+            .ok_or("no RPC secret (its stage did not run)")?;
         let peers: Vec<String> = if self.first {
             Vec::new()
         } else {
-            vec![get(&self.plan.first_id).ok_or("the first node's id is unknown")?]
+            vec![self
+                .plan
+                .first_id
+                .get()
+                .ok_or("the first node's id is unknown")?]
         };
         let overlay_ip = ctx.vars.get("OVERLAY_IP").ok_or("no OVERLAY_IP")?;
         let mut extra = BTreeMap::new();

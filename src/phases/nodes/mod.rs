@@ -18,6 +18,7 @@ use super::{Phase, Stage};
 use crate::inventory::{Arch, Host, Inventory};
 use crate::mirror;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// Default apt cache window: a warm run within an hour stays off the network.
 pub const APT_CACHE_VALID_SECONDS: u64 = 3600;
@@ -36,6 +37,29 @@ pub struct NodesOptions {
     /// `assets/<arch>/` binaries (wesher, garage).
     pub assets: PathBuf,
     pub secrets_path: PathBuf,
+}
+
+/// A value one stage settles and later stages (on any host task) read.
+pub struct Slot<T>(Mutex<Option<T>>);
+
+impl<T: Clone> Slot<T> {
+    pub fn new() -> Self {
+        Slot(Mutex::new(None))
+    }
+
+    pub fn get(&self) -> Option<T> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, value: T) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+    }
+}
+
+impl<T: Clone> Default for Slot<T> {
+    fn default() -> Self {
+        Slot::new()
+    }
 }
 
 /// `<assets>/<arch>/<name>`, which must exist.

@@ -10,6 +10,7 @@
 //! the first node's routable address) and `wesher.service`. Existing nodes'
 //! settings do not depend on the host list, so adding a host disturbs none.
 
+use super::Slot;
 use crate::inventory::Host;
 use crate::ops::{field, CommandOp, Decision, FileOp, Op, OpCtx, OpError, OpFailure, UnitOp};
 use crate::phases::{converge_ops, ClusterOutcome, ClusterStep, HostCtx, Step, StepOutcome};
@@ -21,7 +22,7 @@ use minijinja::Value;
 use std::collections::BTreeMap;
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 pub const KEY_NAME: &str = "WESHER_CLUSTER_KEY";
 const STATE_FILE: &str = "/var/lib/wesher/wgoverlay.json";
@@ -35,7 +36,10 @@ pub struct WesherPlan {
     pub overlay_net: Option<String>,
     pub secrets_path: PathBuf,
     pub dry_run: bool,
-    key: Mutex<Option<String>>,
+    key: Slot<String>,
+    /// Routable addresses of the first node and of hosts behind NAT, by name
+    /// (resolved once, off the async threads: public_dns is a DNS lookup).
+    addresses: Slot<BTreeMap<String, String>>,
 }
 
 impl WesherPlan {
@@ -52,12 +56,18 @@ impl WesherPlan {
             overlay_net,
             secrets_path,
             dry_run,
-            key: Mutex::new(None),
+            key: Slot::new(),
+            addresses: Slot::new(),
         })
     }
 
-    fn key(&self) -> Option<String> {
-        self.key.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    fn address(&self, host: &str) -> Result<String, String> {
+        self.addresses
+            .get()
+            .and_then(|a| a.get(host).cloned())
+            .ok_or_else(|| {
+                format!("no routable address for {host} (the wesher key stage did not run)")
+            })
     }
 }
 
@@ -127,19 +137,47 @@ impl ClusterStep for WesherKey {
 
     fn run<'a>(&'a self, hosts: &'a [Arc<HostCtx>]) -> BoxFut<'a, ClusterOutcome> {
         Box::pin(async move {
-            match self.settle(hosts).await {
-                Ok(key) => {
-                    *self.0.key.lock().unwrap_or_else(|e| e.into_inner()) = Some(key);
-                    ClusterOutcome {
-                        message: Some(format!(
-                            "cluster key ready ({KEY_NAME} in {})",
-                            self.0.secrets_path.display()
-                        )),
-                        ..Default::default()
+            let key = match self.settle(hosts).await {
+                Ok(key) => key,
+                Err(e) => return ClusterOutcome::failed(e),
+            };
+            self.0.key.set(key);
+            let mut out = ClusterOutcome {
+                message: Some(format!(
+                    "cluster key ready ({KEY_NAME} in {})",
+                    self.0.secrets_path.display()
+                )),
+                ..Default::default()
+            };
+            let first = self.0.first.name.clone();
+            let mut wanted = vec![self.0.first.clone()];
+            wanted.extend(
+                hosts
+                    .iter()
+                    .filter(|h| h.host.behind_nat && h.host.name != first)
+                    .map(|h| h.host.clone()),
+            );
+            let resolved = tokio::task::spawn_blocking(move || {
+                wanted
+                    .into_iter()
+                    .map(|h| (h.name.clone(), routable_address(&h)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            let mut addresses = BTreeMap::new();
+            for (name, address) in resolved {
+                match address {
+                    Ok(a) => {
+                        addresses.insert(name, a);
                     }
+                    // Without the first node's address nobody can join.
+                    Err(e) if name == first => return ClusterOutcome::failed(e),
+                    Err(e) => out.host_failures.push((name, e)),
                 }
-                Err(e) => ClusterOutcome::failed(e),
             }
+            self.0.addresses.set(addresses);
+            out
         })
     }
 }
@@ -156,15 +194,16 @@ impl Wesher {
         let asset = super::asset(&self.plan.assets, ctx.arch().await?, "wesher")?;
         let key = self
             .plan
-            .key()
+            .key
+            .get()
             .ok_or("no cluster key (the wesher key stage did not run)")?;
         let join = if self.first {
             None
         } else {
-            Some(routable_address(&self.plan.first)?)
+            Some(self.plan.address(&self.plan.first.name)?)
         };
         let advertise = if host.behind_nat {
-            Some(routable_address(host)?)
+            Some(self.plan.address(&host.name)?)
         } else {
             None
         };
