@@ -33,7 +33,7 @@ pub enum AppError {
     Input(String),
     #[error("`mesh {0}` is not built yet: it arrives with a later release. Fix: use `mesh nodes --only basic` or `mesh exec` for now")]
     NotBuilt(&'static str),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Local {
         what: String,
         source: std::io::Error,
@@ -114,11 +114,11 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
     if let Some(w) = secrets.mode_warning() {
         eprintln!("warning: {w}");
     }
-    let control_dir = control_dir()?;
+    let control_dir = ControlDir::create()?;
     let limits = SshLimits {
         handshakes: Arc::new(tokio::sync::Semaphore::new(cli.max_handshakes.max(1))),
         connect_timeout: Duration::from_secs(cli.connect_timeout),
-        control_dir: control_dir.clone(),
+        control_dir: control_dir.0.clone(),
     };
     let logs = inv
         .path
@@ -170,7 +170,7 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
             EXIT_INTERRUPTED
         }
     };
-    let _ = std::fs::remove_dir_all(&control_dir);
+    drop(control_dir);
     Ok(code)
 }
 
@@ -199,18 +199,48 @@ pub fn secrets_path(inventory: &Path) -> PathBuf {
         .join("secrets.env")
 }
 
-/// A private, short directory for this run's control sockets.
-fn control_dir() -> Result<PathBuf, AppError> {
-    let dir = std::env::temp_dir().join(format!("mesh-{}", std::process::id()));
-    let make = || -> std::io::Result<()> {
+/// A private, short directory for this run's control sockets, removed when
+/// dropped, so every exit path (bad input found late, errors, Ctrl-C) cleans up.
+struct ControlDir(PathBuf);
+
+impl ControlDir {
+    /// `$TMPDIR/mesh-<pid>-<random>`: a fresh name each run, so a directory a
+    /// killed run left behind (or a recycled pid) never blocks the next one.
+    fn create() -> Result<Self, AppError> {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)
-    };
-    make().map_err(|source| AppError::Local {
-        what: format!("creating {}", dir.display()),
-        source,
-    })?;
-    Ok(dir)
+        let mut last = None;
+        for _ in 0..8 {
+            let suffix = crate::secrets::random_hex(4).map_err(|source| AppError::Local {
+                what: "reading /dev/urandom".into(),
+                source,
+            })?;
+            let dir = std::env::temp_dir().join(format!("mesh-{}-{suffix}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => return Ok(Self(dir)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some((dir, e)),
+                Err(source) => {
+                    return Err(AppError::Local {
+                        what: format!("creating {} (is TMPDIR writable?)", dir.display()),
+                        source,
+                    })
+                }
+            }
+        }
+        let (dir, source) = last.expect("the loop ran");
+        Err(AppError::Local {
+            what: format!(
+                "creating {} (clean stale mesh-* directories in TMPDIR)",
+                dir.display()
+            ),
+            source,
+        })
+    }
+}
+
+impl Drop for ControlDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 pub fn ssh_target(host: &Host) -> SshTarget {

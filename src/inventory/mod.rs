@@ -90,6 +90,8 @@ pub enum Arch {
 }
 
 impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::Aarch64];
+
     /// The Debian architecture name, for picking `.deb` packages.
     pub fn deb_arch(&self) -> &'static str {
         match self {

@@ -249,6 +249,27 @@ fn bad_input_touches_nothing_and_exits_2() {
         "inventory is checked first: {}",
         run.stderr
     );
+
+    // A problem found after the run is set up (a missing asset) still leaves
+    // nothing behind: no control-socket directory in TMPDIR for a later run
+    // with a recycled pid to trip over.
+    std::fs::write(
+        &inv,
+        "groups:\n  web:\n    hosts:\n      web-1: { address: 10.77.250.1, zone: a, arch: x86_64 }\n",
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let assets = tempfile::tempdir().unwrap();
+    let run = Mesh::new(&inv)
+        .env("TMPDIR", tmp.path())
+        .args(["--assets"])
+        .args([assets.path()])
+        .args(["nodes", "--first-ip", "10.77.250.1", "--only", "wesher"])
+        .run()
+        .expect_code(2);
+    assert!(run.stderr.contains("wesher"), "{}", run.stderr);
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }
 
 #[test]

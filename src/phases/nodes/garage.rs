@@ -242,9 +242,7 @@ impl Step for Garage {
             );
         }
         capacity_bytes(&capacity_of(ctx))?;
-        if let Some(arch) = ctx.host.arch {
-            super::asset(&self.plan.assets, arch, "garage")?;
-        }
+        super::check_asset(&self.plan.assets, ctx.host.arch, "garage")?;
         Ok(())
     }
 

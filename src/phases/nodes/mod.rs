@@ -75,6 +75,20 @@ pub fn asset(assets: &Path, arch: Arch, name: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// The up-front asset check: the host's own architecture when the inventory
+/// declares it; otherwise (detected on the host later) at least one must exist.
+pub fn check_asset(assets: &Path, arch: Option<Arch>, name: &str) -> Result<(), String> {
+    match arch {
+        Some(arch) => asset(assets, arch, name).map(|_| ()),
+        None if Arch::ALL.iter().any(|a| asset(assets, *a, name).is_ok()) => Ok(()),
+        None => Err(format!(
+            "missing {name} in {} for every architecture ({}). Fix: put the {name} binary for your hosts there (or pass --assets DIR)",
+            assets.display(),
+            Arch::ALL.map(|a| format!("{a}/{name}")).join(", ")
+        )),
+    }
+}
+
 /// Steps that bootstrap from the first node and so need `--first-ip`.
 pub const NEEDS_FIRST: &[&str] = &["wesher", "garage"];
 
@@ -178,5 +192,10 @@ mod tests {
             asset(dir.path(), Arch::X86_64, "garage").unwrap(),
             dir.path().join("x86_64/garage")
         );
+        // Undeclared arch: fine while any architecture has it.
+        check_asset(dir.path(), None, "garage").unwrap();
+        let err = check_asset(dir.path(), None, "wesher").unwrap_err();
+        assert!(err.contains("x86_64/wesher, aarch64/wesher"), "{err}");
+        assert!(check_asset(dir.path(), Some(Arch::Aarch64), "garage").is_err());
     }
 }

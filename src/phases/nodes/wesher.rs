@@ -263,9 +263,7 @@ impl Step for Wesher {
     }
 
     fn check(&self, ctx: &HostCtx) -> Result<(), String> {
-        if let Some(arch) = ctx.host.arch {
-            super::asset(&self.plan.assets, arch, "wesher")?;
-        }
+        super::check_asset(&self.plan.assets, ctx.host.arch, "wesher")?;
         if ctx.host.behind_nat {
             routable_address(&ctx.host)?;
         }
