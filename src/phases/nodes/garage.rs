@@ -8,6 +8,13 @@
 //! capacity or tag) is assigned, and a layout version is applied only when
 //! something changed. On first bootstrap an access key and a bucket are
 //! created and the key is saved as GARAGE_KEY / GARAGE_SECRET.
+//!
+//! Addresses: a node advertises its overlay IP (`rpc_public_addr`), which
+//! every node reaches. Hosts behind the same NAT talk over their LAN instead
+//! where garage lets mesh choose per pair: a joiner bootstraps from the first
+//! node's LAN address when both sit behind the same NAT. Garage advertises one
+//! address per node, so a node advertises its LAN address only when the whole
+//! cluster sits behind its NAT.
 
 use super::Slot;
 use crate::inventory::Host;
@@ -19,6 +26,7 @@ use crate::ssh::{BoxFut, Input};
 use crate::template::render_builtin;
 use minijinja::Value;
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -33,6 +41,8 @@ pub const DEFAULT_BUCKET: &str = "mesh";
 /// Shared by the garage stages.
 pub struct GaragePlan {
     pub first: Host,
+    /// Every host of the inventory: the cluster, whatever `--limit` selects.
+    pub cluster: Vec<Host>,
     pub assets: PathBuf,
     pub secrets_path: PathBuf,
     pub dry_run: bool,
@@ -45,6 +55,7 @@ pub struct GaragePlan {
 impl GaragePlan {
     pub fn new(
         first: Host,
+        cluster: Vec<Host>,
         assets: PathBuf,
         secrets_path: PathBuf,
         dry_run: bool,
@@ -52,6 +63,7 @@ impl GaragePlan {
     ) -> Arc<Self> {
         Arc::new(GaragePlan {
             first,
+            cluster,
             assets,
             secrets_path,
             dry_run,
@@ -59,6 +71,48 @@ impl GaragePlan {
             rpc_secret: Slot::new(),
             first_id: Slot::new(),
         })
+    }
+}
+
+const RPC_PORT: u16 = 3901;
+
+/// A host's LAN address: its SSH `address` when that is an IP.
+fn lan_ip(host: &Host) -> Option<IpAddr> {
+    host.address.parse().ok()
+}
+
+/// Both hosts sit behind one NAT: both `behind_nat`, sharing a `public_ip`
+/// or `public_dns`, and each reachable on the LAN by an IP `address`.
+pub fn same_nat(a: &Host, b: &Host) -> bool {
+    let same_ip = a.public_ip.is_some() && a.public_ip == b.public_ip;
+    let same_dns = a.public_dns.is_some() && a.public_dns == b.public_dns;
+    a.behind_nat
+        && b.behind_nat
+        && (same_ip || same_dns)
+        && lan_ip(a).is_some()
+        && lan_ip(b).is_some()
+}
+
+/// What `host` advertises: its LAN address when every other node of the
+/// cluster is behind the same NAT, else its overlay IP.
+pub fn rpc_public_addr(host: &Host, cluster: &[Host], overlay_ip: &str) -> String {
+    let mut others = cluster.iter().filter(|h| h.name != host.name).peekable();
+    let all_behind_its_nat = others.peek().is_some() && others.all(|o| same_nat(host, o));
+    match lan_ip(host) {
+        Some(ip) if all_behind_its_nat => SocketAddr::new(ip, RPC_PORT).to_string(),
+        _ => format!("{overlay_ip}:{RPC_PORT}"),
+    }
+}
+
+/// `host`'s bootstrap peer: the first node's full id (`<id>@<addr>`) as the
+/// first node reports it, or at its LAN address when both ends sit behind
+/// the same NAT.
+pub fn bootstrap_peer(first_id: &str, first: &Host, host: &Host) -> String {
+    match (first_id.split_once('@'), lan_ip(first)) {
+        (Some((id, _)), Some(ip)) if same_nat(first, host) => {
+            format!("{id}@{}", SocketAddr::new(ip, RPC_PORT))
+        }
+        _ => first_id.to_string(),
     }
 }
 
@@ -186,18 +240,19 @@ impl Garage {
         let peers: Vec<String> = if self.first {
             Vec::new()
         } else {
-            vec![self
+            let first_id = self
                 .plan
                 .first_id
                 .get()
-                .ok_or("the first node's id is unknown")?]
+                .ok_or("the first node's id is unknown")?;
+            vec![bootstrap_peer(&first_id, &self.plan.first, &ctx.host)]
         };
         let overlay_ip = ctx.vars.get("OVERLAY_IP").ok_or("no OVERLAY_IP")?;
         let mut extra = BTreeMap::new();
         extra.insert("rpc_secret".to_string(), Value::from(secret));
         extra.insert(
             "rpc_public_addr".to_string(),
-            Value::from(format!("{overlay_ip}:3901")),
+            Value::from(rpc_public_addr(&ctx.host, &self.plan.cluster, overlay_ip)),
         );
         extra.insert("bootstrap_peers".to_string(), Value::from(peers));
         extra.insert(
@@ -575,6 +630,51 @@ Zone redundancy: maximum
 
 Current cluster layout version: 4
 ";
+
+    fn cluster(hosts: &str) -> Vec<Host> {
+        let text = format!("groups:\n  all:\n    hosts:\n{hosts}");
+        crate::inventory::Inventory::parse(std::path::Path::new("inv.yml"), &text)
+            .unwrap()
+            .hosts
+    }
+
+    const HOME_A: &str = "      h1: { address: 192.168.1.20, zone: a, behind_nat: true, public_ip: 198.51.100.99 }\n";
+    const HOME_B: &str = "      h2: { address: 192.168.1.21, zone: b, behind_nat: true, public_ip: 198.51.100.99 }\n";
+    const DC: &str = "      dc: { address: 203.0.113.10, zone: c }\n";
+    const OTHER_HOME: &str = "      h3: { address: 192.168.1.22, zone: d, behind_nat: true, public_ip: 198.51.100.7 }\n";
+
+    #[test]
+    fn a_joiner_behind_the_first_nodes_nat_bootstraps_over_the_lan() {
+        let c = cluster(&format!("{HOME_A}{HOME_B}{DC}{OTHER_HOME}"));
+        let id = "5a8d56@10.1.2.3:3901";
+        assert_eq!(bootstrap_peer(id, &c[0], &c[1]), "5a8d56@192.168.1.20:3901");
+        assert_eq!(bootstrap_peer(id, &c[0], &c[2]), id, "data centre host: overlay");
+        assert_eq!(bootstrap_peer(id, &c[0], &c[3]), id, "another NAT: overlay");
+    }
+
+    #[test]
+    fn nodes_advertise_the_lan_only_when_the_whole_cluster_shares_their_nat() {
+        let mixed = cluster(&format!("{HOME_A}{HOME_B}{DC}"));
+        for h in &mixed {
+            assert_eq!(rpc_public_addr(h, &mixed, "10.9.9.9"), "10.9.9.9:3901");
+        }
+        let home = cluster(&format!("{HOME_A}{HOME_B}"));
+        assert_eq!(rpc_public_addr(&home[1], &home, "10.9.9.9"), "192.168.1.21:3901");
+        let alone = cluster(HOME_A);
+        assert_eq!(rpc_public_addr(&alone[0], &alone, "10.9.9.9"), "10.9.9.9:3901");
+    }
+
+    #[test]
+    fn same_nat_needs_both_behind_it_and_a_shared_public_address() {
+        let dns = cluster(
+            "      a: { address: 10.0.5.1, zone: a, behind_nat: true, public_dns: home.example.org }\n      b: { address: 10.0.5.2, zone: b, behind_nat: true, public_dns: home.example.org }\n      c: { address: lan-c.example, zone: c, behind_nat: true, public_dns: home.example.org }\n",
+        );
+        assert!(same_nat(&dns[0], &dns[1]));
+        assert!(!same_nat(&dns[0], &dns[2]), "no LAN IP to use");
+        let c = cluster(&format!("{HOME_A}{DC}{OTHER_HOME}"));
+        assert!(!same_nat(&c[0], &c[1]));
+        assert!(!same_nat(&c[0], &c[2]));
+    }
 
     #[test]
     fn parses_roles_and_version() {

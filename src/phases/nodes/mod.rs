@@ -141,6 +141,7 @@ pub fn phase(inv: &Inventory, opts: &NodesOptions) -> Phase {
         );
         let garage = GaragePlan::new(
             first.clone(),
+            inv.hosts.clone(),
             opts.assets.clone(),
             opts.secrets_path.clone(),
             opts.dry_run,
