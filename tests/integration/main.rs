@@ -197,7 +197,7 @@ fn a_firewall_that_would_lock_out_ssh_is_rolled_back() {
     let lab = Lab::start("lockout", 1, 24);
     // Tell mesh sshd listens on 2222: the rule set then blocks the real port 22.
     let inv = lab.write_inventory("lockout.yml", |text| {
-        format!("firewall: {{ ssh_port: 2222, deadman_seconds: 30 }}\n{text}")
+        format!("firewall: {{ ssh_port: {DEADMAN_TEST_PORT}, deadman_seconds: {DEADMAN_TEST_SECONDS} }}\n{text}")
     });
     let run = Mesh::new(&inv)
         .args(["--connect-timeout", "4", "nodes", "--only", "basic"])
@@ -217,7 +217,46 @@ fn a_firewall_that_would_lock_out_ssh_is_rolled_back() {
     lab.mesh().args(["exec", "--", "true"]).run().ok();
     let ufw = lab.on(1, "ufw status").stdout;
     assert!(ufw.contains("inactive"), "{ufw}");
+
+    // What the timer is for: mesh itself is gone (killed, laptop lid closed)
+    // after enabling the firewall and before confirming a fresh login. A long
+    // connect timeout keeps mesh waiting on that login while it is killed.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mesh = Mesh::new(&inv)
+        .env("TMPDIR", tmp.path())
+        .args(["--connect-timeout", "60", "nodes", "--only", "basic"])
+        .spawn();
+    util::eventually_within(60, || {
+        let status = lab.on(1, "ufw status").stdout;
+        status
+            .contains("Status: active")
+            .then_some(())
+            .ok_or(status)
+    });
+    mesh.kill().unwrap();
+    mesh.wait().unwrap();
+    // Its ssh master too: nothing of mesh is left to roll back.
+    let _ = std::process::Command::new("pkill")
+        .args(["-KILL", "-f"])
+        .arg(tmp.path())
+        .status();
+    util::eventually_within(DEADMAN_TEST_SECONDS + 30, || {
+        let status = lab.on(1, "ufw status").stdout;
+        status.contains("inactive").then_some(()).ok_or(status)
+    });
+    let journal = lab
+        .on(1, "journalctl --no-pager -u mesh-ufw-deadman.service")
+        .stdout;
+    assert!(
+        journal.contains("Firewall stopped and disabled"),
+        "the dead-man unit disabled ufw: {journal}"
+    );
+    lab.mesh().args(["exec", "--", "true"]).run().ok();
 }
+
+/// The lockout test's firewall: allows a port sshd does not listen on.
+const DEADMAN_TEST_PORT: u16 = 2222;
+const DEADMAN_TEST_SECONDS: u64 = 20;
 
 #[test]
 fn bad_input_touches_nothing_and_exits_2() {

@@ -172,6 +172,15 @@ impl Mesh {
     pub fn run(mut self) -> Run {
         Run::from(sh(&mut self.cmd))
     }
+
+    /// Start without waiting, output discarded (for killing it mid-run).
+    pub fn spawn(mut self) -> std::process::Child {
+        self.cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting mesh")
+    }
 }
 
 /// A finished command.
@@ -444,14 +453,19 @@ impl Drop for LoopSshd {
 }
 
 /// Retry `check` for up to 30 s; panics with its last error.
-pub fn eventually<T>(mut check: impl FnMut() -> Result<T, String>) -> T {
+pub fn eventually<T>(check: impl FnMut() -> Result<T, String>) -> T {
+    eventually_within(30, check)
+}
+
+/// Retry `check` every 0.5 s for up to `secs`; panics with its last error.
+pub fn eventually_within<T>(secs: u64, mut check: impl FnMut() -> Result<T, String>) -> T {
     let mut last = String::new();
-    for _ in 0..60 {
+    for _ in 0..secs * 2 {
         match check() {
             Ok(v) => return v,
             Err(e) => last = e,
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    panic!("still failing after 30 s: {last}");
+    panic!("still failing after {secs} s: {last}");
 }

@@ -641,14 +641,19 @@ Current cluster layout version: 4
     const HOME_A: &str = "      h1: { address: 192.168.1.20, zone: a, behind_nat: true, public_ip: 198.51.100.99 }\n";
     const HOME_B: &str = "      h2: { address: 192.168.1.21, zone: b, behind_nat: true, public_ip: 198.51.100.99 }\n";
     const DC: &str = "      dc: { address: 203.0.113.10, zone: c }\n";
-    const OTHER_HOME: &str = "      h3: { address: 192.168.1.22, zone: d, behind_nat: true, public_ip: 198.51.100.7 }\n";
+    const OTHER_HOME: &str =
+        "      h3: { address: 192.168.1.22, zone: d, behind_nat: true, public_ip: 198.51.100.7 }\n";
 
     #[test]
     fn a_joiner_behind_the_first_nodes_nat_bootstraps_over_the_lan() {
         let c = cluster(&format!("{HOME_A}{HOME_B}{DC}{OTHER_HOME}"));
         let id = "5a8d56@10.1.2.3:3901";
         assert_eq!(bootstrap_peer(id, &c[0], &c[1]), "5a8d56@192.168.1.20:3901");
-        assert_eq!(bootstrap_peer(id, &c[0], &c[2]), id, "data centre host: overlay");
+        assert_eq!(
+            bootstrap_peer(id, &c[0], &c[2]),
+            id,
+            "data centre host: overlay"
+        );
         assert_eq!(bootstrap_peer(id, &c[0], &c[3]), id, "another NAT: overlay");
     }
 
@@ -659,9 +664,15 @@ Current cluster layout version: 4
             assert_eq!(rpc_public_addr(h, &mixed, "10.9.9.9"), "10.9.9.9:3901");
         }
         let home = cluster(&format!("{HOME_A}{HOME_B}"));
-        assert_eq!(rpc_public_addr(&home[1], &home, "10.9.9.9"), "192.168.1.21:3901");
+        assert_eq!(
+            rpc_public_addr(&home[1], &home, "10.9.9.9"),
+            "192.168.1.21:3901"
+        );
         let alone = cluster(HOME_A);
-        assert_eq!(rpc_public_addr(&alone[0], &alone, "10.9.9.9"), "10.9.9.9:3901");
+        assert_eq!(
+            rpc_public_addr(&alone[0], &alone, "10.9.9.9"),
+            "10.9.9.9:3901"
+        );
     }
 
     #[test]
