@@ -178,7 +178,9 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
 fn check_inputs(phase: &Phase, ctxs: &[Arc<HostCtx>]) -> Result<(), AppError> {
     let mut problems = Vec::new();
     for ctx in ctxs {
-        for step in phase.host_steps() {
+        // A step split into stages (first node, then the rest) is checked
+        // once per host: by the stage that runs on it.
+        for step in phase.host_steps().filter(|step| step.wants(ctx)) {
             if let Err(e) = step.check(ctx) {
                 problems.push(format!("host {} step {}: {e}", ctx.host.name, step.name()));
             }

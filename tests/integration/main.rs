@@ -306,7 +306,12 @@ fn bad_input_touches_nothing_and_exits_2() {
         .args(["nodes", "--first-ip", "10.77.250.1", "--only", "wesher"])
         .run()
         .expect_code(2);
-    assert!(run.stderr.contains("wesher"), "{}", run.stderr);
+    assert_eq!(
+        run.stderr.matches("host web-1 step wesher:").count(),
+        1,
+        "each problem once: {}",
+        run.stderr
+    );
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }
