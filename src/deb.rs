@@ -7,13 +7,12 @@
 
 use std::cmp::Ordering;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use serde::{Deserialize, Serialize};
 use serde_saphyr::{MessageFormatter, UserMessageFormatter};
-use sha2::{Digest, Sha256};
 
 /// First line of every lock file mesh writes.
 const LOCK_HEADER: &str =
@@ -417,22 +416,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
-}
-
-/// Hex sha256 of a file (streamed).
-pub fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(format!("{:x}", hasher.finalize()))
 }
 
 // ---------------------------------------------------------------------------
@@ -1035,34 +1018,6 @@ SHA256: db669af634b75c7f298400f3b6c2aa8ba54998bac83e23d10ab4eaadc4b50ccf
 
         let err = choose_newest(&[], &wanted(&["docker-ce"])).unwrap_err();
         assert!(err.to_string().contains("lists no packages"), "{err}");
-    }
-
-    // --- sha256_file -----------------------------------------------------
-
-    #[test]
-    fn sha256_known_vectors() {
-        let dir = tempfile::tempdir().unwrap();
-        let cases: [(&[u8], &str); 3] = [
-            (
-                b"",
-                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-            ),
-            (
-                b"abc",
-                "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
-            ),
-            // Larger than the read buffer.
-            (
-                &[b'a'; 1_000_000],
-                "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0",
-            ),
-        ];
-        for (i, (data, want)) in cases.into_iter().enumerate() {
-            let path = dir.path().join(format!("f{i}"));
-            fs::write(&path, data).unwrap();
-            assert_eq!(sha256_file(&path).unwrap(), want);
-        }
-        assert!(sha256_file(&dir.path().join("absent")).is_err());
     }
 
     // --- Lock ------------------------------------------------------------

@@ -8,12 +8,12 @@
 //! sha256 — a mismatch stops the run before any host is touched. No apt
 //! repository is ever added to a host.
 
-use crate::deb::{
-    choose_newest, parse_packages, sha256_file, DebError, Lock, LockSet, LockedPackage,
-};
+use crate::deb::{choose_newest, parse_packages, DebError, Lock, LockSet, LockedPackage};
+use crate::ops::file::{hex, sha256_local};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// download.docker.com's Debian repository.
@@ -67,12 +67,17 @@ pub fn cache_root() -> PathBuf {
     PathBuf::from(home).join(".cache/mesh")
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(600)))
-        .timeout_connect(Some(Duration::from_secs(15)))
-        .build()
-        .into()
+/// One HTTP agent per run: its connection pool serves the index and every
+/// `.deb` from the same mirror.
+fn agent() -> &'static ureq::Agent {
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(600)))
+            .timeout_connect(Some(Duration::from_secs(15)))
+            .build()
+            .into()
+    })
 }
 
 fn join(base: &str, path: &str) -> String {
@@ -141,7 +146,7 @@ pub fn fetch(cache: &Path, mirror: &str, pkg: &LockedPackage) -> Result<Resolved
     let path = dir.join(&name);
     if path.exists() {
         // Content-addressed: re-verify anyway, the cache is not trusted blindly.
-        if sha256_file(&path).map_err(cache_err(&path))? == pkg.sha256 {
+        if sha256_local(&path).map_err(cache_err(&path))?.1 == pkg.sha256 {
             return Ok(ResolvedDeb {
                 package: pkg.clone(),
                 path,
@@ -173,11 +178,7 @@ pub fn fetch(cache: &Path, mirror: &str, pkg: &LockedPackage) -> Result<Resolved
         file.write_all(&buf[..n]).map_err(cache_err(&tmp))?;
     }
     drop(file);
-    let got: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let got = hex(&hasher.finalize());
     if got != pkg.sha256 {
         let _ = std::fs::remove_file(&tmp);
         return Err(MirrorError::HashMismatch {

@@ -48,7 +48,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -425,5 +425,34 @@ mod tests {
         let (size, h) = sha256_local(&p).unwrap();
         assert_eq!(size, 3);
         assert_eq!(h, sha256_hex(b"abc"));
+    }
+
+    #[test]
+    fn sha256_known_vectors() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(&[u8], &str); 3] = [
+            (
+                b"",
+                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            ),
+            (
+                b"abc",
+                "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            ),
+            // Larger than the read buffer.
+            (
+                &[b'a'; 1_000_000],
+                "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0",
+            ),
+        ];
+        for (i, (data, want)) in cases.into_iter().enumerate() {
+            let path = dir.path().join(format!("f{i}"));
+            std::fs::write(&path, data).unwrap();
+            assert_eq!(
+                sha256_local(&path).unwrap(),
+                (data.len() as u64, want.to_string())
+            );
+        }
+        assert!(sha256_local(&dir.path().join("absent")).is_err());
     }
 }
