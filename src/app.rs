@@ -61,10 +61,6 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
         _ => {}
     }
     let inv = Inventory::load(&cli.inventory)?;
-    if let Some(net) = &inv.overlay.net {
-        net.parse::<crate::overlay::OverlayNet>()
-            .map_err(|e| AppError::Input(format!("{}: overlay.net: {e}", inv.path.display())))?;
-    }
     let hosts = inv.select(&cli.limit)?;
     let phase = match &cli.command {
         Command::Inventory => {

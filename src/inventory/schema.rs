@@ -151,7 +151,7 @@ pub(crate) fn read_inventory(root: &Node, d: &mut Diag) -> RawInventory {
             "overlay" => {
                 for f in entries(v, "overlay", d) {
                     match f.key.as_str() {
-                        "net" => inv.overlay_net = read_cidr(f.value, "overlay", &f.key, d),
+                        "net" => inv.overlay_net = read_overlay_net(f.value, "overlay", &f.key, d),
                         _ => unknown_key(d, "overlay", &f, OVERLAY_KEYS),
                     }
                 }
@@ -535,26 +535,21 @@ fn read_url(node: &Node, what: &str, key: &str, d: &mut Diag) -> Option<String> 
     None
 }
 
-/// An IP network in CIDR notation, such as 10.0.0.0/8.
-fn read_cidr(node: &Node, what: &str, key: &str, d: &mut Diag) -> Option<String> {
+/// The overlay network: an IPv4 CIDR net wesher accepts (prefix length a
+/// multiple of 8), such as 10.0.0.0/8. Kept as written: wesher gets the text.
+fn read_overlay_net(node: &Node, what: &str, key: &str, d: &mut Diag) -> Option<String> {
     let text = read_string(node, what, key, d)?;
-    let valid = text.split_once('/').is_some_and(|(ip, bits)| {
-        let max = match ip.parse::<IpAddr>() {
-            Ok(IpAddr::V4(_)) => 32,
-            Ok(IpAddr::V6(_)) => 128,
-            Err(_) => return false,
-        };
-        bits.parse::<u8>().is_ok_and(|b| b <= max)
-    });
-    if valid {
-        return Some(text);
+    match text.parse::<crate::overlay::OverlayNet>() {
+        Ok(_) => Some(text),
+        Err(e) => {
+            d.push(
+                node.loc,
+                format!("{what}: {key}: {e}"),
+                format!("write an IPv4 network whose prefix length is a multiple of 8, such as {key}: 10.0.0.0/8."),
+            );
+            None
+        }
     }
-    d.push(
-        node.loc,
-        format!("{what}: {key} \"{text}\" is not a network in CIDR notation"),
-        format!("write an address and prefix length, such as {key}: 10.0.0.0/8."),
-    );
-    None
 }
 
 /// A list of scalars (a null counts as an empty list).

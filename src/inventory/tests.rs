@@ -550,6 +550,22 @@ fn wrong_value_types() {
 }
 
 #[test]
+fn overlay_net_must_be_one_wesher_accepts() {
+    for net in ["10.0.0.0/12", "fd00::/8", "10.0.0/8"] {
+        let text = format!("overlay: {{ net: \"{net}\" }}\n") + &one_host("address: 192.0.2.1");
+        assert_problem(
+            &problem(&text),
+            &at(&text, &format!("\"{net}\"")),
+            &["overlay: net:", "Fix:"],
+        );
+    }
+    for net in ["10.0.0.0/8", "100.64.0.0/16", "192.168.7.0/24"] {
+        let text = format!("overlay: {{ net: \"{net}\" }}\n") + &one_host("address: 192.0.2.1");
+        assert_eq!(ok(&text).overlay.net.as_deref(), Some(net));
+    }
+}
+
+#[test]
 fn several_problems_collected_in_file_order() {
     let text = r#"
 groups:
