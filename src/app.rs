@@ -12,7 +12,7 @@ use crate::ssh::mux::{SshLimits, SshTarget, SshTransport};
 use crate::ssh::Transport;
 use crate::template::{Source, VarSet};
 use std::net::{IpAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +62,7 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
     }
     let inv = Inventory::load(&cli.inventory)?;
     let hosts = inv.select(&cli.limit)?;
+    let secrets_path = inv.beside("secrets.env");
     let phase = match &cli.command {
         Command::Inventory => {
             print_inventory(&inv, &hosts, cli.json);
@@ -93,7 +94,7 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
                 cache: crate::mirror::cache_root(),
                 first,
                 assets: cli.assets.clone(),
-                secrets_path: secrets_path(&inv.path),
+                secrets_path: secrets_path.clone(),
             };
             nodes::phase(&inv, &opts)
         }
@@ -105,7 +106,6 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
         .select(&cli.only, &cli.skip)
         .map_err(AppError::Input)?;
 
-    let secrets_path = secrets_path(&inv.path);
     let secrets = Secrets::load(&secrets_path)?;
     if let Some(w) = secrets.mode_warning() {
         eprintln!("warning: {w}");
@@ -116,11 +116,7 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
         connect_timeout: Duration::from_secs(cli.connect_timeout),
         control_dir: control_dir.0.clone(),
     };
-    let logs = inv
-        .path
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(".mesh/logs");
+    let logs = inv.beside(".mesh/logs");
     let log_dir = crate::log::run_dir(&logs, phase.name).map_err(|source| AppError::Local {
         what: format!("creating the log directory under {}", logs.display()),
         source,
@@ -187,14 +183,6 @@ fn check_inputs(phase: &Phase, ctxs: &[Arc<HostCtx>]) -> Result<(), AppError> {
     } else {
         Err(AppError::Input(problems.join("\n")))
     }
-}
-
-/// `secrets.env` next to the inventory.
-pub fn secrets_path(inventory: &Path) -> PathBuf {
-    inventory
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("secrets.env")
 }
 
 /// A private, short directory for this run's control sockets, removed when
@@ -300,14 +288,19 @@ pub fn overlay_ip(inv: &Inventory, host: &Host) -> std::net::Ipv4Addr {
 /// The host `--first-ip` names: by address, public_ip, or resolved public_dns.
 pub fn first_node<'a>(inv: &'a Inventory, ip: &str) -> Result<&'a Host, AppError> {
     let wanted: Option<IpAddr> = ip.parse().ok();
+    // Only an IP can match public_ip or a resolved public_dns: no lookups otherwise.
+    let resolves_to = |dns: &str, ip: IpAddr| {
+        (dns, 0)
+            .to_socket_addrs()
+            .is_ok_and(|mut addrs| addrs.any(|a| a.ip() == ip))
+    };
     let found = inv.hosts.iter().find(|h| {
         h.address == ip
-            || (wanted.is_some() && h.public_ip == wanted)
-            || h.public_dns.as_deref().is_some_and(|dns| {
-                (dns, 0)
-                    .to_socket_addrs()
-                    .map(|mut addrs| addrs.any(|a| Some(a.ip()) == wanted))
-                    .unwrap_or(false)
+            || wanted.is_some_and(|w| {
+                h.public_ip == Some(w)
+                    || h.public_dns
+                        .as_deref()
+                        .is_some_and(|dns| resolves_to(dns, w))
             })
     });
     found.ok_or_else(|| {
@@ -404,6 +397,7 @@ fn print_inventory(inv: &Inventory, hosts: &[&Host], json: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const INV: &str = "groups:
   g:

@@ -228,6 +228,11 @@ impl Inventory {
     }
 
     /// The host called `name`.
+    /// A file next to the inventory (secrets.env, docker.lock, .mesh/logs).
+    pub fn beside(&self, name: &str) -> PathBuf {
+        self.path.parent().unwrap_or(Path::new(".")).join(name)
+    }
+
     pub fn host(&self, name: &str) -> Option<&Host> {
         self.hosts.iter().find(|h| h.name == name)
     }

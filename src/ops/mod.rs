@@ -154,7 +154,7 @@ impl OpCtx<'_> {
     }
 }
 
-fn fmt_code(code: Option<i32>) -> String {
+pub(crate) fn fmt_code(code: Option<i32>) -> String {
     code.map_or_else(|| "signal".into(), |c| c.to_string())
 }
 

@@ -3,7 +3,7 @@
 //! globs work when quoted as one argument.
 
 use super::{HostCtx, Phase, Step, StepOutcome};
-use crate::ops::{OpError, OpFailure};
+use crate::ops::{fmt_code, OpError, OpFailure};
 use crate::ssh::{BoxFut, Input};
 
 pub struct Exec {
@@ -54,7 +54,7 @@ impl Step for Exec {
             } else {
                 Err(fail(OpError::Command {
                     what: format!("`{}`", self.command),
-                    code: out.code.map_or("signal".into(), |c| c.to_string()),
+                    code: fmt_code(out.code),
                     tail: text.trim_end().to_string(),
                 }))
             }

@@ -2,7 +2,7 @@
 //! codename, and the port sshd sees this connection on (which is the port
 //! the firewall must keep open, even behind NAT port forwarding).
 
-use crate::ops::{OpCtx, OpError};
+use crate::ops::{field, OpCtx, OpError};
 use crate::ssh::Input;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,18 +26,15 @@ pub async fn gather(ctx: &OpCtx<'_>) -> Result<Facts, OpError> {
 }
 
 fn parse(text: &str) -> Facts {
-    let mut f = Facts::default();
-    for line in text.lines() {
-        match line.split_once(' ') {
-            Some(("arch", v)) => f.arch = v.trim().into(),
-            Some(("codename", v)) => f.codename = v.trim().into(),
-            Some(("ssh", v)) => {
-                f.ssh_port = v.split_whitespace().nth(3).and_then(|p| p.parse().ok())
-            }
-            _ => {}
-        }
+    let value = |key| field(text, key).map(str::trim).unwrap_or_default();
+    Facts {
+        arch: value("arch").into(),
+        codename: value("codename").into(),
+        ssh_port: value("ssh")
+            .split_whitespace()
+            .nth(3)
+            .and_then(|p| p.parse().ok()),
     }
-    f
 }
 
 #[cfg(test)]

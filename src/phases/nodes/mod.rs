@@ -92,14 +92,6 @@ pub fn check_asset(assets: &Path, arch: Option<Arch>, name: &str) -> Result<(), 
 /// Steps that bootstrap from the first node and so need `--first-ip`.
 pub const NEEDS_FIRST: &[&str] = &["wesher", "garage"];
 
-/// `docker.lock` next to the inventory.
-pub fn lock_path(inventory: &Path) -> PathBuf {
-    inventory
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("docker.lock")
-}
-
 /// The `nodes` phase for this inventory.
 pub fn phase(inv: &Inventory, opts: &NodesOptions) -> Phase {
     let apt_cache_valid_seconds = inv
@@ -117,7 +109,7 @@ pub fn phase(inv: &Inventory, opts: &NodesOptions) -> Phase {
                 .map(|p| p.to_string())
                 .collect()
         }),
-        lock_path(&inv.path),
+        inv.beside("docker.lock"),
         opts.cache.clone(),
         opts.update_lock,
         opts.dry_run,
