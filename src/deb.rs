@@ -6,10 +6,9 @@
 //! installing live elsewhere.
 
 use std::cmp::Ordering;
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use serde::{Deserialize, Serialize};
 use serde_saphyr::{MessageFormatter, UserMessageFormatter};
@@ -534,46 +533,13 @@ impl Lock {
     /// YAML with a header comment, written atomically (temp file in the same
     /// dir + rename), so a crash never leaves a half-written lock.
     pub fn save(&self, path: &Path) -> Result<(), DebError> {
-        // Distinguishes concurrent saves within one process.
-        static SEQ: AtomicU64 = AtomicU64::new(0);
         let yaml =
             serde_saphyr::to_string(self).map_err(|e| DebError::LockSerialize(e.to_string()))?;
         let text = format!("{LOCK_HEADER}\n{yaml}");
-        let write_err = |source| DebError::LockWrite {
+        crate::atomic::write(path, text.as_bytes(), None).map_err(|source| DebError::LockWrite {
             path: path.to_path_buf(),
             source,
-        };
-        let Some(name) = path.file_name() else {
-            return Err(write_err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the path does not name a file",
-            )));
-        };
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let tmp = dir.join(format!(
-            ".{}.tmp.{}.{}",
-            name.to_string_lossy(),
-            std::process::id(),
-            SEQ.fetch_add(1, AtomicOrdering::Relaxed)
-        ));
-        let result = (|| {
-            let mut file = File::create(&tmp)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&tmp, path)
-        })();
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(write_err(e));
-        }
-        // Best effort: make the rename itself durable.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        })
     }
 
     pub fn get(&self, codename: &str, arch: &str) -> Option<&LockSet> {

@@ -8,6 +8,7 @@
 //! over hosts and reports.
 
 pub mod app;
+pub mod atomic;
 pub mod cli;
 pub mod deb;
 pub mod inventory;

@@ -10,9 +10,9 @@
 //! line (comments included) as it was. Values never appear in errors or `Debug`.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::template::{Source, VarSet};
@@ -264,40 +264,11 @@ impl Secrets {
             _ => PathBuf::from("."),
         };
         fs::create_dir_all(&dir).map_err(io_err("create its directory"))?;
-        let name = self.path.file_name().map_or_else(
-            || "secrets.env".into(),
-            |n| n.to_string_lossy().into_owned(),
-        );
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let tmp = dir.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
-
         let mut content: String = lines.iter().map(|l| format!("{}\n", l.raw)).collect();
         if content.is_empty() {
             content.push('\n');
         }
-        let result = (|| -> std::io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            // create_new + mode is subject to umask; make 0600 explicit.
-            f.set_permissions(fs::Permissions::from_mode(0o600))?;
-            f.write_all(content.as_bytes())?;
-            f.sync_all()?;
-            fs::rename(&tmp, &self.path)
-        })();
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err("write")(e));
-        }
-        // Persist the rename itself (best effort).
-        if let Ok(d) = File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::atomic::write(&self.path, content.as_bytes(), Some(0o600)).map_err(io_err("write"))
     }
 
     /// Get the value, or generate it with `gen`, store it (`set`) and return it.
