@@ -117,6 +117,30 @@ pub async fn converge_ops(
         .into())
 }
 
+/// A cluster stage's fan-out: `read` runs on every host at once (each on its
+/// own open connection); results come back in host order. `Err` only if a
+/// task panicked.
+pub async fn on_each_host<T, F, Fut>(
+    hosts: &[Arc<HostCtx>],
+    read: F,
+) -> Result<Vec<(Arc<HostCtx>, Result<T, String>)>, String>
+where
+    T: Send + 'static,
+    F: Fn(Arc<HostCtx>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
+{
+    let tasks: Vec<_> = hosts
+        .iter()
+        .map(|ctx| (ctx.clone(), tokio::spawn(read(ctx.clone()))))
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    for (ctx, task) in tasks {
+        let result = task.await.map_err(|e| format!("internal error: {e}"))?;
+        results.push((ctx, result));
+    }
+    Ok(results)
+}
+
 /// One named step of a phase, run on each host.
 pub trait Step: Send + Sync {
     fn name(&self) -> &'static str;

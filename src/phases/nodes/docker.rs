@@ -12,7 +12,9 @@ use crate::mirror::{self, ResolvedDeb};
 use crate::ops::{
     apt, converge, AptUpdate, Decision, FileOp, Op, OpCtx, OpError, OpFailure, UnitOp,
 };
-use crate::phases::{converge_ops, ClusterOutcome, ClusterStep, HostCtx, Step, StepOutcome};
+use crate::phases::{
+    converge_ops, on_each_host, ClusterOutcome, ClusterStep, HostCtx, Step, StepOutcome,
+};
 use crate::quote::{Cmd, Script};
 use crate::ssh::{BoxFut, Input};
 use std::collections::BTreeMap;
@@ -121,23 +123,19 @@ impl ClusterStep for DockerResolve {
     fn run<'a>(&'a self, hosts: &'a [Arc<HostCtx>]) -> BoxFut<'a, ClusterOutcome> {
         Box::pin(async move {
             let mut out = ClusterOutcome::default();
-            let mut tasks = Vec::new();
-            for ctx in hosts {
-                let ctx = ctx.clone();
-                tasks.push(tokio::spawn(async move {
-                    (ctx.host.name.clone(), host_key(&ctx).await)
-                }));
-            }
+            let found = match on_each_host(hosts, |ctx| async move { host_key(&ctx).await }).await {
+                Ok(found) => found,
+                Err(e) => {
+                    out.abort = Some(e);
+                    return out;
+                }
+            };
             let mut keys: Vec<Key> = Vec::new();
-            for t in tasks {
-                match t.await {
-                    Ok((_, Ok(key))) => {
-                        if !keys.contains(&key) {
-                            keys.push(key);
-                        }
-                    }
-                    Ok((host, Err(e))) => out.host_failures.push((host, e)),
-                    Err(e) => out.abort = Some(format!("internal error: {e}")),
+            for (ctx, key) in found {
+                match key {
+                    Ok(key) if !keys.contains(&key) => keys.push(key),
+                    Ok(_) => {}
+                    Err(e) => out.host_failures.push((ctx.host.name.clone(), e)),
                 }
             }
             let plan = self.0.clone();

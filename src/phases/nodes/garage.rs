@@ -19,7 +19,9 @@
 use super::Slot;
 use crate::inventory::Host;
 use crate::ops::{FileOp, Op, OpCtx, OpError, OpFailure, UnitOp};
-use crate::phases::{converge_ops, ClusterOutcome, ClusterStep, HostCtx, Step, StepOutcome};
+use crate::phases::{
+    converge_ops, on_each_host, ClusterOutcome, ClusterStep, HostCtx, Step, StepOutcome,
+};
 use crate::quote::{Cmd, Script};
 use crate::secrets::{random_hex, Secrets};
 use crate::ssh::{BoxFut, Input};
@@ -409,11 +411,11 @@ impl GarageLayout {
             .or(hosts.first())
             .ok_or("no host left to run the layout from")?;
         let ctx = admin.op_ctx();
-        // Node ids, read by the controller from each host.
+        // Node ids, read by the controller from every host at once.
         let mut ids = Vec::new();
-        for h in hosts {
-            match node_id(h).await {
-                Ok(id) => ids.push((h.clone(), id)),
+        for (h, id) in on_each_host(hosts, |h| async move { node_id(&h).await }).await? {
+            match id {
+                Ok(id) => ids.push((h, id)),
                 Err(e) if self.0.dry_run => {
                     out.message = Some(format!("would bootstrap the layout ({e})"));
                     return Ok(());
