@@ -25,17 +25,13 @@ fn sh(cmd: &mut Command) -> std::process::Output {
 fn prepare() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        for args in [&["prereqs"][..], &["image"][..]] {
-            let script = if args[0] == "prereqs" {
-                repo_root().join("tests/lab/prereqs.sh")
-            } else {
-                lab_script()
-            };
+        let steps = [
+            (repo_root().join("tests/lab/prereqs.sh"), None),
+            (lab_script(), Some("image")),
+        ];
+        for (script, arg) in steps {
             let mut cmd = Command::new("bash");
-            cmd.arg(&script);
-            if args[0] != "prereqs" {
-                cmd.args(args);
-            }
+            cmd.arg(&script).args(arg);
             let out = sh(&mut cmd);
             assert!(
                 out.status.success(),
