@@ -54,17 +54,8 @@ fn a_stopped_host_fails_alone_and_is_named_in_the_summary() {
         .run()
         .expect_code(1);
     let summary = run.summary();
-    let hosts = summary["hosts"].as_array().unwrap();
-    assert_eq!(hosts.len(), 3);
-    for h in hosts {
-        let name = h["host"].as_str().unwrap();
-        if name == lab.host(2) {
-            let err = h["failed"].as_str().unwrap();
-            assert!(err.contains("cannot connect"), "{err}");
-        } else {
-            assert!(h["failed"].is_null(), "{name} failed: {h}");
-        }
-    }
+    assert_eq!(summary["hosts"].as_array().unwrap().len(), 3);
+    util::assert_only_failed(&summary, &lab.host(2), "cannot connect");
     assert_eq!(summary["failed"], 1);
     // The human summary names the host too.
     let plain = lab
@@ -321,12 +312,7 @@ fn docker_comes_from_pinned_debs_and_a_corrupt_deb_is_refused() {
     let mirror = DebMirror::start(&["containerd", "runc", "docker.io"]);
     let lab = Lab::start("docker", 1, 25);
     let cache = tempfile::tempdir().unwrap();
-    let inv = lab.write_inventory("docker.yml", |text| {
-        format!(
-            "docker: {{ mirror: \"{}\", packages: [containerd, runc, docker.io] }}\n{text}",
-            mirror.url
-        )
-    });
+    let inv = lab.write_inventory("docker.yml", |text| mirror.docker_inventory(text));
     let mesh = || Mesh::new(&inv).env("MESH_CACHE", cache.path());
 
     let first = mesh()
@@ -432,16 +418,7 @@ fn wesher_first_node_then_joiners_with_one_shared_key() {
 
     // Host 3 is behind NAT and its wesher lacks --advertise-addr: it alone fails.
     let run = mesh().args(["--json"]).run().expect_code(1);
-    let summary = run.summary();
-    for h in summary["hosts"].as_array().unwrap() {
-        let name = h["host"].as_str().unwrap();
-        if name == lab.host(3) {
-            let err = h["failed"].as_str().unwrap();
-            assert!(err.contains("--advertise-addr"), "{err}");
-        } else {
-            assert!(h["failed"].is_null(), "{h}");
-        }
-    }
+    util::assert_only_failed(&run.summary(), &lab.host(3), "--advertise-addr");
 
     // With a patched build it joins, advertising its public address.
     lab.on(
@@ -456,13 +433,7 @@ fn wesher_first_node_then_joiners_with_one_shared_key() {
         again.stdout
     );
 
-    let secrets = std::fs::read_to_string(inv.parent().unwrap().join("secrets.env")).unwrap();
-    let key = secrets
-        .lines()
-        .find_map(|l| l.strip_prefix("WESHER_CLUSTER_KEY="))
-        .expect("key stored in secrets.env")
-        .trim_matches('\'')
-        .to_string();
+    let key = util::secret(&inv, "WESHER_CLUSTER_KEY");
     assert_eq!(key.len(), 44, "32 bytes, base64");
     for i in 1..=3 {
         let env = lab
@@ -548,12 +519,7 @@ fn nodes_brings_up_docker_overlay_and_a_3_zone_garage_then_joins_a_4th_host() {
     let lab = Lab::start("nodes", 4, 27);
     let assets = lab_assets();
     let cache = tempfile::tempdir().unwrap();
-    let with_mirror = |text: String| {
-        format!(
-            "docker: {{ mirror: \"{}\", packages: [containerd, runc, docker.io] }}\n{text}",
-            mirror.url
-        )
-    };
+    let with_mirror = |text: String| mirror.docker_inventory(text);
     let four = lab.write_inventory("nodes.yml", with_mirror);
     let host4 = format!("{}:", lab.host(4));
     let three = lab.write_inventory("nodes.yml.3", |text| {
@@ -603,9 +569,9 @@ fn nodes_brings_up_docker_overlay_and_a_3_zone_garage_then_joins_a_4th_host() {
     );
 
     // Docker from the local mirror via the lock, on every host.
+    let lock = std::fs::read_to_string(dir.join("docker.lock")).unwrap();
     for i in 1..=3 {
         let v = lab.on(i, "dpkg-query -W -f '${Version}' docker.io").stdout;
-        let lock = std::fs::read_to_string(four.parent().unwrap().join("docker.lock")).unwrap();
         assert!(
             lock.contains(&v),
             "docker.io {v} not the pinned one:\n{lock}"
@@ -651,15 +617,7 @@ fn nodes_brings_up_docker_overlay_and_a_3_zone_garage_then_joins_a_4th_host() {
     assert_eq!(secret(1), secret(3));
 
     // S3: written through node 1, read back from node 3.
-    let secrets = std::fs::read_to_string(four.parent().unwrap().join("secrets.env")).unwrap();
-    let get = |k: &str| {
-        secrets
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .unwrap_or_else(|| panic!("{k} not in secrets.env"))
-            .trim_matches('\'')
-            .to_string()
-    };
+    let get = |k: &str| util::secret(&four, k);
     let s3 = format!(
         "curl -sS -f --aws-sigv4 aws:amz:garage:s3 --user {}:{} -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD'",
         get("GARAGE_KEY"),

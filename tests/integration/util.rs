@@ -45,6 +45,57 @@ fn prepare() {
     });
 }
 
+/// In a JSON summary, `host` alone failed, with an error containing `needle`.
+pub fn assert_only_failed(summary: &serde_json::Value, host: &str, needle: &str) {
+    let hosts = summary["hosts"].as_array().unwrap();
+    assert!(
+        hosts.iter().any(|h| h["host"] == host),
+        "{host} not in the summary: {summary}"
+    );
+    for h in hosts {
+        let name = h["host"].as_str().unwrap();
+        if name == host {
+            let err = h["failed"].as_str().unwrap();
+            assert!(err.contains(needle), "{err}");
+        } else {
+            assert!(h["failed"].is_null(), "{name} failed: {h}");
+        }
+    }
+}
+
+/// A value from the `secrets.env` next to `inventory` (quotes removed).
+pub fn secret(inventory: &Path, key: &str) -> String {
+    let path = inventory.parent().unwrap().join("secrets.env");
+    let text = std::fs::read_to_string(&path).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} not in {}", path.display()))
+        .trim_matches('\'')
+        .to_string()
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether a server comes up on the loopback `port` within 5 s.
+fn port_open(port: u16) -> bool {
+    (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+}
+
+/// `name` is a .deb file of `package` (`<package>_<version>_<arch>.deb`).
+fn is_deb_of(name: &str, package: &str) -> bool {
+    name.starts_with(&format!("{package}_"))
+}
+
 /// A set of lab hosts for one test, removed when dropped
 /// (kept with `MESH_KEEP_LAB=1` for debugging).
 pub struct Lab {
@@ -247,6 +298,7 @@ impl Run {
 pub struct DebMirror {
     pub dir: tempfile::TempDir,
     pub url: String,
+    packages: Vec<String>,
     server: std::process::Child,
 }
 
@@ -262,12 +314,9 @@ impl DebMirror {
         let cache = repo_root().join("target/test-debs");
         std::fs::create_dir_all(&cache).unwrap();
         let have = |p: &str| {
-            std::fs::read_dir(&cache).unwrap().any(|e| {
-                e.unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("{p}_"))
-            })
+            std::fs::read_dir(&cache)
+                .unwrap()
+                .any(|e| is_deb_of(&e.unwrap().file_name().to_string_lossy(), p))
         };
         let missing: Vec<&str> = packages.iter().copied().filter(|p| !have(p)).collect();
         if !missing.is_empty() {
@@ -294,7 +343,7 @@ impl DebMirror {
         for e in std::fs::read_dir(&cache).unwrap() {
             let e = e.unwrap();
             let name = e.file_name().to_string_lossy().into_owned();
-            if packages.iter().any(|p| name.starts_with(&format!("{p}_"))) {
+            if packages.iter().any(|p| is_deb_of(&name, p)) {
                 std::fs::copy(e.path(), pool.join(&name)).unwrap();
             }
         }
@@ -310,11 +359,7 @@ impl DebMirror {
         );
         std::fs::write(dists.join("Packages"), &scan.stdout).unwrap();
 
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let server = Command::new("python3")
             .args([
                 "-m",
@@ -330,13 +375,23 @@ impl DebMirror {
             .spawn()
             .unwrap();
         let url = format!("http://127.0.0.1:{port}");
-        for _ in 0..50 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(port_open(port), "the test's mirror did not start on {port}");
+        DebMirror {
+            dir,
+            url,
+            packages: packages.iter().map(|p| p.to_string()).collect(),
+            server,
         }
-        DebMirror { dir, url, server }
+    }
+
+    /// `inventory` with a `docker:` section pointing mesh at this mirror and
+    /// its packages.
+    pub fn docker_inventory(&self, inventory: String) -> String {
+        format!(
+            "docker: {{ mirror: \"{}\", packages: [{}] }}\n{inventory}",
+            self.url,
+            self.packages.join(", ")
+        )
     }
 
     /// The served .deb of `package`.
@@ -345,12 +400,7 @@ impl DebMirror {
         std::fs::read_dir(&pool)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .find(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with(&format!("{package}_"))
-            })
+            .find(|p| is_deb_of(&p.file_name().unwrap().to_string_lossy(), package))
             .unwrap_or_else(|| panic!("{package} not in the mirror"))
     }
 }
@@ -382,11 +432,7 @@ impl LoopSshd {
             assert!(out.status.success(), "ssh-keygen failed");
         }
         std::fs::copy(d.join("id_ed25519.pub"), d.join("authorized_keys")).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut cfg = format!(
             "Port {port}\nHostKey {0}/host_ed25519\nAuthorizedKeysFile {0}/authorized_keys\n\
              PidFile {0}/sshd.pid\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
@@ -406,12 +452,8 @@ impl LoopSshd {
             .arg(d.join("sshd.log"))
             .spawn()
             .expect("/usr/sbin/sshd (openssh-server, installed by tests/lab/prereqs.sh)");
-        let up = (0..50).any(|_| {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
         assert!(
-            up,
+            port_open(port),
             "the test's sshd did not start: {}",
             std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
         );
