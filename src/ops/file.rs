@@ -257,6 +257,8 @@ impl FileOp {
     pub(crate) fn part(&self, flags: u32) -> Part {
         let owner = format!("{}:{}", self.owner, self.group);
         let mode = format!("{:o}", self.mode);
+        // Decided once: the script and the stdin must agree on where content comes from.
+        let inline = self.inline_content().filter(|_| flags & CONTENT != 0);
         let mut s = Script::new();
         if flags & CONTENT != 0 {
             let dir = Path::new(&self.path)
@@ -267,7 +269,7 @@ impl FileOp {
             s.line("t={}/.mesh-tmp.$$", &[&dir]);
             s.raw("trap 'rm -f -- \"$t\"' EXIT");
             s.line("mkdir -p -- {}", &[&dir]);
-            match self.inline_content() {
+            match inline {
                 // Small public text rides in the script, leaving stdin to one big file.
                 Some(text) => s.line("(umask 077; printf %s {} > \"$t\")", &[text]),
                 // Exactly SIZE bytes, so several files can share one stdin (see run_batch).
@@ -289,7 +291,7 @@ impl FileOp {
             s.append(&self.record_script());
         }
         let input = match &self.content {
-            _ if flags & CONTENT == 0 || self.inline_content().is_some() => Input::None,
+            _ if flags & CONTENT == 0 || inline.is_some() => Input::None,
             Content::Bytes(b) => Input::Bytes(b.clone()),
             Content::Local(p) => Input::File(p.clone()),
         };
