@@ -218,15 +218,10 @@ pub fn parse_packages(source: &str, text: &str) -> Result<Vec<PackageEntry>, Deb
     let mut fields: Vec<Field> = Vec::new();
     let mut stanza_line = 0usize;
 
-    // `lines()` also drops the `\r` of CRLF endings.
-    let mut lines = text.lines().enumerate().peekable();
-    loop {
-        let next = lines.next();
-        let ends_stanza = match next {
-            None => true,
-            Some((_, line)) => line.trim().is_empty(),
-        };
-        if ends_stanza {
+    // `lines()` also drops the `\r` of CRLF endings; the final `None` ends
+    // the last stanza like a blank line does.
+    for next in text.lines().enumerate().map(Some).chain([None]) {
+        let Some((idx, line)) = next.filter(|(_, line)| !line.trim().is_empty()) else {
             if !fields.is_empty() {
                 stanzas += 1;
                 if let Some(entry) = stanza_entry(&fields).map_err(|r| malformed(stanza_line, r))? {
@@ -234,12 +229,8 @@ pub fn parse_packages(source: &str, text: &str) -> Result<Vec<PackageEntry>, Deb
                 }
                 fields.clear();
             }
-            if next.is_none() {
-                break;
-            }
             continue;
-        }
-        let Some((idx, line)) = next else { break };
+        };
         let lineno = idx + 1;
         if line.starts_with([' ', '\t']) {
             let Some(last) = fields.last_mut() else {
