@@ -256,12 +256,7 @@ pub fn host_vars(inv: &Inventory, host: &Host, secrets: &Secrets) -> VarSet {
     if let Some(ip) = host.public_ip {
         vars.add("PUBLIC_IP", ip.to_string(), Source::Fact);
     }
-    for (layer, map) in inv.var_layers(host) {
-        let source = match layer {
-            "host vars" => Source::HostVars,
-            "group vars" => Source::GroupVars,
-            _ => Source::Vars,
-        };
+    for (source, map) in inv.var_layers(host) {
         vars.extend(map, source);
     }
     vars.add_env();

@@ -16,6 +16,7 @@ mod yaml;
 #[cfg(test)]
 mod tests;
 
+use crate::template::Source;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -244,18 +245,15 @@ impl Inventory {
 
     /// Template variables of a host, most specific first: host vars, then its
     /// groups' vars in file order, then top-level vars. First wins.
-    pub fn var_layers<'a>(
-        &'a self,
-        host: &'a Host,
-    ) -> Vec<(&'static str, &'a BTreeMap<String, String>)> {
-        let mut layers = vec![("host vars", &host.vars)];
+    pub fn var_layers<'a>(&'a self, host: &'a Host) -> Vec<(Source, &'a BTreeMap<String, String>)> {
+        let mut layers = vec![(Source::HostVars, &host.vars)];
         layers.extend(
             self.groups
                 .iter()
                 .filter(|g| host.groups.contains(&g.name))
-                .map(|g| ("group vars", &g.vars)),
+                .map(|g| (Source::GroupVars, &g.vars)),
         );
-        layers.push(("vars", &self.vars));
+        layers.push((Source::Vars, &self.vars));
         layers
     }
 

@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use super::{Arch, Inventory, InventoryError};
+use crate::template::Source;
 
 const HOME: &str = "/home/tester";
 
@@ -705,8 +706,16 @@ groups:
     let inv = ok(text);
     let host = inv.host("web-1").unwrap();
     let layers = inv.var_layers(host);
-    let kinds: Vec<&str> = layers.iter().map(|(k, _)| *k).collect();
-    assert_eq!(kinds, ["host vars", "group vars", "group vars", "vars"]);
+    let kinds: Vec<Source> = layers.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        kinds,
+        [
+            Source::HostVars,
+            Source::GroupVars,
+            Source::GroupVars,
+            Source::Vars
+        ]
+    );
     assert_eq!(layers[0].1["A"], "host");
     assert_eq!(layers[1].1["C"], "second");
     assert_eq!(layers[2].1["C"], "first");
