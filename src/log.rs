@@ -50,10 +50,7 @@ impl HostLog {
     pub fn block(&self, title: &str, body: &str) {
         let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = guard.as_mut() {
-            let secs = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or_default();
+            let secs = since_epoch().as_secs_f64();
             let _ = writeln!(f, "--- {secs:.3} {}", self.redactor.redact(title));
             let body = self.redactor.redact(body);
             let _ = f.write_all(body.as_bytes());
@@ -75,7 +72,6 @@ const KEEP_RUNS: usize = 20;
 /// A fresh directory for this run's host logs, `<base>/<UTC stamp>-<phase>`,
 /// with `<base>/latest` pointing at it; only the newest runs are kept.
 pub fn run_dir(base: &Path, phase: &str) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(base)?;
     let dir = base.join(format!("{}-{phase}-{}", utc_stamp(), std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let latest = base.join("latest");
@@ -93,20 +89,33 @@ pub fn run_dir(base: &Path, phase: &str) -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Time since the Unix epoch (zero if the clock is before it).
+fn since_epoch() -> std::time::Duration {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// The UTC time of day of `secs` since the epoch, `HH<sep>MM<sep>SS`.
+fn hms(secs: u64, sep: &str) -> String {
+    format!(
+        "{:02}{sep}{:02}{sep}{:02}",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// The UTC time of day now, `HH<sep>MM<sep>SS`.
+pub fn utc_time(sep: &str) -> String {
+    hms(since_epoch().as_secs(), sep)
+}
+
 /// `YYYYMMDDTHHMMSS` in UTC (sorts by time).
 fn utc_stamp() -> String {
-    let secs = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    let secs = since_epoch().as_secs();
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    format!("{y:04}{m:02}{d:02}T{}", hms(secs, ""))
 }
 
 /// Gregorian date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -132,6 +141,8 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_723), (2024, 1, 1));
         assert_eq!(civil_from_days(20_778), (2026, 11, 21));
+        assert_eq!(hms(86_400 + 3_661, ":"), "01:01:01");
+        assert_eq!(hms(86_399, ""), "235959");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 
 /// How progress is shown (`--progress`).
@@ -353,16 +353,7 @@ pub async fn run_phase(
 
 /// `HH:MM:SS` (UTC) for plain log lines.
 fn clock() -> String {
-    let secs = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    format!(
-        "{:02}:{:02}:{:02}",
-        secs / 3600 % 24,
-        secs / 60 % 60,
-        secs % 60
-    )
+    crate::log::utc_time(":")
 }
 
 const ACTIVE_LINES: usize = 5;
