@@ -271,20 +271,6 @@ impl Secrets {
         crate::atomic::write(&self.path, content.as_bytes(), Some(0o600)).map_err(io_err("write"))
     }
 
-    /// Get the value, or generate it with `gen`, store it (`set`) and return it.
-    pub fn get_or_create(
-        &mut self,
-        key: &str,
-        gen: impl FnOnce() -> String,
-    ) -> Result<String, SecretsError> {
-        if let Some(v) = self.get(key) {
-            return Ok(v.to_string());
-        }
-        let v = gen();
-        self.set(key, &v)?;
-        Ok(v)
-    }
-
     /// Put every entry into the VarSet as a secret with [`Source::SecretsFile`] (first wins).
     pub fn add_to(&self, vars: &mut VarSet) {
         for (k, v) in self.iter() {
@@ -445,16 +431,12 @@ mod tests {
     }
 
     #[test]
-    fn get_or_create_generates_once() {
+    fn set_creates_the_file_and_earlier_sources_win() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("inv").join("secrets.env");
         let mut s = Secrets::load(&p).unwrap();
-        let v = s.get_or_create("RPC_SECRET", || "gen1".into()).unwrap();
-        assert_eq!(v, "gen1");
-        let v = s
-            .get_or_create("RPC_SECRET", || panic!("must not regenerate"))
-            .unwrap();
-        assert_eq!(v, "gen1");
+        s.set("RPC_SECRET", "gen1").unwrap();
+        assert_eq!(s.get("RPC_SECRET"), Some("gen1"));
         assert_eq!(Secrets::load(&p).unwrap().get("RPC_SECRET"), Some("gen1"));
         let mut vars = VarSet::new();
         vars.add("RPC_SECRET", "from-vars", Source::Vars);
