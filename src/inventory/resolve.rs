@@ -311,6 +311,7 @@ pub(crate) fn resolve(
     d: &mut Diag,
 ) -> Inventory {
     let group_names: Vec<String> = raw.groups.iter().map(|g| g.name.clone()).collect();
+    let top_fw = firewall(&raw.firewall);
 
     // Merge the appearances of each host, keeping first-appearance order.
     let mut merged: Vec<Merged> = Vec::new();
@@ -471,14 +472,8 @@ pub(crate) fn resolve(
             overlay_ip: h.overlay_ip.as_ref().map(|o| o.value),
             vars: plain(&h.vars),
             firewall: FirewallSettings {
-                ssh_port: own_fw
-                    .ssh_port
-                    .or(raw.firewall.ssh_port.as_ref().map(|s| s.value)),
-                deadman_seconds: own_fw.deadman_seconds.or(raw
-                    .firewall
-                    .deadman_seconds
-                    .as_ref()
-                    .map(|s| s.value)),
+                ssh_port: own_fw.ssh_port.or(top_fw.ssh_port),
+                deadman_seconds: own_fw.deadman_seconds.or(top_fw.deadman_seconds),
             },
         });
     }
@@ -503,7 +498,7 @@ pub(crate) fn resolve(
         hosts,
         groups: groups_out,
         vars: plain(&raw.vars),
-        firewall: firewall(&raw.firewall),
+        firewall: top_fw,
         apt: AptSettings {
             cache_valid_seconds: raw.cache_valid_seconds,
         },
