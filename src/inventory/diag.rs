@@ -58,10 +58,16 @@ impl Diag {
 
 /// Fix text for an unknown key: the closest allowed key if there is one.
 pub(crate) fn unknown_key_fix(key: &str, allowed: &[&str]) -> String {
-    match closest(key, allowed.iter().copied()) {
-        Some(best) => format!("did you mean \"{best}\"?"),
-        None => format!("remove \"{key}\" or rename it to one of the allowed keys."),
-    }
+    did_you_mean(key, allowed.iter().copied())
+        .unwrap_or_else(|| format!("remove \"{key}\" or rename it to one of the allowed keys."))
+}
+
+/// `did you mean "<closest>"?` when a candidate is a plausible typo of `word`.
+pub(crate) fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
+    closest(word, candidates).map(|best| format!("did you mean \"{best}\"?"))
 }
 
 /// The candidate closest to `word` by edit distance (case-insensitive), if it

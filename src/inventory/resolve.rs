@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use super::diag::{closest, Diag};
+use super::diag::{did_you_mean, Diag};
 use super::schema::{RawGroup, RawHost, RawInventory, RawSsh, Sourced, SourcedMap};
 use super::yaml::Loc;
 use super::{
@@ -413,10 +413,8 @@ pub(crate) fn resolve(
                 } else {
                     &bastions
                 };
-                let fix = match closest(&t.value, pool.iter().copied()) {
-                    Some(best) => format!("did you mean \"{best}\"?"),
-                    None => format!("use one of: {}.", pool.join(", ")),
-                };
+                let fix = did_you_mean(&t.value, pool.iter().copied())
+                    .unwrap_or_else(|| format!("use one of: {}.", pool.join(", ")));
                 d.push(
                     t.loc,
                     format!(

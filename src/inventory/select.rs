@@ -5,7 +5,7 @@
 //! characters), `?` (exactly one), `[abc]`, `[a-z]` and `[!x]` (or `[^x]`)
 //! classes; everything else matches itself and the whole name must match.
 
-use super::diag::closest;
+use super::diag::did_you_mean;
 use super::{Host, Inventory, InventoryError};
 
 impl Inventory {
@@ -56,10 +56,8 @@ impl Inventory {
 
 /// Message of [`InventoryError::NoMatch`].
 pub(crate) fn no_match_message(pattern: &str, names: &[String]) -> String {
-    let fix = match closest(pattern, names.iter().map(String::as_str)) {
-        Some(best) => format!("did you mean \"{best}\"?"),
-        None => "use a host or group name, or a glob such as \"web-*\".".to_owned(),
-    };
+    let fix = did_you_mean(pattern, names.iter().map(String::as_str))
+        .unwrap_or_else(|| "use a host or group name, or a glob such as \"web-*\".".to_owned());
     format!(
         "--limit \"{pattern}\" matches no host or group (known: {}). Fix: {fix}",
         names.join(", ")
