@@ -233,7 +233,7 @@ pub struct Garage {
 
 impl Garage {
     async fn ops(&self, ctx: &HostCtx) -> Result<Vec<Box<dyn Op>>, String> {
-        let asset = super::asset(&self.plan.assets, ctx.arch().await?, "garage")?;
+        let binary = super::binary_op(&self.plan.assets, ctx.arch().await?, "garage", BIN)?;
         let secret = self
             .plan
             .rpc_secret
@@ -265,10 +265,6 @@ impl Garage {
             .map_err(|e| e.to_string())?;
         let unit =
             render_builtin("garage.service.j2", &ctx.vars, None).map_err(|e| e.to_string())?;
-        let binary = FileOp::from_local(BIN, &asset)
-            .map_err(|e| format!("{}: {e}", asset.display()))?
-            .mode(0o755)
-            .id("garage-bin");
         Ok(vec![
             Box::new(binary),
             Box::new(

@@ -17,6 +17,7 @@ pub use wesher::{routable_address, Wesher, WesherKey, WesherPlan};
 use super::{Phase, Stage};
 use crate::inventory::{Arch, Host, Inventory};
 use crate::mirror;
+use crate::ops::FileOp;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -73,6 +74,16 @@ pub fn asset(assets: &Path, arch: Arch, name: &str) -> Result<PathBuf, String> {
             path.display()
         ))
     }
+}
+
+/// The op installing `<assets>/<arch>/<name>` as the executable `dest`
+/// (id `<name>-bin`, for units to restart on).
+pub fn binary_op(assets: &Path, arch: Arch, name: &str, dest: &str) -> Result<FileOp, String> {
+    let path = asset(assets, arch, name)?;
+    Ok(FileOp::from_local(dest, &path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .mode(0o755)
+        .id(&format!("{name}-bin")))
 }
 
 /// The up-front asset check: the host's own architecture when the inventory

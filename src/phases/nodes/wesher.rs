@@ -191,7 +191,7 @@ pub struct Wesher {
 impl Wesher {
     async fn ops(&self, ctx: &HostCtx) -> Result<Vec<Box<dyn Op>>, String> {
         let host = &ctx.host;
-        let asset = super::asset(&self.plan.assets, ctx.arch().await?, "wesher")?;
+        let binary = super::binary_op(&self.plan.assets, ctx.arch().await?, "wesher", BIN)?;
         let key = self
             .plan
             .key
@@ -228,10 +228,6 @@ impl Wesher {
         );
         let mut named = Script::new();
         named.line("[ \"$(hostname)\" = {} ]", &[&host.name]);
-        let binary = FileOp::from_local(BIN, &asset)
-            .map_err(|e| format!("{}: {e}", asset.display()))?
-            .mode(0o755)
-            .id("wesher-bin");
         let mut ops: Vec<Box<dyn Op>> = vec![
             Box::new(CommandOp::new("hostname", set_name).unless(named)),
             Box::new(binary),
