@@ -297,13 +297,7 @@ pub async fn run_phase(
             tasks.push(tokio::spawn(async move {
                 let _permit = limit.acquire_owned().await;
                 let t0 = Instant::now();
-                let steps: Vec<&dyn Step> = phase.stages[range]
-                    .iter()
-                    .filter_map(|s| match s {
-                        Stage::Hosts(step) => Some(step.as_ref()),
-                        _ => None,
-                    })
-                    .collect();
+                let steps: Vec<&dyn Step> = phase.host_steps_in(range).collect();
                 let ok = run_host(&steps, &ctx, &tx, &mut summary).await;
                 summary.seconds += t0.elapsed().as_secs_f64();
                 (i, ok, summary)

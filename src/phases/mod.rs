@@ -244,7 +244,12 @@ impl Phase {
 
     /// The host steps, for input checks.
     pub fn host_steps(&self) -> impl Iterator<Item = &dyn Step> {
-        self.stages.iter().filter_map(|s| match s {
+        self.host_steps_in(0..self.stages.len())
+    }
+
+    /// The host steps among `stages[range]`, in order.
+    pub fn host_steps_in(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = &dyn Step> {
+        self.stages[range].iter().filter_map(|s| match s {
             Stage::Hosts(step) => Some(step.as_ref()),
             _ => None,
         })
