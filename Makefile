@@ -66,8 +66,8 @@ services: $(MESH) ## mesh services --dockerfiles $(DOCKERFILES_PATH)
 services-up: $(MESH) ## mesh services-up
 	$(MESH) -i $(INVENTORY) services-up
 
-deploy: $(MESH) ## mesh deploy --service $(SERVICE)
-	$(MESH) -i $(INVENTORY) deploy --service $(SERVICE)
+deploy: $(MESH) ## mesh deploy --service $(SERVICE) --dockerfiles $(DOCKERFILES_PATH)
+	$(MESH) -i $(INVENTORY) deploy --service $(SERVICE) --dockerfiles $(DOCKERFILES_PATH)
 
-care: $(MESH) ## mesh care --group '$(GROUP)'
-	$(MESH) -i $(INVENTORY) care --group '$(GROUP)'
+care: $(MESH) ## mesh care --group '$(GROUP)' --dockerfiles $(DOCKERFILES_PATH)
+	$(MESH) -i $(INVENTORY) care --group '$(GROUP)' --dockerfiles $(DOCKERFILES_PATH)

@@ -5,8 +5,8 @@
 use crate::cli::{Cli, Command};
 use crate::inventory::{Host, Inventory, InventoryError};
 use crate::log::HostLog;
-use crate::phases::{bench, exec, nodes, HostCtx, Phase};
-use crate::run::{run_phase, RunOptions};
+use crate::phases::{bench, care, deploy, exec, nodes, services, HostCtx, Phase};
+use crate::run::{run_rollout, RunOptions};
 use crate::secrets::{Secrets, SecretsError};
 use crate::ssh::mux::{SshLimits, SshTarget, SshTransport};
 use crate::ssh::Transport;
@@ -29,10 +29,10 @@ pub enum AppError {
     Inventory(#[from] InventoryError),
     #[error(transparent)]
     Secrets(#[from] SecretsError),
+    #[error(transparent)]
+    Services(#[from] services::ServicesError),
     #[error("{0}")]
     Input(String),
-    #[error("`mesh {0}` is not built yet: it arrives with a later release. Fix: use `mesh nodes --only basic` or `mesh exec` for now")]
-    NotBuilt(&'static str),
     #[error("{what}")]
     Local {
         what: String,
@@ -49,25 +49,30 @@ pub fn main(cli: Cli) -> Result<u8, AppError> {
             what: "starting the async runtime".into(),
             source,
         })?;
-    runtime.block_on(run(cli))
+    let result = runtime.block_on(run(cli));
+    // Work still in the blocking pool (a download after Ctrl-C) is not waited for.
+    runtime.shutdown_background();
+    result
 }
 
 async fn run(cli: Cli) -> Result<u8, AppError> {
-    match &cli.command {
-        Command::Services { .. } => return Err(AppError::NotBuilt("services")),
-        Command::ServicesUp => return Err(AppError::NotBuilt("services-up")),
-        Command::Deploy { .. } => return Err(AppError::NotBuilt("deploy")),
-        Command::Care { .. } => return Err(AppError::NotBuilt("care")),
-        _ => {}
-    }
     let inv = Inventory::load(&cli.inventory)?;
-    let hosts = inv.select(&cli.limit)?;
+    for warning in inv.host_key_warnings() {
+        eprintln!("warning: {warning}");
+    }
+    let mut hosts = inv.select(&cli.limit)?;
+    if let Command::Care { group, .. } = &cli.command {
+        // The hosts both --group and --limit select.
+        let matching = inv.select(std::slice::from_ref(group))?;
+        hosts.retain(|h| matching.iter().any(|m| m.name == h.name));
+    }
     let secrets_path = inv.beside("secrets.env");
-    let phase = match &cli.command {
-        Command::Inventory => {
-            print_inventory(&inv, &hosts, cli.json);
-            return Ok(0);
-        }
+    if let Command::Inventory = &cli.command {
+        print_inventory(&inv, &hosts, cli.json);
+        return Ok(0);
+    }
+    // Checked before anything else: a phase that cannot run touches nothing.
+    let early = match &cli.command {
         Command::Nodes {
             first_ip,
             docker_mirror,
@@ -96,33 +101,42 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
                 assets: cli.assets.clone(),
                 secrets_path: secrets_path.clone(),
             };
-            nodes::phase(&inv, &opts)
+            Some(nodes::phase(&inv, &opts))
         }
-        Command::Exec { command } => exec::phase(command),
-        Command::Bench { asset } => bench::phase(asset),
-        _ => unreachable!("handled above"),
+        Command::Exec { command } => Some(exec::phase(command)),
+        Command::Bench { asset } => Some(bench::phase(asset)),
+        _ => None,
     };
-    let phase = phase
-        .select(&cli.only, &cli.skip)
-        .map_err(AppError::Input)?;
 
-    let secrets = Secrets::load(&secrets_path)?;
+    let mut secrets = Secrets::load(&secrets_path)?;
     if let Some(w) = secrets.mode_warning() {
         eprintln!("warning: {w}");
+    }
+    let serving = matches!(
+        cli.command,
+        Command::Services { .. } | Command::ServicesUp | Command::Deploy { .. }
+    );
+    if serving && services::has_bastion(&inv) {
+        for key in [services::REDIS_PWD, services::CROWDSEC_BOUNCER_KEY] {
+            ensure_secret(&mut secrets, key, cli.dry_run)?;
+        }
     }
     let control_dir = ControlDir::create()?;
     let limits = SshLimits {
         handshakes: Arc::new(tokio::sync::Semaphore::new(cli.max_handshakes.max(1))),
         connect_timeout: Duration::from_secs(cli.connect_timeout),
         control_dir: control_dir.0.clone(),
+        commands: crate::ssh::CommandTimeouts::new(cli.command_timeout),
     };
     let logs = inv.beside(".mesh/logs");
-    let log_dir = crate::log::run_dir(&logs, phase.name).map_err(|source| AppError::Local {
+    let name = early
+        .as_ref()
+        .map_or_else(|| command_name(&cli.command), |p| p.name);
+    let log_dir = crate::log::run_dir(&logs, name).map_err(|source| AppError::Local {
         what: format!("creating the log directory under {}", logs.display()),
         source,
     })?;
-    let mut ctxs = Vec::with_capacity(hosts.len());
-    for (slot, host) in hosts.iter().enumerate() {
+    let make_ctx = |host: &Host, slot: usize| -> Result<Arc<HostCtx>, AppError> {
         let vars = host_vars(&inv, host, &secrets);
         let log = HostLog::create(&log_dir, &host.name, vars.redactor()).map_err(|source| {
             AppError::Local {
@@ -132,15 +146,154 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
         })?;
         let conn: Arc<dyn Transport> =
             Arc::new(SshTransport::new(ssh_target(host), limits.clone(), slot));
-        ctxs.push(Arc::new(HostCtx::new(
-            (*host).clone(),
+        Ok(Arc::new(HostCtx::new(
+            host.clone(),
             conn,
             log,
             vars,
             cli.dry_run,
             cli.checksum,
-        )));
+        )))
+    };
+    let mut ctxs = Vec::with_capacity(hosts.len());
+    for (slot, host) in hosts.iter().enumerate() {
+        ctxs.push(make_ctx(host, slot)?);
     }
+    // Bastions the routes go to, reached over their own connection when
+    // they are not among the selected hosts.
+    let mut extra = Vec::new();
+    let mut bastions = std::collections::BTreeMap::new();
+    if serving {
+        for b in services::bastions_for(&inv, &hosts) {
+            let ctx = match ctxs.iter().find(|c| c.host.name == b.name) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = make_ctx(b, ctxs.len() + extra.len())?;
+                    extra.push(c.clone());
+                    c
+                }
+            };
+            bastions.insert(b.name.clone(), ctx);
+        }
+    }
+    let quiet = cli.json;
+    let progress = move |line: &str| {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    };
+    let mut rollout = None;
+    let phase = match (early, &cli.command) {
+        (Some(phase), _) => phase,
+        (
+            None,
+            Command::Services {
+                dockerfiles,
+                build_on_host,
+            },
+        ) => {
+            let opts = services::ServicesOptions {
+                dockerfiles: dockerfiles.clone(),
+                build_on_host: *build_on_host,
+                dry_run: cli.dry_run,
+                cache: crate::mirror::cache_root(),
+                assets: cli.assets.clone(),
+                only: None,
+            };
+            let prepared = services::prepare(&opts, &inv, &ctxs, &progress).await?;
+            if cli.json {
+                println!("{}", prepared.json());
+            } else {
+                println!("{}", prepared.summary());
+            }
+            services::phase(prepared, &opts, &inv, bastions)
+        }
+        (None, Command::ServicesUp) => services::up_phase(&inv, bastions),
+        (
+            None,
+            Command::Care {
+                batch,
+                reboot,
+                reboot_wait,
+                dockerfiles,
+                ..
+            },
+        ) => {
+            let hooks = care::hooks(dockerfiles).map_err(AppError::Input)?;
+            let groups: Vec<Vec<String>> = ctxs.iter().map(|c| c.host.groups.clone()).collect();
+            rollout = Some(crate::run::Rollout {
+                batches: crate::run::plan_batches(ctxs.len(), *batch, Some(&groups)),
+                stop_on_failure: true,
+                undo: None,
+            });
+            care::phase(care::Care {
+                hooks,
+                reboot: *reboot,
+                reboot_wait: *reboot_wait,
+            })
+        }
+        (
+            None,
+            Command::Deploy {
+                service,
+                dockerfiles,
+                batch,
+                force,
+                rollback,
+                no_rollback,
+                drain,
+                lock_wait,
+                break_lock,
+            },
+        ) => {
+            let opts = services::ServicesOptions {
+                dockerfiles: dockerfiles.clone(),
+                // A rollback builds nothing: the previous images are on the hosts.
+                build_on_host: *rollback,
+                dry_run: cli.dry_run,
+                cache: crate::mirror::cache_root(),
+                assets: cli.assets.clone(),
+                only: Some(service.clone()),
+            };
+            let prepared = services::prepare(&opts, &inv, &ctxs, &progress).await?;
+            if !rollback {
+                if cli.json {
+                    println!("{}", prepared.json());
+                } else {
+                    println!("{}", prepared.summary());
+                }
+            }
+            let (plans, images) = prepared.into_parts();
+            let deploy = deploy::Deploy::new(
+                deploy::DeployOptions {
+                    service: service.clone(),
+                    force: *force,
+                    rollback: *rollback,
+                    drain: *drain,
+                    lock_wait: *lock_wait,
+                    break_lock: *break_lock,
+                    audit: inv.beside(".mesh/deploy.log"),
+                },
+                plans,
+                images,
+                bastions,
+            );
+            // Only the hosts that run the service, in batches.
+            let targets = deploy.hosts();
+            ctxs.retain(|c| targets.contains(&c.host.name));
+            rollout = Some(crate::run::Rollout {
+                batches: crate::run::plan_batches(ctxs.len(), batch.of(ctxs.len()), None),
+                stop_on_failure: true,
+                undo: (!no_rollback && !rollback)
+                    .then(|| Arc::new(deploy.undo()) as Arc<dyn crate::phases::Step>),
+            });
+            deploy.phase()
+        }
+        (None, _) => unreachable!("every other command has its phase above"),
+    };
+    let phase = phase
+        .select(&cli.only, &cli.skip)
+        .map_err(AppError::Input)?;
     check_inputs(&phase, &ctxs)?;
 
     let opts = RunOptions {
@@ -150,20 +303,74 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
         verbose: cli.verbose,
         dry_run: cli.dry_run,
     };
-    let conns: Vec<Arc<dyn Transport>> = ctxs.iter().map(|c| c.conn.clone()).collect();
+    let conns: Vec<Arc<dyn Transport>> =
+        ctxs.iter().chain(&extra).map(|c| c.conn.clone()).collect();
+    let rollout = rollout.unwrap_or_else(|| crate::run::Rollout::all(ctxs.len()));
     let code = tokio::select! {
-        summary = run_phase(Arc::new(phase), ctxs, &opts) => summary.exit_code(),
+        summary = run_rollout(Arc::new(phase), ctxs, &opts, &rollout) => summary.exit_code(),
         _ = tokio::signal::ctrl_c() => {
-            // Leave no ssh masters behind; hosts keep whatever finished.
-            eprintln!("\ninterrupted: closing connections (steps already applied stay applied)");
-            for conn in conns {
-                conn.close().await;
-            }
+            // The run is dropped here, which aborts its host tasks. Leave no
+            // ssh masters behind; hosts keep whatever finished.
+            eprintln!("\ninterrupted: closing connections (steps already applied stay applied; Ctrl-C again to quit at once)");
+            tokio::spawn(async {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(i32::from(EXIT_INTERRUPTED));
+                }
+            });
+            let closing: Vec<_> = conns
+                .iter()
+                .map(|c| {
+                    let c = c.clone();
+                    tokio::spawn(async move { c.close().await })
+                })
+                .collect();
+            let _ = tokio::time::timeout(Duration::from_millis(1500), async {
+                for c in closing {
+                    let _ = c.await;
+                }
+            })
+            .await;
+            control_dir.stop_masters().await;
             EXIT_INTERRUPTED
         }
     };
+    for c in &extra {
+        c.conn.close().await;
+    }
     drop(control_dir);
     Ok(code)
+}
+
+/// The log directory's name for commands whose phase is built later.
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Services { .. } => "services",
+        Command::ServicesUp => "services-up",
+        Command::Deploy { .. } => "deploy",
+        Command::Care { .. } => "care",
+        Command::Nodes { .. } => "nodes",
+        Command::Exec { .. } => "exec",
+        Command::Inventory => "inventory",
+        Command::Bench { .. } => "bench",
+    }
+}
+
+/// A cluster secret from the environment or `secrets.env`, else a new one
+/// saved there (kept in memory only on a dry run).
+fn ensure_secret(secrets: &mut Secrets, key: &str, dry_run: bool) -> Result<(), AppError> {
+    if secrets.get(key).is_some() || std::env::var_os(key).is_some() {
+        return Ok(());
+    }
+    let value = crate::secrets::random_hex(24).map_err(|source| AppError::Local {
+        what: "reading /dev/urandom".into(),
+        source,
+    })?;
+    if dry_run {
+        secrets.set_in_memory(key, &value);
+        return Ok(());
+    }
+    secrets.set(key, &value)?;
+    Ok(())
 }
 
 /// Every step's checks for every host, all problems at once.
@@ -223,6 +430,41 @@ impl ControlDir {
     }
 }
 
+impl ControlDir {
+    /// Ask every master whose socket is still in the directory to exit (one
+    /// still logging in when its task was aborted included).
+    async fn stop_masters(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.0) else {
+            return;
+        };
+        let stops: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_none())
+            .map(|sock| {
+                tokio::spawn(async move {
+                    let _ = tokio::process::Command::new("ssh")
+                        .arg("-S")
+                        .arg(&sock)
+                        .args(["-O", "exit", "mesh-master"])
+                        .stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .kill_on_drop(true)
+                        .status()
+                        .await;
+                })
+            })
+            .collect();
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            for s in stops {
+                let _ = s.await;
+            }
+        })
+        .await;
+    }
+}
+
 impl Drop for ControlDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -255,6 +497,17 @@ pub fn host_vars(inv: &Inventory, host: &Host, secrets: &Secrets) -> VarSet {
     }
     if let Some(ip) = host.public_ip {
         vars.add("PUBLIC_IP", ip.to_string(), Source::Fact);
+    }
+    // Garage's S3 API on the host's own overlay address.
+    vars.add(
+        "GARAGE_ADDR",
+        format!("{}:3900", overlay_ip(inv, host)),
+        Source::Fact,
+    );
+    if let Some(bastion) = inv.bastion_of(host) {
+        let ip = overlay_ip(inv, bastion).to_string();
+        vars.add("TRAEFIK_IP", &ip, Source::Fact);
+        vars.add("REDIS_IP", ip, Source::Fact);
     }
     for (source, map) in inv.var_layers(host) {
         vars.extend(map, source);

@@ -41,6 +41,11 @@ pub struct Cli {
     #[arg(long, global = true, default_value_t = 10, value_name = "SECONDS")]
     pub connect_timeout: u64,
 
+    /// Seconds any one remote command may take before it is killed and its
+    /// host fails (default: 600, and 1800 for package installs and upgrades).
+    #[arg(long, global = true, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub command_timeout: Option<u64>,
+
     /// One JSON event per line on stdout.
     #[arg(long, global = true)]
     pub json: bool,
@@ -99,20 +104,73 @@ pub enum Command {
         /// Folder with one subfolder per service and one `<group>.yml` compose file per group.
         #[arg(long, value_name = "DIR")]
         dockerfiles: PathBuf,
+        /// Build the images on the hosts from the shipped contexts (for a
+        /// controller without Docker) instead of building once here and shipping.
+        #[arg(long)]
+        build_on_host: bool,
     },
-    /// Start the services (`docker compose up -d`) on every selected host.
+    /// Start the services (`docker compose up -d`) on every selected host, then publish their routes.
     ServicesUp,
-    /// Rebuild one service and roll it out without downtime.
+    /// Rebuild one service and roll it out without downtime: the new copy
+    /// starts on the service's other port, takes the traffic once healthy,
+    /// then the old one stops.
     Deploy {
-        /// The service (a subfolder of the dockerfiles folder).
+        /// The service (a subfolder of the dockerfiles folder, with `ports: [A, B]` in its mesh.yml).
         #[arg(long, value_name = "NAME")]
         service: String,
+        /// The dockerfiles folder.
+        #[arg(
+            long,
+            value_name = "DIR",
+            env = "MESH_DOCKERFILES",
+            default_value = "dockerfiles"
+        )]
+        dockerfiles: PathBuf,
+        /// Hosts switched at a time: a number or a percentage.
+        #[arg(long, value_name = "N|N%", default_value = "1")]
+        batch: crate::run::BatchSize,
+        /// Roll even when the hosts already run this build.
+        #[arg(long)]
+        force: bool,
+        /// Switch every host back to its previous image (the last 3 are kept).
+        #[arg(long)]
+        rollback: bool,
+        /// When a batch fails, leave the hosts already switched on the new build.
+        #[arg(long)]
+        no_rollback: bool,
+        /// Seconds the old copy keeps serving after the switch.
+        #[arg(long, value_name = "SECONDS", default_value_t = 2)]
+        drain: u64,
+        /// Seconds to wait for another deploy of the service to finish.
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        lock_wait: u64,
+        /// Take the lock of a deploy that died.
+        #[arg(long)]
+        break_lock: bool,
     },
-    /// apt update + upgrade and the care hooks on hosts matching GLOB, in batches.
+    /// apt update + dist-upgrade and the care hooks on hosts matching GLOB,
+    /// in batches so a group never goes down at once.
     Care {
         /// Hosts or groups to care for, e.g. 'db*'.
         #[arg(long, value_name = "GLOB")]
         group: String,
+        /// Hosts of one group at a time (a host in several groups counts in each).
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        batch: usize,
+        /// Reboot the hosts that need it, and wait for each batch to come back.
+        #[arg(long)]
+        reboot: bool,
+        /// Seconds a rebooting host has to come back.
+        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+        reboot_wait: u64,
+        /// The dockerfiles folder, whose `care/*.sh` hooks run on each host.
+        #[arg(
+            long,
+            value_name = "DIR",
+            env = "MESH_DOCKERFILES",
+            default_value = "dockerfiles"
+        )]
+        dockerfiles: PathBuf,
     },
     /// Run an ad-hoc command on every selected host and show each host's output.
     Exec {

@@ -16,11 +16,17 @@ pub struct HostLog {
 }
 
 impl HostLog {
-    /// Log to `dir/<host>.log` (truncated per run).
+    /// Log to `dir/<host>.log` (truncated per run), readable by its owner only.
     pub fn create(dir: &Path, host: &str, redactor: Redactor) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        private_dir(dir)?;
         let path = dir.join(format!("{host}.log"));
-        let file = std::fs::File::create(&path)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
         Ok(HostLog {
             path: Some(path),
             file: Mutex::new(Some(file)),
@@ -73,7 +79,8 @@ const KEEP_RUNS: usize = 20;
 /// with `<base>/latest` pointing at it; only the newest runs are kept.
 pub fn run_dir(base: &Path, phase: &str) -> std::io::Result<PathBuf> {
     let dir = base.join(format!("{}-{phase}-{}", utc_stamp(), std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    private_dir(base)?;
+    private_dir(&dir)?;
     let latest = base.join("latest");
     let _ = std::fs::remove_file(&latest);
     let _ = std::os::unix::fs::symlink(dir.file_name().unwrap_or_default(), &latest);
@@ -87,6 +94,14 @@ pub fn run_dir(base: &Path, phase: &str) -> std::io::Result<PathBuf> {
         let _ = std::fs::remove_dir_all(old);
     }
     Ok(dir)
+}
+
+/// Create `dir` (and parents) and make it mode 0700: logs are private even
+/// when redacted (an earlier mesh made them 0755).
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// Time since the Unix epoch (zero if the clock is before it).
@@ -162,5 +177,21 @@ mod tests {
             std::fs::read_link(base.path().join("latest")).unwrap(),
             dir.file_name().unwrap()
         );
+    }
+
+    #[test]
+    fn logs_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let logs = base.path().join(".mesh/logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = run_dir(&logs, "nodes").unwrap();
+        let log = HostLog::create(&dir, "h1", Redactor::default()).unwrap();
+        log.line("hello");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&logs), 0o700);
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("h1.log")), 0o600);
     }
 }

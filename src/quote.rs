@@ -26,6 +26,21 @@ pub fn quote(word: &str) -> String {
     out
 }
 
+/// Test helper: `script` parses as POSIX shell (`sh -n`).
+#[cfg(test)]
+pub(crate) fn assert_valid_sh(script: &Script) {
+    let out = std::process::Command::new("sh")
+        .args(["-n", "-c", script.as_str()])
+        .output()
+        .expect("running sh -n");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        script.as_str()
+    );
+}
+
 /// A shell command line built word by word; every word is quoted.
 #[derive(Debug, Clone, Default)]
 pub struct Cmd(String);

@@ -50,6 +50,11 @@ pub enum Event {
         host: String,
         step: String,
     },
+    /// A step's own progress on a host (e.g. deploy: starting, healthy, routing).
+    Stage {
+        host: String,
+        stage: String,
+    },
     StepDone {
         host: String,
         step: String,
@@ -69,6 +74,12 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         log: Option<String>,
         seconds: f64,
+    },
+    /// Something the operator should know about a host, e.g. a host key
+    /// trusted for the first time.
+    Notice {
+        host: String,
+        message: String,
     },
     HostDone {
         host: String,
@@ -134,6 +145,17 @@ async fn run_host(
     summary: &mut HostSummary,
 ) -> bool {
     let host = ctx.host.name.clone();
+    // Weak, so a context that outlives the run does not keep the display open.
+    let (stage_tx, stage_host) = (tx.downgrade(), host.clone());
+    ctx.on_stage(Box::new(move |stage| {
+        let Some(stage_tx) = stage_tx.upgrade() else {
+            return;
+        };
+        let _ = stage_tx.send(Event::Stage {
+            host: stage_host.clone(),
+            stage: stage.to_string(),
+        });
+    }));
     for step in steps.iter().filter(|s| s.wants(ctx)) {
         let step_started = Instant::now();
         let _ = tx.send(Event::StepStarted {
@@ -141,7 +163,15 @@ async fn run_host(
             step: step.name().into(),
         });
         ctx.log.line(&format!("step {}", step.name()));
-        match step.run(ctx).await {
+        let result = step.run(ctx).await;
+        for message in ctx.conn.notices() {
+            ctx.log.line(&message);
+            let _ = tx.send(Event::Notice {
+                host: host.clone(),
+                message,
+            });
+        }
+        match result {
             Ok(outcome) => {
                 let (changed, unchanged, would) = (
                     count(&outcome.reports, Outcome::Changed),
@@ -198,6 +228,181 @@ fn fail_host(
     });
 }
 
+/// One batch's pass through a phase's stages.
+struct StageRun<'a> {
+    phase: &'a Arc<Phase>,
+    hosts: &'a [Arc<HostCtx>],
+    tx: &'a mpsc::UnboundedSender<Event>,
+    limit: &'a Arc<Semaphore>,
+}
+
+impl StageRun<'_> {
+    /// Run every stage for the hosts `live` (indexes into `hosts`); returns
+    /// how many cluster stages changed something.
+    async fn run(&self, mut live: Vec<usize>, summaries: &mut [HostSummary]) -> usize {
+        let (phase, hosts, tx, limit) = (self.phase, self.hosts, self.tx, self.limit);
+        let mut controller_changed = 0;
+        let mut stage = 0;
+        while stage < phase.stages.len() && !live.is_empty() {
+            if let Stage::Barrier(_) = &phase.stages[stage] {
+                stage += 1;
+                continue;
+            }
+            if let Stage::Cluster(step) = &phase.stages[stage] {
+                stage += 1;
+                let ctxs: Vec<Arc<HostCtx>> = live.iter().map(|&i| hosts[i].clone()).collect();
+                let t0 = Instant::now();
+                let _ = tx.send(Event::StepStarted {
+                    host: CONTROLLER.into(),
+                    step: step.name().into(),
+                });
+                let outcome = step.run(&ctxs).await;
+                for (name, error) in &outcome.host_failures {
+                    if let Some(i) = live.iter().position(|&i| &hosts[i].host.name == name) {
+                        let h = live.remove(i);
+                        fail_host(&hosts[h], step.name(), error, tx, &mut summaries[h]);
+                    }
+                }
+                if let Some(error) = &outcome.abort {
+                    let _ = tx.send(Event::StepFailed {
+                        host: CONTROLLER.into(),
+                        step: step.name().into(),
+                        error: error.clone(),
+                        log: None,
+                        seconds: t0.elapsed().as_secs_f64(),
+                    });
+                    for h in live.drain(..) {
+                        fail_host(&hosts[h], step.name(), error, tx, &mut summaries[h]);
+                    }
+                } else {
+                    controller_changed += usize::from(outcome.changed);
+                    let _ = tx.send(Event::StepDone {
+                        host: CONTROLLER.into(),
+                        step: step.name().into(),
+                        changed: usize::from(outcome.changed),
+                        unchanged: usize::from(!outcome.changed),
+                        would_change: 0,
+                        seconds: t0.elapsed().as_secs_f64(),
+                        ops: Vec::new(),
+                        output: outcome.message,
+                    });
+                }
+                continue;
+            }
+            // The run of host stages up to the next cluster stage.
+            let end = phase.stages[stage..]
+                .iter()
+                .position(|s| !matches!(s, Stage::Hosts(_)))
+                .map_or(phase.stages.len(), |p| stage + p);
+            let range = stage..end;
+            stage = end;
+            // A JoinSet: when the run is dropped (Ctrl-C), its host tasks are aborted.
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut index = std::collections::HashMap::new();
+            for &i in &live {
+                let (phase, tx, limit, ctx) =
+                    (phase.clone(), tx.clone(), limit.clone(), hosts[i].clone());
+                // The task works on a copy: a task that panics leaves the
+                // summary of the stages before, and is that host's failure.
+                let mut summary = summaries[i].clone();
+                let range = range.clone();
+                let task = tasks.spawn(async move {
+                    let _permit = limit.acquire_owned().await;
+                    let t0 = Instant::now();
+                    let steps: Vec<&dyn Step> = phase.host_steps_in(range).collect();
+                    let ok = run_host(&steps, &ctx, &tx, &mut summary).await;
+                    summary.seconds += t0.elapsed().as_secs_f64();
+                    (ok, summary)
+                });
+                index.insert(task.id(), i);
+            }
+            let mut still = Vec::with_capacity(live.len());
+            while let Some(done) = tasks.join_next_with_id().await {
+                let id = match &done {
+                    Ok((id, _)) => *id,
+                    Err(e) => e.id(),
+                };
+                let i = index[&id];
+                match done.map(|(_, r)| r) {
+                    Ok((ok, summary)) => {
+                        summaries[i] = summary;
+                        if ok {
+                            still.push(i);
+                        }
+                    }
+                    Err(e) => {
+                        let error = format!(
+                            "internal error (a bug in mesh, please report it): {}",
+                            panic_message(e)
+                        );
+                        let step = phase.stages[range.start].name();
+                        fail_host(&hosts[i], step, &error, tx, &mut summaries[i]);
+                    }
+                }
+            }
+            still.sort_unstable();
+            live = still;
+        }
+        controller_changed
+    }
+
+    /// Run `undo` on the hosts `done` (a later batch failed); a host whose
+    /// undo fails is marked failed with both facts.
+    async fn undo(&self, undo: Arc<dyn Step>, done: Vec<usize>, summaries: &mut [HostSummary]) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in done {
+            let (ctx, tx, undo, limit) = (
+                self.hosts[i].clone(),
+                self.tx.clone(),
+                undo.clone(),
+                self.limit.clone(),
+            );
+            let mut summary = summaries[i].clone();
+            tasks.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                let steps: Vec<&dyn Step> = vec![undo.as_ref()];
+                run_host(&steps, &ctx, &tx, &mut summary).await;
+                (i, summary)
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            if let Ok((i, summary)) = done {
+                summaries[i] = summary;
+            }
+        }
+    }
+}
+
+/// What a failed host task said: its panic message, or why it stopped.
+fn panic_message(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let payload = e.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a host task panicked".into())
+}
+
+/// A host a failed batch kept from starting: reported, not run.
+fn skip_host(
+    ctx: &HostCtx,
+    error: &str,
+    tx: &mpsc::UnboundedSender<Event>,
+    summary: &mut HostSummary,
+) {
+    summary.failed = Some(error.to_string());
+    let _ = tx.send(Event::StepFailed {
+        host: ctx.host.name.clone(),
+        step: "rollout".into(),
+        error: error.into(),
+        log: None,
+        seconds: 0.0,
+    });
+}
+
 /// Name used in events for work the controller does once for all hosts.
 pub const CONTROLLER: &str = "controller";
 
@@ -209,6 +414,99 @@ pub async fn run_phase(
     phase: Arc<Phase>,
     hosts: Vec<Arc<HostCtx>>,
     opts: &RunOptions,
+) -> RunSummary {
+    let all = Rollout::all(hosts.len());
+    run_rollout(phase, hosts, opts, &all).await
+}
+
+/// How hosts go through a phase: all at once (one batch), or batch after
+/// batch, where a failed batch stops the batches after it (their hosts are
+/// reported as not started) and the hosts that had finished run `undo`.
+#[derive(Clone)]
+pub struct Rollout {
+    /// Indexes into the run's hosts.
+    pub batches: Vec<Vec<usize>>,
+    pub stop_on_failure: bool,
+    /// Run on the hosts that finished when a later batch failed.
+    pub undo: Option<Arc<dyn Step>>,
+}
+
+impl Rollout {
+    /// Every host at once.
+    pub fn all(hosts: usize) -> Self {
+        Rollout {
+            batches: vec![(0..hosts).collect()],
+            stop_on_failure: false,
+            undo: None,
+        }
+    }
+}
+
+/// `--batch N` or `--batch N%`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSize {
+    Hosts(usize),
+    Percent(u32),
+}
+
+impl BatchSize {
+    /// Hosts per batch out of `total` (at least 1).
+    pub fn of(&self, total: usize) -> usize {
+        match *self {
+            BatchSize::Hosts(n) => n.max(1),
+            BatchSize::Percent(p) => (total * p as usize).div_ceil(100).max(1),
+        }
+    }
+}
+
+impl std::str::FromStr for BatchSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("batch \"{s}\" is not a number of hosts or a percentage. Fix: write e.g. 1, 5 or 25%")
+        };
+        match s.strip_suffix('%') {
+            Some(p) => match p.parse::<u32>() {
+                Ok(p) if (1..=100).contains(&p) => Ok(BatchSize::Percent(p)),
+                _ => Err(bad()),
+            },
+            None => match s.parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(BatchSize::Hosts(n)),
+                _ => Err(bad()),
+            },
+        }
+    }
+}
+
+/// Batches of at most `size` hosts, in host order. With `groups` (each
+/// host's groups), the limit is per group: a batch holds at most `size`
+/// hosts of any one group, so a group never goes down at once while hosts
+/// of different groups go together.
+pub fn plan_batches(hosts: usize, size: usize, groups: Option<&[Vec<String>]>) -> Vec<Vec<usize>> {
+    let size = size.max(1);
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    for i in 0..hosts {
+        let fits = |batch: &Vec<usize>| match groups {
+            None => batch.len() < size,
+            Some(g) => g[i]
+                .iter()
+                .all(|group| batch.iter().filter(|&&j| g[j].contains(group)).count() < size),
+        };
+        match batches.iter_mut().find(|b| fits(b)) {
+            Some(b) => b.push(i),
+            None => batches.push(vec![i]),
+        }
+    }
+    batches
+}
+
+/// Run `phase` on the hosts batch by batch, as `rollout` says.
+pub async fn run_rollout(
+    phase: Arc<Phase>,
+    hosts: Vec<Arc<HostCtx>>,
+    opts: &RunOptions,
+    rollout: &Rollout,
 ) -> RunSummary {
     let started = Instant::now();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -232,91 +530,43 @@ pub async fn run_phase(
         })
         .collect();
     let mut controller_changed = 0;
-    // Indexes of hosts still going.
-    let mut live: Vec<usize> = (0..hosts.len()).collect();
-    let mut stage = 0;
-    while stage < phase.stages.len() && !live.is_empty() {
-        if let Stage::Barrier(_) = &phase.stages[stage] {
-            stage += 1;
-            continue;
-        }
-        if let Stage::Cluster(step) = &phase.stages[stage] {
-            stage += 1;
-            let ctxs: Vec<Arc<HostCtx>> = live.iter().map(|&i| hosts[i].clone()).collect();
-            let t0 = Instant::now();
-            let _ = tx.send(Event::StepStarted {
-                host: CONTROLLER.into(),
-                step: step.name().into(),
-            });
-            let outcome = step.run(&ctxs).await;
-            for (name, error) in &outcome.host_failures {
-                if let Some(i) = live.iter().position(|&i| &hosts[i].host.name == name) {
-                    let h = live.remove(i);
-                    fail_host(&hosts[h], step.name(), error, &tx, &mut summaries[h]);
-                }
-            }
-            if let Some(error) = &outcome.abort {
-                let _ = tx.send(Event::StepFailed {
-                    host: CONTROLLER.into(),
-                    step: step.name().into(),
-                    error: error.clone(),
-                    log: None,
-                    seconds: t0.elapsed().as_secs_f64(),
-                });
-                for h in live.drain(..) {
-                    fail_host(&hosts[h], step.name(), error, &tx, &mut summaries[h]);
-                }
-            } else {
-                controller_changed += usize::from(outcome.changed);
-                let _ = tx.send(Event::StepDone {
-                    host: CONTROLLER.into(),
-                    step: step.name().into(),
-                    changed: usize::from(outcome.changed),
-                    unchanged: usize::from(!outcome.changed),
-                    would_change: 0,
-                    seconds: t0.elapsed().as_secs_f64(),
-                    ops: Vec::new(),
-                    output: outcome.message,
-                });
+    let mut aborted: Option<usize> = None;
+    let mut done_ok: Vec<usize> = Vec::new();
+    for (b, batch) in rollout.batches.iter().enumerate() {
+        if let Some(failed) = aborted {
+            for &i in batch {
+                let error = format!(
+                    "not started: batch {} of {} failed",
+                    failed + 1,
+                    rollout.batches.len()
+                );
+                skip_host(&hosts[i], &error, &tx, &mut summaries[i]);
             }
             continue;
         }
-        // The run of host stages up to the next cluster stage.
-        let end = phase.stages[stage..]
-            .iter()
-            .position(|s| !matches!(s, Stage::Hosts(_)))
-            .map_or(phase.stages.len(), |p| stage + p);
-        let range = stage..end;
-        stage = end;
-        let mut tasks = Vec::with_capacity(live.len());
-        for &i in &live {
-            let (phase, tx, limit, ctx) =
-                (phase.clone(), tx.clone(), limit.clone(), hosts[i].clone());
-            let mut summary = std::mem::take(&mut summaries[i]);
-            let range = range.clone();
-            tasks.push(tokio::spawn(async move {
-                let _permit = limit.acquire_owned().await;
-                let t0 = Instant::now();
-                let steps: Vec<&dyn Step> = phase.host_steps_in(range).collect();
-                let ok = run_host(&steps, &ctx, &tx, &mut summary).await;
-                summary.seconds += t0.elapsed().as_secs_f64();
-                (i, ok, summary)
-            }));
+        let ctx = StageRun {
+            phase: &phase,
+            hosts: &hosts,
+            tx: &tx,
+            limit: &limit,
+        };
+        controller_changed += ctx.run(batch.clone(), &mut summaries).await;
+        let failed = batch.iter().any(|&i| summaries[i].failed.is_some());
+        if failed && rollout.stop_on_failure {
+            aborted = Some(b);
         }
-        let mut still = Vec::with_capacity(live.len());
-        for t in tasks {
-            match t.await {
-                Ok((i, ok, summary)) => {
-                    summaries[i] = summary;
-                    if ok {
-                        still.push(i);
-                    }
-                }
-                Err(e) => eprintln!("internal error in a host task: {e}"),
-            }
-        }
-        still.sort_unstable();
-        live = still;
+        done_ok.extend(batch.iter().filter(|&&i| summaries[i].failed.is_none()));
+    }
+    if let (Some(_), Some(undo)) = (aborted, &rollout.undo) {
+        // Hosts that finished before the failed batch go back.
+        let phase = Arc::new(Phase::of_steps(phase.name, Vec::new()));
+        let ctx = StageRun {
+            phase: &phase,
+            hosts: &hosts,
+            tx: &tx,
+            limit: &limit,
+        };
+        ctx.undo(undo.clone(), done_ok, &mut summaries).await;
     }
     for (ctx, summary) in hosts.iter().zip(&summaries) {
         ctx.conn.close().await;
@@ -481,6 +731,14 @@ impl Output {
                         .insert(host.clone(), (step.clone(), Instant::now()));
                 }
             }
+            Event::Stage { host, stage } => match &mut self.mode {
+                Mode::Bars(b) => {
+                    if let Some((step, _)) = b.active.get_mut(host) {
+                        *step = stage.clone();
+                    }
+                }
+                _ => self.println(format!("{prefix}[{host}] {stage}")),
+            },
             Event::StepDone {
                 host,
                 step,
@@ -542,6 +800,7 @@ impl Output {
                     b.failed += 1;
                 }
             }
+            Event::Notice { host, message } => self.println(format!("{host}: {message}")),
             Event::HostDone { host, .. } => {
                 if let Mode::Bars(b) = &mut self.mode {
                     b.active.remove(host);
@@ -634,5 +893,214 @@ impl Bars {
             };
             slot.set_message(msg);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::Inventory;
+    use crate::log::HostLog;
+    use crate::ops::OpFailure;
+    use crate::phases::StepOutcome;
+    use crate::ssh::recording::{ok, RecordingTransport};
+    use crate::ssh::BoxFut;
+    use crate::template::VarSet;
+    use std::path::Path;
+
+    /// A step that panics on host `b`, as a parser bug on odd output would.
+    struct PanicsOnB;
+
+    impl Step for PanicsOnB {
+        fn name(&self) -> &'static str {
+            "fragile"
+        }
+
+        fn run<'a>(&'a self, ctx: &'a HostCtx) -> BoxFut<'a, Result<StepOutcome, OpFailure>> {
+            Box::pin(async move {
+                if ctx.host.name == "b" {
+                    let short = "ab";
+                    let _ = &short[..ctx.host.name.len() + 16];
+                }
+                Ok(StepOutcome::default())
+            })
+        }
+    }
+
+    /// Fails on host `c`; runs a command on the others.
+    struct FailsOnC;
+
+    impl Step for FailsOnC {
+        fn name(&self) -> &'static str {
+            "deploy"
+        }
+
+        fn run<'a>(&'a self, ctx: &'a HostCtx) -> BoxFut<'a, Result<StepOutcome, OpFailure>> {
+            Box::pin(async move {
+                if ctx.host.name == "c" {
+                    return Err(OpFailure {
+                        label: "new copy".into(),
+                        error: crate::ops::OpError::Other("never healthy".into()),
+                        done: Vec::new(),
+                    });
+                }
+                let _ = ctx.conn.exec("deploy", crate::ssh::Input::None).await;
+                Ok(StepOutcome::default())
+            })
+        }
+    }
+
+    struct Undo;
+
+    impl Step for Undo {
+        fn name(&self) -> &'static str {
+            "rollback"
+        }
+
+        fn run<'a>(&'a self, ctx: &'a HostCtx) -> BoxFut<'a, Result<StepOutcome, OpFailure>> {
+            Box::pin(async move {
+                let _ = ctx.conn.exec("undo", crate::ssh::Input::None).await;
+                Ok(StepOutcome::default())
+            })
+        }
+    }
+
+    fn hosts(names: &[&str]) -> (Vec<Arc<HostCtx>>, Vec<Arc<RecordingTransport>>) {
+        let text: String = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("      {n}: {{ address: 10.0.0.{} }}\n", i + 1))
+            .collect();
+        let inv = Inventory::parse(
+            Path::new("i.yml"),
+            &format!("groups:\n  g:\n    hosts:\n{text}"),
+        )
+        .unwrap();
+        let conns: Vec<Arc<RecordingTransport>> = names
+            .iter()
+            .map(|_| Arc::new(RecordingTransport::new(|_, _| ok(""))))
+            .collect();
+        let ctxs = inv
+            .hosts
+            .iter()
+            .zip(&conns)
+            .map(|(h, c)| {
+                Arc::new(HostCtx::new(
+                    h.clone(),
+                    c.clone(),
+                    HostLog::discard(),
+                    VarSet::new(),
+                    false,
+                    false,
+                ))
+            })
+            .collect();
+        (ctxs, conns)
+    }
+
+    fn opts() -> RunOptions {
+        RunOptions {
+            parallel: 4,
+            progress: ProgressMode::Never,
+            json: true,
+            verbose: false,
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn a_failed_batch_stops_the_next_and_undoes_the_finished() {
+        let (ctxs, conns) = hosts(&["a", "b", "c", "d"]);
+        let rollout = Rollout {
+            batches: plan_batches(4, 1, None),
+            stop_on_failure: true,
+            undo: Some(Arc::new(Undo)),
+        };
+        let phase = Phase::of_steps("deploy", vec![Box::new(FailsOnC)]);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let summary = rt.block_on(run_rollout(Arc::new(phase), ctxs, &opts(), &rollout));
+        assert_eq!(summary.exit_code(), 1);
+        let calls: Vec<Vec<String>> = conns.iter().map(|c| c.calls()).collect();
+        assert_eq!(calls[0], ["deploy", "undo"]);
+        assert_eq!(calls[1], ["deploy", "undo"]);
+        assert!(calls[2].is_empty() && calls[3].is_empty(), "{calls:?}");
+        assert!(summary.hosts[2]
+            .failed
+            .as_deref()
+            .unwrap()
+            .contains("never healthy"));
+        let d = summary.hosts[3].failed.as_deref().unwrap();
+        assert!(d.contains("not started: batch 3 of 4 failed"), "{d}");
+        assert!(summary.hosts[0].failed.is_none());
+    }
+
+    #[test]
+    fn batches_by_size_percent_and_group() {
+        assert_eq!(
+            plan_batches(5, 2, None),
+            vec![vec![0, 1], vec![2, 3], vec![4]]
+        );
+        assert_eq!("25%".parse::<BatchSize>().unwrap().of(10), 3);
+        assert_eq!("3".parse::<BatchSize>().unwrap().of(10), 3);
+        assert!("0".parse::<BatchSize>().is_err() && "101%".parse::<BatchSize>().is_err());
+        assert!("x".parse::<BatchSize>().unwrap_err().contains("Fix:"));
+        // One host per group at a time; different groups go together.
+        let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let groups = vec![
+            g(&["web"]),
+            g(&["web"]),
+            g(&["db"]),
+            g(&["db", "web"]),
+            g(&["db"]),
+        ];
+        assert_eq!(
+            plan_batches(5, 1, Some(&groups)),
+            vec![vec![0, 2], vec![1, 4], vec![3]]
+        );
+    }
+
+    #[test]
+    fn a_panicking_host_task_fails_that_host_by_name() {
+        let inv = Inventory::parse(
+            Path::new("i.yml"),
+            "groups:\n  g:\n    hosts:\n      a: { address: 10.0.0.1 }\n      b: { address: 10.0.0.2 }\n",
+        )
+        .unwrap();
+        let ctxs: Vec<Arc<HostCtx>> = inv
+            .hosts
+            .iter()
+            .map(|h| {
+                Arc::new(HostCtx::new(
+                    h.clone(),
+                    Arc::new(RecordingTransport::new(|_, _| ok(""))),
+                    HostLog::discard(),
+                    VarSet::new(),
+                    false,
+                    false,
+                ))
+            })
+            .collect();
+        let phase = Phase::of_steps("test", vec![Box::new(PanicsOnB)]);
+        let opts = RunOptions {
+            parallel: 4,
+            progress: ProgressMode::Never,
+            json: true,
+            verbose: false,
+            dry_run: false,
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let summary = rt.block_on(run_phase(Arc::new(phase), ctxs, &opts));
+        assert_eq!(summary.exit_code(), 1);
+        assert!(summary.hosts[0].failed.is_none());
+        let b = summary.hosts[1].failed.as_deref().unwrap();
+        assert_eq!(summary.hosts[1].host, "b");
+        assert!(b.starts_with("fragile: internal error"), "{b}");
+        assert!(b.contains("out of bounds"), "{b}");
     }
 }

@@ -71,6 +71,10 @@ pub enum SecretsError {
     },
 }
 
+/// Largest secrets.env mesh reads (a wrong path to a device or a huge file
+/// is an error, not a process eating all memory).
+const MAX_BYTES: u64 = 1 << 20;
+
 fn is_key(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
@@ -139,8 +143,19 @@ impl Secrets {
             path: path.to_path_buf(),
             ..Secrets::default()
         };
-        let bytes = match fs::read(path) {
-            Ok(b) => b,
+        let mut bytes = Vec::new();
+        let read = File::open(path).and_then(|f| f.take(MAX_BYTES + 1).read_to_end(&mut bytes));
+        match read {
+            Ok(_) if bytes.len() as u64 > MAX_BYTES => {
+                return Err(SecretsError::Invalid {
+                    path: s.path,
+                    problem: format!("larger than {} KiB", MAX_BYTES >> 10),
+                    fix:
+                        "keep only KEY=VALUE lines in it (mesh's secrets take a few hundred bytes)"
+                            .into(),
+                })
+            }
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(s),
             Err(source) => {
                 return Err(SecretsError::Io {
@@ -149,7 +164,7 @@ impl Secrets {
                     source,
                 })
             }
-        };
+        }
         s.mode = fs::metadata(path)
             .ok()
             .map(|m| m.permissions().mode() & 0o777);
@@ -248,6 +263,14 @@ impl Secrets {
         self.lines = lines;
         self.mode = Some(0o600);
         Ok(())
+    }
+
+    /// Add a key for this run only (a dry run must not write the file).
+    pub fn set_in_memory(&mut self, key: &str, value: &str) {
+        self.lines.push(Line {
+            raw: String::new(),
+            entry: Some((key.to_string(), value.to_string())),
+        });
     }
 
     fn write(&self, lines: &[Line]) -> Result<(), SecretsError> {
@@ -365,6 +388,19 @@ mod tests {
         assert_eq!(s.get("B"), Some("single # not comment"));
         assert!(s.mode_warning().is_none());
         assert!(!format!("{s:?}").contains("plain"));
+    }
+
+    #[test]
+    fn a_file_larger_than_1_mib_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), &"# padding\n".repeat(110_000), 0o600);
+        let e = Secrets::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("larger than 1024 KiB") && e.contains("Fix:"),
+            "{e}"
+        );
+        let p = write(d.path(), &"# padding\n".repeat(100_000), 0o600);
+        assert!(Secrets::load(&p).unwrap().is_empty());
     }
 
     #[test]

@@ -605,9 +605,17 @@ macro_rules! builtin {
 
 /// mesh's built-in templates (templates/*.j2), embedded in the binary.
 const BUILTINS: &[(&str, &str)] = &[
+    builtin!("crowdsec/acquis-traefik.yaml"),
+    builtin!("crowdsec/config.yaml.local"),
+    builtin!("crowdsec/crowdsec-firewall-bouncer.yaml.local.j2"),
+    builtin!("crowdsec/online_api_credentials.yaml"),
+    builtin!("crowdsec/setup.sh"),
     builtin!("garage.service.j2"),
     builtin!("garage.toml.j2"),
     builtin!("journald.conf.j2"),
+    builtin!("logrotate-containers.j2"),
+    builtin!("redis.conf.j2"),
+    builtin!("traefik-kop.service.j2"),
     builtin!("wesher.env.j2"),
     builtin!("wesher.service.j2"),
 ];

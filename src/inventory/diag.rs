@@ -58,8 +58,25 @@ impl Diag {
 
 /// Fix text for an unknown key: the closest allowed key if there is one.
 pub(crate) fn unknown_key_fix(key: &str, allowed: &[&str]) -> String {
-    did_you_mean(key, allowed.iter().copied())
-        .unwrap_or_else(|| format!("remove \"{key}\" or rename it to one of the allowed keys."))
+    did_you_mean(key, allowed.iter().copied()).unwrap_or_else(|| {
+        format!(
+            "remove \"{}\" or rename it to one of the allowed keys.",
+            shown(key)
+        )
+    })
+}
+
+/// Longest word the "did you mean" search compares: edit distance costs
+/// length × length, and no plausible typo of a key or name is longer.
+const SUGGEST_MAX_CHARS: usize = 64;
+
+/// Text quoted in a message, cut to [`SUGGEST_MAX_CHARS`] characters (a
+/// runaway key in a big file would otherwise fill the screen).
+pub(crate) fn shown(text: &str) -> String {
+    match text.char_indices().nth(SUGGEST_MAX_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
 }
 
 /// `did you mean "<closest>"?` when a candidate is a plausible typo of `word`.
@@ -76,11 +93,24 @@ pub(crate) fn closest<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
+    if word.chars().count() > SUGGEST_MAX_CHARS {
+        return None;
+    }
     let word_lower = word.to_lowercase();
+    let word_len = word_lower.chars().count();
     let mut best: Option<(usize, &str)> = None;
     for cand in candidates {
-        let d = edit_distance(&word_lower, &cand.to_lowercase());
+        if cand.chars().count() > SUGGEST_MAX_CHARS {
+            continue;
+        }
+        let cand_lower = cand.to_lowercase();
+        let cand_len = cand_lower.chars().count();
         let limit = (cand.chars().count() / 3).clamp(1, 3);
+        // Lengths further apart than the limit cannot be within it.
+        if cand_len.abs_diff(word_len) > limit {
+            continue;
+        }
+        let d = edit_distance(&word_lower, &cand_lower);
         let better = match best {
             Some((bd, _)) => d < bd,
             None => true,

@@ -7,11 +7,11 @@
 //! problems are collected and reported together, each as
 //! `file:line:col: what is wrong. Fix: what to do`, before anything runs.
 
-mod diag;
+pub(crate) mod diag;
 mod resolve;
-mod schema;
+pub(crate) mod schema;
 pub mod select;
-mod yaml;
+pub(crate) mod yaml;
 
 #[cfg(test)]
 mod tests;
@@ -24,6 +24,25 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub use select::glob_match;
+
+/// Largest inventory file mesh reads.
+pub const MAX_INVENTORY_BYTES: u64 = 4 << 20;
+
+/// `-o key=value` turns host key checking off: `StrictHostKeyChecking`
+/// no/off/false, or a `UserKnownHostsFile` that starts with /dev/null (ssh
+/// records new keys in the first file, so none would ever be kept).
+pub fn disables_host_key_check(key: &str, value: &str) -> bool {
+    let value = value.trim();
+    if key.eq_ignore_ascii_case("StrictHostKeyChecking") {
+        ["no", "off", "false"]
+            .iter()
+            .any(|v| value.eq_ignore_ascii_case(v))
+    } else if key.eq_ignore_ascii_case("UserKnownHostsFile") {
+        value.split_whitespace().next() == Some("/dev/null")
+    } else {
+        false
+    }
+}
 
 /// A loaded, validated inventory.
 #[derive(Debug, Clone)]
@@ -40,6 +59,7 @@ pub struct Inventory {
     pub apt: AptSettings,
     pub docker: DockerSettings,
     pub overlay: OverlaySettings,
+    pub ingress: IngressSettings,
 }
 
 /// SSH connection settings. Unset fields are left to `~/.ssh/config`.
@@ -83,6 +103,16 @@ pub struct Host {
     pub firewall: FirewallSettings,
 }
 
+/// The service that makes a host a bastion (Traefik, Redis, CrowdSec).
+pub const TRAEFIK_SERVICE: &str = "traefik";
+
+impl Host {
+    /// The host runs Traefik: it receives the routes of its workers.
+    pub fn is_bastion(&self) -> bool {
+        self.services.iter().any(|s| s == TRAEFIK_SERVICE)
+    }
+}
+
 /// CPU architecture of a host, as printed by `uname -m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -92,6 +122,23 @@ pub enum Arch {
 
 impl Arch {
     pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::Aarch64];
+
+    /// The architecture this binary runs on (the controller's).
+    pub fn native() -> Arch {
+        if std::env::consts::ARCH == "aarch64" {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        }
+    }
+
+    /// Docker's platform name, e.g. `linux/arm64`.
+    pub fn docker_platform(&self) -> &'static str {
+        match self {
+            Arch::X86_64 => "linux/amd64",
+            Arch::Aarch64 => "linux/arm64",
+        }
+    }
 
     /// The Debian architecture name, for picking `.deb` packages.
     pub fn deb_arch(&self) -> &'static str {
@@ -165,6 +212,32 @@ pub struct OverlaySettings {
     pub net: Option<String>,
 }
 
+/// Who writes the Traefik routes into a bastion's Redis (`ingress.publisher`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Publisher {
+    /// The controller, over SSH on the bastion (no daemon on workers).
+    #[default]
+    Mesh,
+    /// traefik-kop on every worker (the seed's way).
+    TraefikKop,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressSettings {
+    pub publisher: Publisher,
+    /// CrowdSec and its firewall bouncer on bastions (default true).
+    pub crowdsec: bool,
+}
+
+impl Default for IngressSettings {
+    fn default() -> Self {
+        IngressSettings {
+            publisher: Publisher::Mesh,
+            crowdsec: true,
+        }
+    }
+}
+
 /// Why an inventory could not be loaded or a selection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
@@ -176,19 +249,67 @@ pub enum InventoryError {
     /// Every problem found, one line each: `file:line:col: problem. Fix: ...`.
     #[error("{}", .problems.join("\n"))]
     Invalid { problems: Vec<String> },
+    /// The file is larger than [`MAX_INVENTORY_BYTES`] (e.g. `-i /dev/zero`).
+    #[error("inventory {} is larger than {} MiB; mesh stopped reading it there. Fix: pass the inventory YAML file with -i FILE (an inventory of 200 hosts is a few dozen KiB)", .path.display(), MAX_INVENTORY_BYTES >> 20)]
+    TooLarge { path: PathBuf },
     /// A `--limit` glob matched no host and no group with hosts.
     #[error("{}", select::no_match_message(.pattern, .names))]
     NoMatch { pattern: String, names: Vec<String> },
 }
 
 impl Inventory {
-    /// Reads, parses and validates the inventory file at `path`.
+    /// Reads, parses and validates the inventory file at `path`. Reading
+    /// stops past [`MAX_INVENTORY_BYTES`]: a wrong `-i` (a device, a huge
+    /// file) is an error, not a process eating all memory.
     pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
-        let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
+        use std::io::Read as _;
+        let read_err = |source| InventoryError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_INVENTORY_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(read_err)?;
+        if bytes.len() as u64 > MAX_INVENTORY_BYTES {
+            return Err(InventoryError::TooLarge {
+                path: path.to_path_buf(),
+            });
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
         Inventory::parse(path, &text)
+    }
+
+    /// Warnings about SSH options that turn host key checking off, one per
+    /// option and value, naming the hosts. Print them once per run.
+    pub fn host_key_warnings(&self) -> Vec<String> {
+        let mut found: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
+        for host in &self.hosts {
+            for (key, value) in &host.ssh.options {
+                if disables_host_key_check(key, value) {
+                    found
+                        .entry((key.clone(), value.clone()))
+                        .or_default()
+                        .push(&host.name);
+                }
+            }
+        }
+        found
+            .into_iter()
+            .map(|((key, value), hosts)| {
+                let what = if key.eq_ignore_ascii_case("StrictHostKeyChecking") {
+                    "host keys are not checked: a changed key (a machine in the middle) goes unnoticed"
+                } else {
+                    "no host key is remembered: every login trusts whatever key the host shows"
+                };
+                format!(
+                    "{}: ssh option {key}={value} for {}: {what}. Fix: remove it from ssh.options; mesh accepts a new host's key once (accept-new) and refuses a changed one",
+                    self.path.display(),
+                    hosts.join(", ")
+                )
+            })
+            .collect()
     }
 
     /// Parses and validates inventory `text`; `path` is only used in messages.
@@ -236,6 +357,22 @@ impl Inventory {
 
     pub fn host(&self, name: &str) -> Option<&Host> {
         self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// The bastion a host's routes go to: its `traefik_host`, itself when it
+    /// is one, else the inventory's only bastion.
+    pub fn bastion_of<'a>(&'a self, host: &'a Host) -> Option<&'a Host> {
+        if let Some(name) = &host.traefik_host {
+            return self.host(name);
+        }
+        if host.is_bastion() {
+            return Some(host);
+        }
+        let mut bastions = self.hosts.iter().filter(|h| h.is_bastion());
+        match (bastions.next(), bastions.next()) {
+            (Some(only), None) => Some(only),
+            _ => None,
+        }
     }
 
     /// The group called `name`.

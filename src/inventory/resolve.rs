@@ -507,5 +507,6 @@ pub(crate) fn resolve(
         overlay: OverlaySettings {
             net: raw.overlay_net,
         },
+        ingress: raw.ingress,
     }
 }

@@ -8,12 +8,14 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::diag::{closest, hostname_suggestion, is_dns_name, is_hostname, unknown_key_fix, Diag};
+use super::diag::{
+    closest, hostname_suggestion, is_dns_name, is_hostname, shown, unknown_key_fix, Diag,
+};
 use super::yaml::{Loc, Node, ScalarKind, Value};
 use super::Arch;
 
 pub(crate) const TOP_KEYS: &[&str] = &[
-    "ssh", "vars", "firewall", "apt", "docker", "overlay", "groups",
+    "ssh", "vars", "firewall", "apt", "docker", "overlay", "ingress", "groups",
 ];
 pub(crate) const GROUP_KEYS: &[&str] = &["hosts", "vars", "ssh"];
 pub(crate) const HOST_KEYS: &[&str] = &[
@@ -35,6 +37,7 @@ pub(crate) const FIREWALL_KEYS: &[&str] = &["ssh_port", "deadman_seconds"];
 pub(crate) const APT_KEYS: &[&str] = &["cache_valid_seconds"];
 pub(crate) const DOCKER_KEYS: &[&str] = &["mirror", "packages"];
 pub(crate) const OVERLAY_KEYS: &[&str] = &["net"];
+pub(crate) const INGRESS_KEYS: &[&str] = &["publisher", "crowdsec"];
 
 /// A value together with the position it was read from.
 #[derive(Debug, Clone)]
@@ -103,16 +106,17 @@ pub(crate) struct RawInventory {
     pub docker_mirror: Option<String>,
     pub docker_packages: Option<Vec<String>>,
     pub overlay_net: Option<String>,
+    pub ingress: super::IngressSettings,
     pub groups: Vec<RawGroup>,
     /// Position of the `groups:` key, if present.
     pub groups_loc: Option<Loc>,
 }
 
 /// One `key: value` entry of a mapping, with the key as text.
-struct Entry<'n> {
-    key: String,
-    key_loc: Loc,
-    value: &'n Node,
+pub(crate) struct Entry<'n> {
+    pub key: String,
+    pub key_loc: Loc,
+    pub value: &'n Node,
 }
 
 /// Reads the whole document.
@@ -153,6 +157,30 @@ pub(crate) fn read_inventory(root: &Node, d: &mut Diag) -> RawInventory {
                     match f.key.as_str() {
                         "net" => inv.overlay_net = read_overlay_net(f.value, "overlay", &f.key, d),
                         _ => unknown_key(d, "overlay", &f, OVERLAY_KEYS),
+                    }
+                }
+            }
+            "ingress" => {
+                for f in entries(v, "ingress", d) {
+                    match f.key.as_str() {
+                        "publisher" => match read_string(f.value, "ingress", &f.key, d).as_deref() {
+                            Some("mesh") => inv.ingress.publisher = super::Publisher::Mesh,
+                            Some("traefik-kop") => {
+                                inv.ingress.publisher = super::Publisher::TraefikKop
+                            }
+                            Some(other) => d.push(
+                                f.value.loc,
+                                format!("ingress: publisher \"{other}\" is not known (allowed: mesh, traefik-kop)"),
+                                "write publisher: mesh (the controller writes the routes) or publisher: traefik-kop.",
+                            ),
+                            None => {}
+                        },
+                        "crowdsec" => {
+                            if let Some(b) = read_bool(f.value, "ingress", &f.key, d) {
+                                inv.ingress.crowdsec = b;
+                            }
+                        }
+                        _ => unknown_key(d, "ingress", &f, INGRESS_KEYS),
                     }
                 }
             }
@@ -279,7 +307,23 @@ fn read_host(h: &Entry, group_what: &str, d: &mut Diag) -> RawHost {
                     }
                 }
             }
-            "zone" => host.zone = sourced(v, read_string(v, &what, &e.key, d)),
+            "zone" => {
+                if let Some(zone) = read_string(v, &what, &e.key, d) {
+                    if is_zone(&zone) {
+                        host.zone = sourced(v, Some(zone));
+                    } else {
+                        d.push(
+                            v.loc,
+                            format!(
+                                "{what}: zone \"{}\" may only use letters, digits, '-', '_' and '.', 1 to 64 of them \
+                                 (garage would read another zone back and re-apply its layout on every run)",
+                                shown(&zone)
+                            ),
+                            zone_fix(&zone),
+                        );
+                    }
+                }
+            }
             "services" => host.services = sourced(v, read_string_list(v, &what, &e.key, d)),
             "traefik_host" => host.traefik_host = sourced(v, read_string(v, &what, &e.key, d)),
             "overlay_ip" => {
@@ -304,6 +348,40 @@ fn read_host(h: &Entry, group_what: &str, d: &mut Diag) -> RawHost {
         }
     }
     host
+}
+
+/// Lowest `deadman_seconds`: the time a fresh SSH login gets to prove the
+/// new firewall lets it in before ufw is disabled again.
+pub(crate) const MIN_DEADMAN_SECONDS: u64 = 30;
+
+/// A garage zone: 1 to 64 letters, digits, '-', '_' or '.'.
+pub(crate) fn is_zone(zone: &str) -> bool {
+    (1..=64).contains(&zone.len())
+        && zone
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// Fix text for an invalid zone: the zone with every other character as '-'.
+fn zone_fix(given: &str) -> String {
+    let mapped: String = given
+        .trim()
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let mapped = mapped.trim_matches('-');
+    if is_zone(mapped) {
+        format!("write it as \"{mapped}\" (the same zone name on every host of that zone).")
+    } else {
+        "name the zone with letters, digits, '-', '_' or '.', e.g. zone: fra-1.".to_owned()
+    }
 }
 
 /// Fix text for an unsupported architecture name.
@@ -340,9 +418,19 @@ fn read_firewall(node: &Node, what: &str, d: &mut Diag) -> RawFirewall {
         let v = e.value;
         match e.key.as_str() {
             "ssh_port" => fw.ssh_port = sourced(v, read_port(v, what, &e.key, d)),
-            "deadman_seconds" => {
-                fw.deadman_seconds = sourced(v, read_u64(v, what, &e.key, d));
-            }
+            "deadman_seconds" => match read_u64(v, what, &e.key, d) {
+                Some(n) if n < MIN_DEADMAN_SECONDS => d.push(
+                    v.loc,
+                    format!(
+                        "{what}: deadman_seconds {n} is too short: the fresh SSH login that confirms \
+                         a firewall change may not make it in time, and ufw is disabled again"
+                    ),
+                    format!(
+                        "use at least {MIN_DEADMAN_SECONDS}, e.g. deadman_seconds: 90 (the default)."
+                    ),
+                ),
+                n => fw.deadman_seconds = sourced(v, n),
+            },
             _ => unknown_key(d, what, &e, FIREWALL_KEYS),
         }
     }
@@ -358,12 +446,12 @@ fn sourced<T>(node: &Node, value: Option<T>) -> Option<Sourced<T>> {
 }
 
 /// Reports an unknown key, listing the allowed ones and the likely intended one.
-fn unknown_key(d: &mut Diag, what: &str, e: &Entry, allowed: &[&str]) {
+pub(crate) fn unknown_key(d: &mut Diag, what: &str, e: &Entry, allowed: &[&str]) {
     d.push(
         e.key_loc,
         format!(
             "{what}: unknown key \"{}\" (allowed: {})",
-            e.key,
+            shown(&e.key),
             allowed.join(", ")
         ),
         unknown_key_fix(&e.key, allowed),
@@ -372,7 +460,7 @@ fn unknown_key(d: &mut Diag, what: &str, e: &Entry, allowed: &[&str]) {
 
 /// The entries of a mapping (a null counts as an empty mapping). Reports a
 /// non-mapping, non-scalar keys and duplicate keys; duplicates are skipped.
-fn entries<'n>(node: &'n Node, what: &str, d: &mut Diag) -> Vec<Entry<'n>> {
+pub(crate) fn entries<'n>(node: &'n Node, what: &str, d: &mut Diag) -> Vec<Entry<'n>> {
     let pairs = match &node.value {
         Value::Map(pairs) => pairs,
         _ if node.is_null() => return Vec::new(),
@@ -420,7 +508,7 @@ fn entries<'n>(node: &'n Node, what: &str, d: &mut Diag) -> Vec<Entry<'n>> {
 
 /// A scalar as text: strings as-is, numbers and booleans in their source
 /// spelling. Nulls, lists and mappings are reported.
-fn read_string(node: &Node, what: &str, key: &str, d: &mut Diag) -> Option<String> {
+pub(crate) fn read_string(node: &Node, what: &str, key: &str, d: &mut Diag) -> Option<String> {
     match &node.value {
         Value::Scalar {
             kind: ScalarKind::Null,
@@ -448,7 +536,7 @@ fn read_string(node: &Node, what: &str, key: &str, d: &mut Diag) -> Option<Strin
     }
 }
 
-fn read_bool(node: &Node, what: &str, key: &str, d: &mut Diag) -> Option<bool> {
+pub(crate) fn read_bool(node: &Node, what: &str, key: &str, d: &mut Diag) -> Option<bool> {
     if let Value::Scalar {
         kind: ScalarKind::Bool(b),
         ..
@@ -467,7 +555,7 @@ fn read_bool(node: &Node, what: &str, key: &str, d: &mut Diag) -> Option<bool> {
     None
 }
 
-fn read_u64(node: &Node, what: &str, key: &str, d: &mut Diag) -> Option<u64> {
+pub(crate) fn read_u64(node: &Node, what: &str, key: &str, d: &mut Diag) -> Option<u64> {
     if let Value::Scalar { text, kind } = &node.value {
         if matches!(kind, ScalarKind::Int(_) | ScalarKind::Str) {
             if let Ok(n) = text.trim().parse::<u64>() {
@@ -486,7 +574,7 @@ fn read_u64(node: &Node, what: &str, key: &str, d: &mut Diag) -> Option<u64> {
     None
 }
 
-fn read_port(node: &Node, what: &str, key: &str, d: &mut Diag) -> Option<u16> {
+pub(crate) fn read_port(node: &Node, what: &str, key: &str, d: &mut Diag) -> Option<u16> {
     if let Value::Scalar { text, kind } = &node.value {
         if matches!(kind, ScalarKind::Int(_) | ScalarKind::Str) {
             if let Ok(n) = text.trim().parse::<u16>() {
@@ -553,7 +641,12 @@ fn read_overlay_net(node: &Node, what: &str, key: &str, d: &mut Diag) -> Option<
 }
 
 /// A list of scalars (a null counts as an empty list).
-fn read_string_list(node: &Node, what: &str, key: &str, d: &mut Diag) -> Option<Vec<String>> {
+pub(crate) fn read_string_list(
+    node: &Node,
+    what: &str,
+    key: &str,
+    d: &mut Diag,
+) -> Option<Vec<String>> {
     let items = match &node.value {
         Value::Seq(items) => items,
         _ if node.is_null() => return Some(Vec::new()),

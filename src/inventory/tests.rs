@@ -805,3 +805,134 @@ fn suggestions_use_edit_distance() {
     assert_eq!(closest("Adress", ["address", "arch"]), Some("address"));
     assert_eq!(closest("xyz", ["address", "arch"]), None);
 }
+
+#[test]
+fn zones_use_letters_digits_dash_underscore_and_dot() {
+    for zone in ["fra", "fra-1", "z_1", "eu.west.2", "Z9"] {
+        let inv = ok(&one_host(&format!("address: 192.0.2.1, zone: \"{zone}\"")));
+        assert_eq!(inv.hosts[0].zone.as_deref(), Some(zone));
+    }
+    let text = one_host("address: 192.0.2.1, zone: \"eu west\"");
+    assert_problem(
+        &problem(&text),
+        &at(&text, "\"eu west\""),
+        &[
+            "zone \"eu west\" may only use letters, digits",
+            "re-apply its layout",
+            "Fix: write it as \"eu-west\"",
+        ],
+    );
+    for bad in ["\"\"", "\"a/b\"", "\"zürich\"", &"z".repeat(65)] {
+        let text = one_host(&format!("address: 192.0.2.1, zone: {bad}"));
+        assert_problem(&problem(&text), &at(&text, bad), &["zone", "Fix:"]);
+    }
+}
+
+#[test]
+fn deadman_seconds_is_at_least_30() {
+    let text = "firewall: { deadman_seconds: 29 }\n".to_owned()
+        + &one_host("address: 192.0.2.1, firewall: { deadman_seconds: 5 }");
+    let p = problems(&text);
+    assert_eq!(p.len(), 2, "{}", p.join("\n"));
+    assert_problem(
+        &p[0],
+        &at(&text, "29"),
+        &["deadman_seconds 29 is too short", "at least 30"],
+    );
+    assert_problem(
+        &p[1],
+        &at(&text, "5 }"),
+        &["deadman_seconds 5 is too short"],
+    );
+    let text = "firewall: { deadman_seconds: 30 }\n".to_owned() + &one_host("address: 192.0.2.1");
+    assert_eq!(ok(&text).hosts[0].firewall.deadman_seconds, Some(30));
+}
+
+#[test]
+fn an_inventory_larger_than_4_mib_is_refused_without_reading_it_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.yml");
+    let mut text = one_host("address: 192.0.2.1");
+    text.push_str(&"# padding\n".repeat((4 << 20) / 10 + 1));
+    std::fs::write(&path, &text).unwrap();
+    let err = Inventory::load(&path).unwrap_err();
+    assert!(matches!(err, InventoryError::TooLarge { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("big.yml") && msg.contains("4 MiB") && msg.contains("Fix:"),
+        "{msg}"
+    );
+    // A device that never ends is refused as fast.
+    let err = Inventory::load(Path::new("/dev/zero")).unwrap_err();
+    assert!(matches!(err, InventoryError::TooLarge { .. }), "{err:?}");
+    // Just under the limit still loads.
+    text.truncate(4 << 20);
+    let cut = text.rfind('\n').unwrap() + 1;
+    text.truncate(cut);
+    std::fs::write(&path, &text).unwrap();
+    assert_eq!(Inventory::load(&path).unwrap().hosts.len(), 1);
+}
+
+#[test]
+fn did_you_mean_skips_huge_keys() {
+    use super::diag::closest;
+    let huge = "a".repeat(200_000);
+    let t0 = std::time::Instant::now();
+    assert_eq!(closest(&huge, ["address", "arch"]), None);
+    assert_eq!(
+        closest("adress", [huge.as_str(), "address"]),
+        Some("address")
+    );
+    // An explicit key: YAML caps implicit ones at 1024 characters.
+    let text = format!(
+        "groups:\n  web:\n    hosts:\n      web-1:\n        address: 192.0.2.1\n        ? {huge}\n        : 1\n"
+    );
+    let p = problem(&text);
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t0.elapsed()
+    );
+    let start: String = p.chars().take(300).collect();
+    assert!(
+        p.contains("unknown key") && !p.contains("did you mean"),
+        "{start}"
+    );
+    assert!(
+        p.len() < 1000,
+        "the key is shown cut short: {} bytes",
+        p.len()
+    );
+}
+
+#[test]
+fn options_that_turn_host_key_checking_off_are_warned_about() {
+    use super::disables_host_key_check as off;
+    assert!(off("StrictHostKeyChecking", "no"));
+    assert!(off("stricthostkeychecking", "Off"));
+    assert!(off("StrictHostKeyChecking", "false"));
+    assert!(!off("StrictHostKeyChecking", "accept-new"));
+    assert!(!off("StrictHostKeyChecking", "yes"));
+    assert!(off("UserKnownHostsFile", "/dev/null"));
+    assert!(off("UserKnownHostsFile", "/dev/null ~/.ssh/known_hosts"));
+    assert!(!off("UserKnownHostsFile", "~/.ssh/known_hosts /dev/null"));
+    assert!(!off("KexAlgorithms", "no"));
+
+    assert!(ok(BRIEF).host_key_warnings().is_empty());
+    let text = "ssh: { options: { StrictHostKeyChecking: no } }\ngroups:\n  web:\n    hosts:\n      \
+                web-1: { address: 192.0.2.1 }\n      \
+                web-2: { address: 192.0.2.2, ssh: { options: { UserKnownHostsFile: /dev/null } } }\n";
+    let warnings = ok(text).host_key_warnings();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].contains("StrictHostKeyChecking=no for web-1, web-2")
+            && warnings[0].contains("Fix: remove it"),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[1].contains("UserKnownHostsFile=/dev/null for web-2"),
+        "{}",
+        warnings[1]
+    );
+}

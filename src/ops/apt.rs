@@ -80,7 +80,8 @@ impl Op for AptUpdate {
             s.raw("set -e");
             s.append(&apt_get(&["update"]));
             s.append(&touch(&update_stamp()));
-            ctx.run_ok("apt-get update", s.as_str(), Input::None)
+            ctx.long()
+                .run_ok("apt-get update", s.as_str(), Input::None)
                 .await?;
             Ok(false)
         })
@@ -132,7 +133,8 @@ impl Op for AptUpgrade {
                 s.append(&apt_get(&["upgrade"]));
             }
             s.append(&touch(&upgrade_stamp()));
-            ctx.run_ok("apt-get upgrade", s.as_str(), Input::None)
+            ctx.long()
+                .run_ok("apt-get upgrade", s.as_str(), Input::None)
                 .await?;
             Ok(flags != 0)
         })
@@ -195,8 +197,18 @@ impl Op for AptInstall {
 
     fn apply<'a>(&'a self, ctx: &'a OpCtx<'a>, _flags: u32) -> BoxFut<'a, Result<bool, OpError>> {
         Box::pin(async move {
-            let script = install_script(&self.packages, &[]);
-            ctx.run_ok(&self.label(), script.as_str(), Input::None)
+            // A host whose package lists were never fetched (or were cleaned)
+            // gets them once, then the install is tried again.
+            let install = install_script(&self.packages, &[]);
+            let mut script = Script::new();
+            script.raw("if ! (");
+            script.append(&install);
+            script.raw("); then");
+            script.append(&apt_get(&["update"]));
+            script.append(&install);
+            script.raw("fi");
+            ctx.long()
+                .run_ok(&self.label(), script.as_str(), Input::None)
                 .await?;
             Ok(true)
         })

@@ -43,7 +43,7 @@ impl Op for DirOp {
     fn probe(&self, _ctx: &OpCtx<'_>) -> Option<Script> {
         let mut s = Script::new();
         s.line(
-            "if [ -e {} ]; then stat -c 'stat %a %U:%G %F' -- {}; else echo 'stat absent'; fi",
+            "if [ -e {} ]; then stat --printf 'stat %a %U:%G %F\\nnum %a %u:%g %F\\n' -- {}; else echo 'stat absent'; echo 'num absent'; fi",
             &[&self.path, &self.path],
         );
         Some(s)
@@ -51,7 +51,11 @@ impl Op for DirOp {
 
     fn decide(&self, probe: &str, _recheck: Option<&str>, _triggered: bool) -> Decision {
         let want = format!("{:o} {}:{} directory", self.mode, self.owner, self.group);
-        match field(probe, "stat") {
+        // A numeric owner (a container's uid:gid) is compared as numbers.
+        let numeric = self.owner.bytes().all(|b| b.is_ascii_digit())
+            && self.group.bytes().all(|b| b.is_ascii_digit());
+        let stat = if numeric { "num" } else { "stat" };
+        match field(probe, stat) {
             Some("absent") => Decision::change("create", 0),
             Some(s) if s == want => Decision::Unchanged,
             Some(s) if !s.ends_with(" directory") => Decision::Fail(format!(
@@ -101,6 +105,13 @@ mod tests {
         assert!(matches!(
             d.decide("stat 644 root:root regular file\n", None, false),
             Decision::Fail(_)
+        ));
+        let data = DirOp::new("/containers/data/web/up").owner("1000", "1000");
+        let probe = "stat 755 UNKNOWN:UNKNOWN directory\nnum 755 1000:1000 directory\n";
+        assert_eq!(data.decide(probe, None, false), Decision::Unchanged);
+        assert!(matches!(
+            data.decide("stat absent\nnum absent\n", None, false),
+            Decision::Change { .. }
         ));
     }
 }

@@ -88,6 +88,21 @@ impl FileOp {
         }
     }
 
+    /// Shared content whose sha256 the caller already knows (a build
+    /// context file sent to many hosts is neither copied nor re-hashed).
+    pub fn from_shared(path: impl Into<String>, bytes: Arc<Vec<u8>>, sha256: String) -> Self {
+        FileOp {
+            path: path.into(),
+            size: bytes.len() as u64,
+            sha256,
+            content: Content::Bytes(bytes),
+            mode: 0o644,
+            owner: "root".into(),
+            group: "root".into(),
+            id: None,
+        }
+    }
+
     /// A copy of a local file (hashed once per run, streamed on upload).
     pub fn from_local(path: impl Into<String>, local: &Path) -> std::io::Result<Self> {
         let (size, sha256) = sha256_local(local)?;

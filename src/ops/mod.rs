@@ -12,17 +12,19 @@ pub mod apt;
 pub mod command;
 pub mod dir;
 pub mod file;
+pub mod image;
 pub mod unit;
 
 use crate::log::HostLog;
 use crate::quote::Script;
-use crate::ssh::{BoxFut, Input, Output, SshError, Transport};
+use crate::ssh::{BoxFut, CommandKind, Input, Output, SshError, Transport};
 use std::collections::BTreeSet;
 
 pub use apt::{AptInstall, AptUpdate, AptUpgrade};
 pub use command::CommandOp;
 pub use dir::DirOp;
 pub use file::{Content, FileOp};
+pub use image::{ImageOp, ImageSource};
 pub use unit::UnitOp;
 
 /// Where mesh keeps its own bookkeeping on a host.
@@ -104,12 +106,24 @@ pub struct OpCtx<'a> {
     pub log: &'a HostLog,
     /// `--checksum`: hash every file instead of trusting recorded size + mtime.
     pub checksum: bool,
+    /// Which deadline this context's commands get.
+    pub kind: CommandKind,
 }
 
-impl OpCtx<'_> {
+impl<'a> OpCtx<'a> {
+    /// The same context for commands that may take long (apt, image loads).
+    pub fn long(&self) -> OpCtx<'a> {
+        OpCtx {
+            conn: self.conn,
+            log: self.log,
+            checksum: self.checksum,
+            kind: CommandKind::Long,
+        }
+    }
+
     /// Run a script, log it and its output; a non-zero exit is not an error here.
     pub async fn run(&self, title: &str, script: &str, input: Input) -> Result<Output, OpError> {
-        let out = self.conn.exec(script, input).await?;
+        let out = self.conn.exec_as(script, input, self.kind).await?;
         self.log.block(
             &format!("{title} (exit {})", fmt_code(out.code)),
             &format!(
@@ -124,7 +138,7 @@ impl OpCtx<'_> {
     /// Run a script whose output holds secrets (e.g. a new access key): the
     /// log keeps the script and exit code, never the output.
     pub async fn run_secret(&self, title: &str, script: &str) -> Result<Output, OpError> {
-        let out = self.conn.exec(script, Input::None).await?;
+        let out = self.conn.exec_as(script, Input::None, self.kind).await?;
         self.log.block(
             &format!("{title} (exit {})", fmt_code(out.code)),
             &format!("$ {script}\n(output withheld: it holds secrets)"),
@@ -228,6 +242,52 @@ const DONE: &str = "@@mesh-done ";
 /// Run several ops' parts in ONE round trip. On failure, returns the index
 /// of the failing part; the parts before it completed.
 async fn run_batch(ctx: &OpCtx<'_>, parts: Vec<(String, Part)>) -> Result<(), (usize, OpError)> {
+    /// Longest script sent on the command line. The quoted script is part
+    /// of ONE argument (the remote login shell's `-c` command, `... sh -c
+    /// '<script>'`), and Linux caps a single argument at 128 KiB
+    /// (MAX_ARG_STRLEN): a batch of many inline files would pass that and
+    /// fail with "Argument list too long".
+    const SCRIPT_ARG_MAX: usize = 100 * 1024;
+
+    /// Last line of a script sent on stdin: a script cut short lacks it and is
+    /// never run.
+    const SCRIPT_END: &str = ": mesh-script-end";
+
+    /// The script's length once quoted for the command line (`'` becomes `'\''`).
+    fn quoted_len(script: &str) -> usize {
+        script.len() + 3 * script.matches('\'').count() + 2
+    }
+
+    /// The command line and stdin that run `script` with `input` on its stdin.
+    /// A script too long for the command line goes first on stdin, read back
+    /// with exactly its byte count (`head -c`, so the parts' input that follows
+    /// stays unread) and run by `eval` only when it arrived whole. Still one
+    /// round trip.
+    fn spill_if_long(script: String, input: Input) -> (String, Input) {
+        if quoted_len(&script) <= SCRIPT_ARG_MAX {
+            return (script, input);
+        }
+        let mut text = script;
+        text.push_str(SCRIPT_END);
+        text.push('\n');
+        let size = text.len();
+        let command = format!(
+            "mesh_script=$(head -c {size}) || exit 1\n\
+             case $mesh_script in *'{SCRIPT_END}') ;; *) echo \"mesh: the script arrived cut short\" >&2; exit 1;; esac\n\
+             eval \"$mesh_script\"\n"
+        );
+        let script = Input::Bytes(std::sync::Arc::new(text.into_bytes()));
+        let input = match input {
+            Input::None => script,
+            Input::Chain(mut parts) => {
+                parts.insert(0, script);
+                Input::Chain(parts)
+            }
+            other => Input::Chain(vec![script, other]),
+        };
+        (command, input)
+    }
+
     let mut script = Script::new();
     script.raw("set -e");
     let mut inputs = Vec::new();
@@ -261,10 +321,15 @@ async fn run_batch(ctx: &OpCtx<'_>, parts: Vec<(String, Part)>) -> Result<(), (u
         1 => inputs.pop().unwrap_or(Input::None),
         _ => Input::Chain(inputs),
     };
-    let out = ctx
-        .run(&title, script.as_str(), input)
-        .await
-        .map_err(|e| (0, e))?;
+    let script = script.into_string();
+    let (command, input) = spill_if_long(script.clone(), input);
+    if command != script {
+        ctx.log.block(
+            &format!("{title}: script of {} bytes, sent on stdin", script.len()),
+            &script,
+        );
+    }
+    let out = ctx.run(&title, &command, input).await.map_err(|e| (0, e))?;
     if out.success() {
         return Ok(());
     }
@@ -548,6 +613,7 @@ mod tests {
             conn,
             log: &log,
             checksum: false,
+            kind: CommandKind::Normal,
         };
         run(converge(&ctx, ops, dry_run))
     }
@@ -667,6 +733,136 @@ mod tests {
         let reports = converge_on(&conn, &ops, true).unwrap();
         assert_eq!(reports[0].outcome, Outcome::WouldChange);
         assert_eq!(conn.calls().len(), 1);
+    }
+
+    /// Runs every command with the local `sh`, its stdin fed as ssh would;
+    /// `keep` bytes of stdin arrive (all when `None`), as a broken link would cut it.
+    fn local_sh(keep: Option<usize>) -> RecordingTransport {
+        RecordingTransport::new(move |script, input| {
+            use std::io::Write as _;
+            fn flatten(input: &Input, out: &mut Vec<u8>) {
+                match input {
+                    Input::None => {}
+                    Input::Bytes(b) => out.extend_from_slice(b),
+                    Input::File(p) => out.extend(std::fs::read(p).unwrap()),
+                    Input::Chain(parts) => parts.iter().for_each(|p| flatten(p, out)),
+                }
+            }
+            let mut bytes = Vec::new();
+            flatten(input, &mut bytes);
+            bytes.truncate(keep.unwrap_or(bytes.len()));
+            let mut child = std::process::Command::new("sh")
+                .args(["-c", script])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("local sh");
+            let mut stdin = child.stdin.take().unwrap();
+            let feeder = std::thread::spawn(move || {
+                let _ = stdin.write_all(&bytes);
+            });
+            let out = child.wait_with_output().unwrap();
+            feeder.join().unwrap();
+            Output {
+                code: out.status.code(),
+                stdout: out.stdout,
+                stderr: out.stderr,
+            }
+        })
+    }
+
+    fn batch_on(
+        conn: &RecordingTransport,
+        parts: Vec<(String, Part)>,
+    ) -> Result<(), (usize, OpError)> {
+        let log = HostLog::discard();
+        let ctx = OpCtx {
+            conn,
+            log: &log,
+            checksum: false,
+            kind: CommandKind::Normal,
+        };
+        run(run_batch(&ctx, parts))
+    }
+
+    /// 12 parts appending 10 KiB of quote-heavy text each to `out`, then two
+    /// parts appending their stdin: the expected content of `out` too.
+    fn long_batch(out: &std::path::Path) -> (Vec<(String, Part)>, Vec<u8>) {
+        let out = out.to_str().unwrap();
+        let mut parts = Vec::new();
+        let mut want = Vec::new();
+        for i in 0..12 {
+            let text = format!("{i}: it's ").repeat(1024);
+            let mut s = Script::new();
+            s.line("printf %s {} >> {}", &[&text, out]);
+            parts.push((
+                format!("text {i}"),
+                Part {
+                    script: s,
+                    input: Input::None,
+                    changes: true,
+                },
+            ));
+            want.extend(text.as_bytes());
+        }
+        for (i, data) in ["first input\n", "second, last input\n"]
+            .into_iter()
+            .enumerate()
+        {
+            let mut s = Script::new();
+            s.line(&format!("mesh_read {} >> {{}}", data.len()), &[out]);
+            parts.push((
+                format!("input {i}"),
+                Part {
+                    script: s,
+                    input: Input::Bytes(std::sync::Arc::new(data.as_bytes().to_vec())),
+                    changes: true,
+                },
+            ));
+            want.extend(data.as_bytes());
+        }
+        (parts, want)
+    }
+
+    #[test]
+    fn a_batch_too_long_for_one_argument_sends_its_script_on_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let (parts, want) = long_batch(&out);
+        let conn = local_sh(None);
+        batch_on(&conn, parts).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), want);
+        let calls = conn.calls();
+        assert_eq!(calls.len(), 1, "still one round trip");
+        assert!(calls[0].len() < 1024, "a short command line: {}", calls[0]);
+        assert!(!calls[0].contains("it's"), "{}", calls[0]);
+    }
+
+    #[test]
+    fn a_script_cut_short_on_stdin_runs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let (parts, _) = long_batch(&out);
+        let conn = local_sh(Some(50 * 1024));
+        let (done, e) = batch_on(&conn, parts).unwrap_err();
+        assert_eq!(done, 0);
+        assert!(e.to_string().contains("cut short"), "{e}");
+        assert!(!out.exists(), "a part of a truncated script ran");
+    }
+
+    #[test]
+    fn a_short_batch_keeps_its_script_on_the_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let (mut parts, _) = long_batch(&out);
+        let last = parts.pop().unwrap();
+        let parts = vec![parts.remove(0), last];
+        let conn = local_sh(None);
+        batch_on(&conn, parts).unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.starts_with("0: it's") && text.ends_with("second, last input\n"));
+        assert!(conn.calls()[0].contains("0: it"), "{}", conn.calls()[0]);
     }
 
     #[test]

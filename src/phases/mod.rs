@@ -6,9 +6,12 @@
 //! [`converge`](crate::ops::converge).
 
 pub mod bench;
+pub mod care;
+pub mod deploy;
 pub mod exec;
 pub mod facts;
 pub mod nodes;
+pub mod services;
 
 use crate::inventory::Host;
 use crate::log::HostLog;
@@ -29,7 +32,12 @@ pub struct HostCtx {
     pub dry_run: bool,
     pub checksum: bool,
     facts: tokio::sync::OnceCell<Facts>,
+    /// Where a step reports the stage it is in (the runner's display).
+    stages: std::sync::OnceLock<StageSink>,
 }
+
+/// Hears a host's stages, e.g. deploy's `starting`, `healthy`, `routing`.
+pub type StageSink = Box<dyn Fn(&str) + Send + Sync>;
 
 impl HostCtx {
     pub fn new(
@@ -48,7 +56,20 @@ impl HostCtx {
             dry_run,
             checksum,
             facts: tokio::sync::OnceCell::new(),
+            stages: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Tell the runner which stage of its step this host is in.
+    pub fn stage(&self, stage: &str) {
+        if let Some(sink) = self.stages.get() {
+            sink(stage);
+        }
+    }
+
+    /// Where [`HostCtx::stage`] reports go (set once, by the runner).
+    pub fn on_stage(&self, sink: StageSink) {
+        let _ = self.stages.set(sink);
     }
 
     /// Context for ops on this host.
@@ -57,6 +78,7 @@ impl HostCtx {
             conn: self.conn.as_ref(),
             log: &self.log,
             checksum: self.checksum,
+            kind: crate::ssh::CommandKind::Normal,
         }
     }
 

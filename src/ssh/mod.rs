@@ -67,6 +67,8 @@ impl Output {
 pub enum SshError {
     #[error("cannot connect to {dest}: {reason}. Fix: check that `ssh {dest}` works from this machine (address, port, key, known_hosts)")]
     Connect { dest: String, reason: String },
+    #[error("a command on {dest} did not finish within {seconds} s and was stopped. Fix: check the host, or raise --command-timeout if it needs longer")]
+    Timeout { dest: String, seconds: u64 },
     #[error("connection to {dest} broke: {reason}")]
     Channel { dest: String, reason: String },
     #[error("reading local file {path}: {source}")]
@@ -76,14 +78,60 @@ pub enum SshError {
     },
 }
 
+/// How long a command may take: every remote command has a deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandKind {
+    /// Probes, file writes, service restarts.
+    Normal,
+    /// Package installs and upgrades, image loads.
+    Long,
+}
+
+/// The deadline of each [`CommandKind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandTimeouts {
+    pub normal: std::time::Duration,
+    pub long: std::time::Duration,
+}
+
+impl CommandTimeouts {
+    /// 10 minutes for a command, 30 for apt; `--command-timeout` sets both.
+    pub fn new(override_seconds: Option<u64>) -> Self {
+        let secs = |default| std::time::Duration::from_secs(override_seconds.unwrap_or(default));
+        CommandTimeouts {
+            normal: secs(600),
+            long: secs(1800),
+        }
+    }
+
+    pub fn of(&self, kind: CommandKind) -> std::time::Duration {
+        match kind {
+            CommandKind::Normal => self.normal,
+            CommandKind::Long => self.long,
+        }
+    }
+}
+
 /// Runs commands on one host.
 pub trait Transport: Send + Sync {
     /// Human-readable destination, e.g. `root@10.0.0.1:22`.
     fn dest(&self) -> &str;
 
     /// Run `script` with `sh` on the host (as root: mesh adds `sudo -n` when
-    /// the login user is not root), feeding `input` on stdin.
-    fn exec<'a>(&'a self, script: &'a str, input: Input) -> BoxFut<'a, Result<Output, SshError>>;
+    /// the login user is not root), feeding `input` on stdin, within the
+    /// deadline of `kind`: past it the remote command is killed and the
+    /// result is [`SshError::Timeout`].
+    fn exec_as<'a>(
+        &'a self,
+        script: &'a str,
+        input: Input,
+        kind: CommandKind,
+    ) -> BoxFut<'a, Result<Output, SshError>>;
+
+    /// [`Transport::exec_as`] with the normal deadline.
+    fn exec<'a>(&'a self, script: &'a str, input: Input) -> BoxFut<'a, Result<Output, SshError>> {
+        self.exec_as(script, input, CommandKind::Normal)
+    }
 
     /// Open a brand-new connection (not the multiplexed master) and run `true`.
     /// Proves that a fresh login still gets in, e.g. after a firewall change.
@@ -91,4 +139,11 @@ pub trait Transport: Send + Sync {
 
     /// Close the connection; later calls reconnect.
     fn close(&self) -> BoxFut<'_, ()>;
+
+    /// What the user should learn about this connection, each notice once
+    /// (later calls return only new ones): e.g. `trusting new host key
+    /// SHA256:…` when a host's key was accepted for the first time.
+    fn notices(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

@@ -6,7 +6,7 @@
 //! ssh-agent, ProxyJump and known_hosts behave as operators expect, and the
 //! inventory's `ssh.options` pass straight through as `-o Key=Value`.
 
-use super::{BoxFut, Input, Output, SshError, Transport};
+use super::{BoxFut, CommandKind, CommandTimeouts, Input, Output, SshError, Transport};
 use crate::quote::quote;
 use openssh::{Session, Stdio};
 use std::collections::BTreeMap;
@@ -92,6 +92,7 @@ pub struct SshLimits {
     pub connect_timeout: Duration,
     /// Directory for control sockets (kept short: socket paths max ~100 bytes).
     pub control_dir: PathBuf,
+    pub commands: CommandTimeouts,
 }
 
 struct Conn {
@@ -107,6 +108,8 @@ pub struct SshTransport {
     ctl: PathBuf,
     log: PathBuf,
     conn: Mutex<Option<Arc<Conn>>>,
+    /// For [`Transport::notices`]: host keys trusted on first use.
+    notices: std::sync::Mutex<Vec<String>>,
 }
 
 impl SshTransport {
@@ -121,6 +124,7 @@ impl SshTransport {
             ctl,
             log,
             conn: Mutex::new(None),
+            notices: std::sync::Mutex::default(),
         }
     }
 
@@ -135,8 +139,10 @@ impl SshTransport {
     }
 
     async fn connect(&self) -> Result<Conn, SshError> {
-        let _permit = self.limits.handshakes.acquire().await;
+        let permit = self.limits.handshakes.acquire().await;
         let _ = std::fs::remove_file(&self.ctl);
+        // A fresh log per login: what it says is about this one only.
+        let _ = std::fs::remove_file(&self.log);
         let mut cmd = tokio::process::Command::new("ssh");
         cmd.arg("-E")
             .arg(&self.log)
@@ -150,15 +156,31 @@ impl SshTransport {
             .stdout(StdStdio::null())
             .stderr(StdStdio::null())
             .kill_on_drop(true);
-        let status = cmd.status().await.map_err(|e| SshError::Connect {
-            dest: self.dest.clone(),
-            reason: format!("cannot run ssh: {e}"),
-        })?;
+        // ConnectTimeout covers the TCP connect only: a handshake that stalls
+        // after it is cut here (kill_on_drop ends that ssh).
+        let login = self.limits.connect_timeout + Duration::from_secs(10);
+        let status = tokio::time::timeout(login, cmd.status())
+            .await
+            .map_err(|_| SshError::Connect {
+                dest: self.dest.clone(),
+                reason: format!("login did not complete within {} s", login.as_secs()),
+            })?
+            .map_err(|e| SshError::Connect {
+                dest: self.dest.clone(),
+                reason: format!("cannot run ssh: {e}"),
+            })?;
+        drop(permit);
         if !status.success() {
             return Err(SshError::Connect {
                 dest: self.dest.clone(),
                 reason: ssh_log_reason(&self.log),
             });
+        }
+        if let Some(notice) = self.new_host_key().await {
+            self.notices
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(notice);
         }
         let session = Session::resume_mux(
             self.ctl.clone().into_boxed_path(),
@@ -170,21 +192,106 @@ impl SshTransport {
         };
         // Learn once whether commands need sudo, unless the inventory says root.
         if self.target.user.as_deref() != Some("root") {
-            let out = self.run(&conn, "id -u", Input::None).await?;
+            let out = self
+                .run(&conn, "id -u", Input::None, CommandKind::Normal)
+                .await?;
             conn.sudo = out.stdout_str().trim() != "0";
         }
         Ok(conn)
     }
 
-    async fn run(&self, conn: &Conn, script: &str, input: Input) -> Result<Output, SshError> {
+    /// When this login accepted the host's key for the first time
+    /// (`StrictHostKeyChecking=accept-new`; ssh logs "Permanently added"),
+    /// the notice naming its fingerprint, as now recorded in known_hosts.
+    async fn new_host_key(&self) -> Option<String> {
+        let log = std::fs::read_to_string(&self.log).ok()?;
+        let (spec, key_type) = added_host_key(&log)?;
+        let known_hosts = self.known_hosts_file().await;
+        let fingerprint = match &known_hosts {
+            Some(file) => {
+                let out = tokio::process::Command::new("ssh-keygen")
+                    .args(["-l", "-F", &spec, "-f"])
+                    .arg(file)
+                    .stdin(StdStdio::null())
+                    .stderr(StdStdio::null())
+                    .output()
+                    .await
+                    .ok()?;
+                fingerprint(&String::from_utf8_lossy(&out.stdout), &key_type)
+            }
+            None => None,
+        };
+        let file = known_hosts.map_or_else(|| "known_hosts".into(), |f| f.display().to_string());
+        Some(match fingerprint {
+            Some(fp) => {
+                format!("trusting new host key {fp} ({key_type}) for {spec}, now in {file}")
+            }
+            None => format!(
+                "trusting new host key ({key_type}) for {spec}; its fingerprint is not in {file}"
+            ),
+        })
+    }
+
+    /// The known_hosts file ssh adds new keys to for this target: the first
+    /// `UserKnownHostsFile` as `ssh -G` resolves it (options, ~/.ssh/config).
+    async fn known_hosts_file(&self) -> Option<PathBuf> {
+        let out = tokio::process::Command::new("ssh")
+            .arg("-G")
+            .args(self.target.common_args(self.limits.connect_timeout))
+            .arg("--")
+            .arg(&self.target.address)
+            .stdin(StdStdio::null())
+            .stderr(StdStdio::null())
+            .output()
+            .await
+            .ok()?;
+        user_known_hosts(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Run with the deadline of `kind`: `timeout` on the host kills the
+    /// command's whole process group when it passes; the local timer (a
+    /// little later) covers a connection that stopped answering.
+    async fn run(
+        &self,
+        conn: &Conn,
+        script: &str,
+        input: Input,
+        kind: CommandKind,
+    ) -> Result<Output, SshError> {
+        let limit = self.limits.commands.of(kind);
+        let started = std::time::Instant::now();
+        let local = limit + Duration::from_secs(15);
+        match tokio::time::timeout(local, self.run_limited(conn, script, input, limit)).await {
+            Ok(Ok(out)) if matches!(out.code, Some(124 | 137)) && started.elapsed() >= limit => {
+                Err(SshError::Timeout {
+                    dest: self.dest.clone(),
+                    seconds: limit.as_secs(),
+                })
+            }
+            Ok(res) => res,
+            Err(_) => Err(SshError::Timeout {
+                dest: self.dest.clone(),
+                seconds: limit.as_secs(),
+            }),
+        }
+    }
+
+    async fn run_limited(
+        &self,
+        conn: &Conn,
+        script: &str,
+        input: Input,
+        limit: Duration,
+    ) -> Result<Output, SshError> {
+        let deadline = format!("timeout -k 5 {}", limit.as_secs().max(1));
         let wrapped = if conn.sudo {
             // sudo resets the environment; keep SSH_CONNECTION for the facts probe.
             format!(
-                "sudo -n env MESH_SSH_CONNECTION=\"$SSH_CONNECTION\" sh -c {}",
+                "sudo -n env MESH_SSH_CONNECTION=\"$SSH_CONNECTION\" {deadline} sh -c {}",
                 quote(script)
             )
         } else {
-            format!("sh -c {}", quote(script))
+            format!("{deadline} sh -c {}", quote(script))
         };
         let channel_err = |e: openssh::Error| SshError::Channel {
             dest: self.dest.clone(),
@@ -274,6 +381,50 @@ fn pipe_err(e: std::io::Error) -> SshError {
     }
 }
 
+/// `(host as written to known_hosts, key type)` from ssh's log line
+/// `Warning: Permanently added '[10.0.0.1]:2222' (ED25519) to the list of known hosts.`
+fn added_host_key(log: &str) -> Option<(String, String)> {
+    log.lines().find_map(|line| {
+        let rest = line.trim().strip_prefix("Warning: Permanently added '")?;
+        let (spec, rest) = rest.split_once("' (")?;
+        let (key_type, _) = rest.split_once(')')?;
+        // ssh may list several names: "'host,10.0.0.1'".
+        let spec = spec.split(',').next()?.trim();
+        (!spec.is_empty()).then(|| (spec.to_string(), key_type.to_string()))
+    })
+}
+
+/// The SHA256 fingerprint of the `key_type` key in `ssh-keygen -l -F` output
+/// (`<host> ED25519 SHA256:...` lines), else of the only key listed.
+fn fingerprint(keygen: &str, key_type: &str) -> Option<String> {
+    let keys: Vec<(&str, &str)> = keygen
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            let fp = fields.iter().find(|f| f.starts_with("SHA256:"))?;
+            let ty = fields
+                .iter()
+                .find(|f| f.eq_ignore_ascii_case(key_type))
+                .copied()
+                .unwrap_or("");
+            Some((ty, *fp))
+        })
+        .collect();
+    keys.iter()
+        .find(|(ty, _)| !ty.is_empty())
+        .or(if keys.len() == 1 { keys.first() } else { None })
+        .map(|(_, fp)| fp.to_string())
+}
+
+/// The first `userknownhostsfile` of `ssh -G` output.
+fn user_known_hosts(ssh_g: &str) -> Option<PathBuf> {
+    ssh_g.lines().find_map(|l| {
+        let rest = l.strip_prefix("userknownhostsfile ")?;
+        rest.split_whitespace().next().map(PathBuf::from)
+    })
+}
+
 /// The useful part of ssh's own log after a failed connect.
 fn ssh_log_reason(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -294,10 +445,15 @@ impl Transport for SshTransport {
         &self.dest
     }
 
-    fn exec<'a>(&'a self, script: &'a str, input: Input) -> BoxFut<'a, Result<Output, SshError>> {
+    fn exec_as<'a>(
+        &'a self,
+        script: &'a str,
+        input: Input,
+        kind: CommandKind,
+    ) -> BoxFut<'a, Result<Output, SshError>> {
         Box::pin(async move {
             let conn = self.connection().await?;
-            let res = self.run(&conn, script, input).await;
+            let res = self.run(&conn, script, input, kind).await;
             if let Err(SshError::Channel { .. }) = &res {
                 // The master is gone (host rebooted, link broke): reconnect next time.
                 *self.conn.lock().await = None;
@@ -338,6 +494,10 @@ impl Transport for SshTransport {
         })
     }
 
+    fn notices(&self) -> Vec<String> {
+        std::mem::take(&mut *self.notices.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     fn close(&self) -> BoxFut<'_, ()> {
         Box::pin(async move {
             let conn = self.conn.lock().await.take();
@@ -363,5 +523,54 @@ impl Transport for SshTransport {
             let _ = std::fs::remove_file(&self.ctl);
             let _ = std::fs::remove_file(&self.log);
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ADDED: &str =
+        "Warning: Permanently added '[127.0.0.1]:42222' (ED25519) to the list of known hosts.\r\n";
+
+    #[test]
+    fn a_newly_trusted_host_key_is_read_from_the_log() {
+        assert_eq!(
+            added_host_key(ADDED),
+            Some(("[127.0.0.1]:42222".into(), "ED25519".into()))
+        );
+        assert_eq!(
+            added_host_key(
+                "Warning: Permanently added 'web-1,10.0.0.7' (ECDSA) to the list of known hosts.\n"
+            ),
+            Some(("web-1".into(), "ECDSA".into()))
+        );
+        assert_eq!(added_host_key("debug1: Connection established.\n"), None);
+        assert_eq!(added_host_key(""), None);
+    }
+
+    #[test]
+    fn the_fingerprint_comes_from_ssh_keygen() {
+        let out = "# Host [127.0.0.1]:42222 found: line 1 \n[127.0.0.1]:42222 ED25519 SHA256:SgBRu5hbTiWxSLE6KhryQX7D9Se1qLrzBJCBOFoh1KI\n# Host [127.0.0.1]:42222 found: line 2 \n[127.0.0.1]:42222 RSA SHA256:otherRSAkeyfingerprint\n";
+        assert_eq!(
+            fingerprint(out, "ED25519").as_deref(),
+            Some("SHA256:SgBRu5hbTiWxSLE6KhryQX7D9Se1qLrzBJCBOFoh1KI")
+        );
+        assert_eq!(
+            fingerprint(out, "RSA").as_deref(),
+            Some("SHA256:otherRSAkeyfingerprint")
+        );
+        assert_eq!(fingerprint(out, "ECDSA"), None, "ambiguous");
+        assert_eq!(fingerprint("", "ED25519"), None);
+    }
+
+    #[test]
+    fn the_known_hosts_file_is_the_first_ssh_lists() {
+        let g = "hashknownhosts yes\nglobalknownhostsfile /etc/ssh/ssh_known_hosts\nuserknownhostsfile /root/.ssh/known_hosts /root/.ssh/known_hosts2\n";
+        assert_eq!(
+            user_known_hosts(g),
+            Some(PathBuf::from("/root/.ssh/known_hosts"))
+        );
+        assert_eq!(user_known_hosts("user root\n"), None);
     }
 }

@@ -1,7 +1,7 @@
 //! A transport for unit tests: records every script it is asked to run and
 //! answers with a caller-supplied function. No host, no network.
 
-use super::{BoxFut, Input, Output, SshError, Transport};
+use super::{BoxFut, CommandKind, Input, Output, SshError, Transport};
 use std::sync::{Arc, Mutex};
 
 type Responder = dyn Fn(&str, &Input) -> Output + Send + Sync;
@@ -50,7 +50,12 @@ impl Transport for RecordingTransport {
         &self.dest
     }
 
-    fn exec<'a>(&'a self, script: &'a str, input: Input) -> BoxFut<'a, Result<Output, SshError>> {
+    fn exec_as<'a>(
+        &'a self,
+        script: &'a str,
+        input: Input,
+        _kind: CommandKind,
+    ) -> BoxFut<'a, Result<Output, SshError>> {
         self.calls.lock().unwrap().push(script.to_string());
         let out = (self.respond)(script, &input);
         Box::pin(async move { Ok(out) })

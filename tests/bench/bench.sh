@@ -6,7 +6,10 @@
 # (files and unit removed on every host, fresh SSH connections); "warm" is the
 # re-run on the converged hosts; a third run re-hashes every file (--checksum).
 # Then `nodes --only garage` (real garage binary + config + unit on every host,
-# the cluster layout applied once from the controller), cold and warm.
+# the cluster layout applied once from the controller), cold and warm. Last,
+# `services` on S hosts (default 10): the example web image (≈150 MB: Debian
+# base + python3) built here and shipped to hosts that lack it, cold and warm,
+# against a bare `docker save | ssh HOST docker load` to the same hosts.
 set -euo pipefail
 
 N=${1:-50}
@@ -78,10 +81,51 @@ grep -q "^$G hosts: 0 changed, 0 failed" "$DIR/garage-warm.log" || {
     echo "bench: warm garage run changed something:" >&2; tail -n 5 "$DIR/garage-warm.log" >&2; exit 1; }
 reset_garage
 
+# services: the example web image to the first S hosts (Docker installed on them once).
+S=${SERVICES_N:-$(( N < 10 ? N : 10 ))}
+slimits=()
+for i in $(seq 1 "$S"); do slimits+=(--limit "bench-$i"); done
+mesh "${slimits[@]}" exec -- 'command -v docker >/dev/null || { apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io zstd >/dev/null; }' \
+    > "$DIR/docker-install.log" 2>&1
+SVC=$DIR/services
+rm -rf "$SVC" && mkdir -p "$SVC/df"
+cp -a "$ROOT/dockerfiles/web" "$SVC/df/web"
+printf 'services:\n  web:\n    network_mode: host\n    environment: { BIND: "<< OVERLAY_IP >>", PORT: "<< PORT_WEB >>" }\n' > "$SVC/df/web.yml"
+# A greeting of its own: this run's image is new to every Docker involved.
+{ echo "vars: { BASE_IMAGE: \"$("$ROOT/tests/lab/base-image.sh")\", GREETING: \"bench $(date +%s%N)\" }"
+  sed -n '/^ssh:/,/^groups:/p' "$INV"
+  echo "  web:"
+  echo "    hosts:"
+  grep -E "^      bench-[0-9]+:" "$INV" | head -n "$S"
+} > "$SVC/inventory.yml"
+svc() { "$MESH" -i "$SVC/inventory.yml" --progress never services --dockerfiles "$SVC/df"; }
+scold=$(timed "$DIR/services-cold.log" svc)
+swarm=$(timed "$DIR/services-warm.log" svc)
+grep -q "^$S hosts: 0 changed, 0 failed" "$DIR/services-warm.log" || {
+    echo "bench: warm services run changed something:" >&2; tail -n 5 "$DIR/services-warm.log" >&2; exit 1; }
+tag=$(grep -o 'mesh/web:[0-9a-f]*' "$DIR/services-cold.log" | head -n 1)
+size=$(docker image inspect --format '{{.Size}}' "$tag" | awk '{ printf "%d", $1 / 1000000 }')
+# The bare way, same hosts: the image removed, then `docker save | ssh docker load` to each, in parallel.
+mesh "${slimits[@]}" exec -- "docker rmi -f $tag >/dev/null" > "$DIR/reset.log" 2>&1
+bare() {
+    local ip pids=()
+    for ip in $(grep -E "^      bench-[0-9]+:" "$INV" | head -n "$S" | sed 's/.*address: //; s/,.*//'); do
+        docker save "$tag" | ssh -i "$DIR/id_ed25519" -o UserKnownHostsFile="$DIR/known_hosts" \
+            -o StrictHostKeyChecking=accept-new -o BatchMode=yes "root@$ip" docker load >/dev/null &
+        pids+=($!)
+    done
+    local p; for p in "${pids[@]}"; do wait "$p"; done
+}
+sbare=$(timed "$DIR/services-bare.log" bare)
+
 echo "mesh bench on $N lab hosts ($(nproc) cores):"
 echo "  nodes-style step: 20 MB file + 2 templates + 1 unit"
 printf '    %-36s %6ss\n' "cold (after reset)" "$cold" "warm (re-run, 0 changed)" "$warm" \
     "warm with --checksum (re-hash all)" "$checksum"
 echo "  nodes --only garage on $G hosts: $(du -m "$DIR/assets/$(uname -m)/garage" | cut -f1) MB binary + config + unit + layout"
 printf '    %-36s %6ss\n' "cold (after reset)" "$gcold" "warm (re-run, 0 changed)" "$gwarm"
-echo "logs: $DIR/{cold,warm,checksum,garage-cold,garage-warm}.log"
+echo "  services on $S hosts: example web image ($size MB), built here once, shipped zstd-compressed"
+printf '    %-36s %6ss\n' "cold (build + ship to all)" "$scold" "warm (re-run: 0 built, 0 shipped)" "$swarm" \
+    "bare docker save | ssh docker load" "$sbare"
+echo "logs: $DIR/{cold,warm,checksum,garage-cold,garage-warm,services-cold,services-warm}.log"

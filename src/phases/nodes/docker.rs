@@ -235,6 +235,20 @@ impl DebInstall {
     }
 }
 
+/// A package's bit in the decision flags; past 31 packages there is none.
+fn bit(i: usize) -> u32 {
+    u32::try_from(i)
+        .ok()
+        .and_then(|i| 1u32.checked_shl(i))
+        .unwrap_or(0)
+}
+
+/// Whether package `i` is to be installed: its bit, or always past the
+/// 32 a flag word holds (reinstalling the pinned version is a no-op).
+fn wanted(flags: u32, i: usize) -> bool {
+    flags != 0 && (bit(i) == 0 || flags & bit(i) != 0)
+}
+
 impl Op for DebInstall {
     fn label(&self) -> String {
         format!("install {}", self.names().join(" "))
@@ -255,7 +269,7 @@ impl Op for DebInstall {
         if outdated.is_empty() {
             return Decision::Unchanged;
         }
-        let flags = outdated.iter().fold(0u32, |f, (i, _)| f | 1 << i);
+        let flags = outdated.iter().fold(0u32, |f, (i, _)| f | bit(*i));
         let reasons: Vec<String> = outdated.into_iter().map(|(_, r)| r).collect();
         Decision::change(reasons.join(", "), flags)
     }
@@ -266,7 +280,7 @@ impl Op for DebInstall {
                 .debs
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| flags & (1 << i) != 0)
+                .filter(|(i, _)| wanted(flags, *i))
                 .map(|(_, d)| d)
                 .collect();
             // Push the .debs (skipped when an identical copy is already there).
@@ -281,7 +295,8 @@ impl Op for DebInstall {
                 .map_err(|f| OpError::Other(format!("{}: {}", f.label, f.error)))?;
             let files: Vec<String> = needed.iter().map(|d| Self::host_path(d)).collect();
             let script = apt::install_script(&files, &["--allow-downgrades"]);
-            ctx.run_ok("apt-get install docker .debs", script.as_str(), Input::None)
+            ctx.long()
+                .run_ok("apt-get install docker .debs", script.as_str(), Input::None)
                 .await?;
             Ok(true)
         })
@@ -294,6 +309,19 @@ impl Op for DebInstall {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn package_flags_never_overflow() {
+        assert_eq!(super::bit(0), 1);
+        assert_eq!(super::bit(31), 1 << 31);
+        assert_eq!(super::bit(32), 0);
+        assert_eq!(super::bit(usize::MAX), 0);
+        let flags = super::bit(3);
+        assert!(super::wanted(flags, 3) && !super::wanted(flags, 2));
+        // Past the 32 a flag word holds: installed whenever anything is.
+        assert!(super::wanted(flags, 40));
+        assert!(!super::wanted(0, 40));
+    }
+
     use super::*;
     use crate::deb::LockedPackage;
 

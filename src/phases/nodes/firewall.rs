@@ -212,6 +212,7 @@ added ufw allow 7946\nadded ufw allow 51820/udp\n";
             conn,
             log: &log,
             checksum: false,
+            kind: crate::ssh::CommandKind::Normal,
         };
         tokio::runtime::Builder::new_current_thread()
             .build()

@@ -1,13 +1,22 @@
 //! Step "garage": the S3-compatible object store across zones.
 //!
-//! Stages: the RPC secret is settled once (`RPC_SECRET` in `secrets.env`,
-//! 32 random bytes, hex); the first node gets the binary, `/etc/garage.toml`
-//! (mode 0600) and `garage.service`; the controller reads its full node id;
-//! every other node gets the same with `bootstrap_peers` = that id; finally,
+//! Stages: the RPC secret is settled once (`RPC_SECRET` in `secrets.env`;
+//! without it, the `rpc_secret` a node already runs with, read back; only
+//! when no node has one, 32 new random bytes, hex); the first node gets the
+//! binary, `/etc/garage.toml` (mode 0600) and `garage.service`; the
+//! controller reads its full node id; every other node gets the same with
+//! `bootstrap_peers` = that id; finally,
 //! from one node, every node missing from the layout (or with another zone,
 //! capacity or tag) is assigned, and a layout version is applied only when
 //! something changed. On first bootstrap an access key and a bucket are
-//! created and the key is saved as GARAGE_KEY / GARAGE_SECRET.
+//! created and the key is saved as GARAGE_KEY / GARAGE_SECRET (a key named
+//! `mesh` the cluster already has is read back instead).
+//!
+//! Secrets never ride in a script (a script is visible in the host's process
+//! list while it runs): `rpc_secret` reaches a node inside its 0600 config
+//! file, on stdin; the access key's id and secret reach garage as a JSON
+//! payload on stdin (`garage json-api ... -`), never as arguments; whatever
+//! prints them back is run with its output withheld from the log.
 //!
 //! Addresses: a node advertises its overlay IP (`rpc_public_addr`), which
 //! every node reaches. Hosts behind the same NAT talk over their LAN instead
@@ -18,13 +27,13 @@
 
 use super::Slot;
 use crate::inventory::Host;
-use crate::ops::{FileOp, Op, OpCtx, OpError, OpFailure, UnitOp};
+use crate::ops::{fmt_code, FileOp, Op, OpCtx, OpError, OpFailure, UnitOp};
 use crate::phases::{
     converge_ops, on_each_host, ClusterOutcome, ClusterStep, HostCtx, Step, StepOutcome,
 };
 use crate::quote::{Cmd, Script};
 use crate::secrets::{random_hex, Secrets};
-use crate::ssh::{BoxFut, Input};
+use crate::ssh::{BoxFut, Input, Output};
 use crate::template::render_builtin;
 use minijinja::Value;
 use std::collections::BTreeMap;
@@ -152,36 +161,140 @@ async fn node_id(ctx: &HostCtx) -> Result<String, String> {
     out.stdout_str()
         .lines()
         .map(str::trim)
-        .find(|l| l.contains('@'))
+        .find(|l| is_node_id(l))
         .map(str::to_string)
         .ok_or_else(|| format!("no node id in `garage node id` output on {}", ctx.host.name))
 }
 
+/// `<64 hex digits>@<address>`, as `garage node id -q` prints it: anything
+/// else (short, garbage, multi-byte) is not an id.
+fn is_node_id(line: &str) -> bool {
+    line.split_once('@').is_some_and(|(key, addr)| {
+        key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) && !addr.is_empty()
+    })
+}
+
+/// The top-level `rpc_secret` of a garage.toml, when it is a valid one (32
+/// bytes, hex).
+fn config_rpc_secret(text: &str) -> Option<String> {
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            // Tables start: rpc_secret is a top-level key.
+            break;
+        }
+        let Some(rest) = line.strip_prefix("rpc_secret") else {
+            continue;
+        };
+        let Some(value) = rest.trim_start().strip_prefix('=') else {
+            continue;
+        };
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))?;
+        return (value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| value.to_string());
+    }
+    None
+}
+
+/// The `rpc_secret` `host` is configured with, if any; the file's content is
+/// never logged.
+async fn configured_rpc_secret(host: &HostCtx) -> Result<Option<String>, String> {
+    let mut s = Script::new();
+    s.line("[ -e {} ] || exit 0", &[CONFIG]);
+    s.line("cat {}", &[CONFIG]);
+    let out = host
+        .op_ctx()
+        .run_secret(&format!("read rpc_secret from {CONFIG}"), s.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(config_rpc_secret(&out.stdout_str()))
+}
+
 /// Cluster stage: settle the one RPC secret of the cluster.
 pub struct GarageSecret(pub Arc<GaragePlan>);
+
+impl GarageSecret {
+    /// `RPC_SECRET` from secrets.env; else the one a node runs with (the
+    /// first node's, else the first other node's that has one) read back and
+    /// stored; only when no node has one, a new one. Also says where it came
+    /// from when that was not secrets.env.
+    async fn settle(&self, hosts: &[Arc<HostCtx>]) -> Result<(String, Option<String>), String> {
+        let mut secrets = Secrets::load(&self.0.secrets_path).map_err(|e| e.to_string())?;
+        if let Some(s) = secrets.get(SECRET_NAME) {
+            return Ok((s.to_string(), None));
+        }
+        let mut order = hosts.to_vec();
+        // Stable: the first node, then the others in inventory order.
+        order.sort_by_key(|h| h.host.name != self.0.first.name);
+        let read = on_each_host(&order, |h| async move { configured_rpc_secret(&h).await }).await?;
+        let mut unreadable = Vec::new();
+        let mut found = None;
+        for (h, result) in read {
+            match result {
+                Ok(Some(secret)) => {
+                    found = Some((secret, h.host.name.clone()));
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => unreadable.push(format!("{}: {e}", h.host.name)),
+            }
+        }
+        let (secret, message) = match found {
+            Some((secret, from)) => {
+                let message = format!(
+                    "{SECRET_NAME} read back from {CONFIG} on {from} (it was not in {})",
+                    self.0.secrets_path.display()
+                );
+                (secret, message)
+            }
+            None if !unreadable.is_empty() => {
+                return Err(format!(
+                    "{SECRET_NAME} is not in {} and {CONFIG} could not be read on {}; a new secret would split a running cluster. Fix: make the host reachable, or put the cluster's rpc_secret in {} as {SECRET_NAME}",
+                    self.0.secrets_path.display(),
+                    unreadable.join("; "),
+                    self.0.secrets_path.display()
+                ))
+            }
+            None => {
+                let new = random_hex(32).map_err(|e| format!("random secret: {e}"))?;
+                let message = if self.0.dry_run {
+                    format!("would make a new {SECRET_NAME} (no node has one yet)")
+                } else {
+                    format!(
+                        "new {SECRET_NAME} (no node has one yet), saved in {}",
+                        self.0.secrets_path.display()
+                    )
+                };
+                (new, message)
+            }
+        };
+        if !self.0.dry_run {
+            secrets
+                .set(SECRET_NAME, &secret)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok((secret, Some(message)))
+    }
+}
 
 impl ClusterStep for GarageSecret {
     fn name(&self) -> &'static str {
         "garage"
     }
 
-    fn run<'a>(&'a self, _hosts: &'a [Arc<HostCtx>]) -> BoxFut<'a, ClusterOutcome> {
+    fn run<'a>(&'a self, hosts: &'a [Arc<HostCtx>]) -> BoxFut<'a, ClusterOutcome> {
         Box::pin(async move {
-            let settle = || -> Result<String, String> {
-                let mut secrets = Secrets::load(&self.0.secrets_path).map_err(|e| e.to_string())?;
-                if let Some(s) = secrets.get(SECRET_NAME) {
-                    return Ok(s.to_string());
-                }
-                let new = random_hex(32).map_err(|e| format!("random secret: {e}"))?;
-                if !self.0.dry_run {
-                    secrets.set(SECRET_NAME, &new).map_err(|e| e.to_string())?;
-                }
-                Ok(new)
-            };
-            match settle() {
-                Ok(secret) => {
+            match self.settle(hosts).await {
+                Ok((secret, message)) => {
                     self.0.rpc_secret.set(secret);
-                    ClusterOutcome::default()
+                    ClusterOutcome {
+                        message,
+                        ..Default::default()
+                    }
                 }
                 Err(e) => ClusterOutcome::failed(e),
             }
@@ -525,78 +638,237 @@ impl GarageLayout {
             .unwrap_or(DEFAULT_BUCKET)
             .to_string();
         let mut key_is_new = false;
-        let key_id = match (secrets.get("GARAGE_KEY"), secrets.get("GARAGE_SECRET")) {
-            (Some(id), Some(secret)) => {
+        let stored = match (secrets.get("GARAGE_KEY"), secrets.get("GARAGE_SECRET")) {
+            (Some(id), Some(secret)) => Some((id.to_string(), secret.to_string())),
+            _ => None,
+        };
+        let key_id = match stored {
+            Some((id, secret)) => {
                 // A rebuilt cluster lacks the saved key: import it, so services keep their credentials.
-                let mut s = Script::new();
-                s.raw("set -e");
-                s.raw(&format!(
-                    "if ! {} >/dev/null 2>&1; then",
-                    garage(&["key", "info", id])
-                ));
-                s.cmd(garage(&[
-                    "key", "import", "--yes", "-n", "mesh", id, secret,
-                ]));
-                s.raw("echo imported; fi");
-                let imported = ctx
-                    .run_secret("garage key (import if missing)", s.as_str())
+                let (script, input) = import_if_missing(&id, &secret);
+                let title = "garage key (import if missing)";
+                let imported = run_withheld(ctx, title, script.as_str(), input)
                     .await
-                    .map_err(|_| {
-                        format!(
-                            "the access key GARAGE_KEY in {} is not in the cluster and cannot be imported (a deleted key id stays reserved). Fix: remove GARAGE_KEY and GARAGE_SECRET from it; mesh then creates a new key",
-                            self.0.secrets_path.display()
-                        )
-                    })?;
-                if imported.stdout_str().contains("imported") {
+                    .map_err(|e| e.to_string())?;
+                if !imported.success() {
+                    return Err(format!(
+                        "the access key GARAGE_KEY in {} is not in the cluster and cannot be imported (a deleted key id stays reserved). Fix: remove GARAGE_KEY and GARAGE_SECRET from it; mesh then creates a new key",
+                        self.0.secrets_path.display()
+                    ));
+                }
+                if imported.stdout_str().contains(IMPORTED) {
                     key_is_new = true;
                 }
-                id.to_string()
+                id
             }
-            _ => {
-                let created = ctx
-                    .run_secret(
-                        "garage key create",
-                        &garage(&["key", "create", "mesh"]).build(),
-                    )
-                    .await
-                    .map_err(|e: OpError| e.to_string())?;
-                let (id, secret) = parse_key(&created.stdout_str())
-                    .ok_or("`garage key create` printed no Key ID / Secret key")?;
+            None => {
+                let (id, secret) = match read_back_key(ctx, secrets.get("GARAGE_KEY")).await? {
+                    // The cluster's key, lost from secrets.env: the same credentials again.
+                    Some(key) => key,
+                    None => {
+                        let created = ctx
+                            .run_secret(
+                                "garage key create",
+                                &garage(&["key", "create", KEY_NAME]).build(),
+                            )
+                            .await
+                            .map_err(|e: OpError| e.to_string())?;
+                        key_is_new = true;
+                        parse_key(&created.stdout_str())
+                            .ok_or("`garage key create` printed no Key ID / Secret key")?
+                    }
+                };
                 secrets.set("GARAGE_KEY", &id).map_err(|e| e.to_string())?;
                 secrets
                     .set("GARAGE_SECRET", &secret)
                     .map_err(|e| e.to_string())?;
-                key_is_new = true;
                 id
             }
         };
         // A new bucket, or a key new to the cluster, gets the key's permissions.
         out.changed |= key_is_new;
-        let allow = garage(&[
-            "bucket", "allow", "--read", "--write", "--owner", &bucket, "--key", &key_id,
-        ]);
         let mut s = Script::new();
         s.raw("set -e");
         let info = garage(&["bucket", "info", &bucket]);
         s.raw(&format!("if ! {info} >/dev/null 2>&1; then"));
         s.cmd(garage(&["bucket", "create", &bucket]));
-        if !key_is_new {
-            s.cmd(allow.clone());
-        }
-        s.raw("echo created");
+        s.raw(&format!("echo {BUCKET_CREATED}"));
         s.raw("fi");
-        if key_is_new {
-            s.cmd(allow);
-        }
         let made = ctx
             .run_ok("garage bucket", s.as_str(), Input::None)
             .await
             .map_err(|e| e.to_string())?;
-        if made.stdout_str().contains("created") {
-            out.changed = true;
+        let created = made.stdout_str().contains(BUCKET_CREATED);
+        out.changed |= created;
+        if created || key_is_new {
+            allow_bucket(ctx, &bucket, &key_id).await?;
         }
         Ok(())
     }
+}
+
+/// Name of the access key mesh creates.
+const KEY_NAME: &str = "mesh";
+const IMPORTED: &str = "mesh-key-imported";
+const BUCKET_CREATED: &str = "mesh-bucket-created";
+
+/// A JSON payload for `garage json-api ENDPOINT -`, as stdin.
+fn payload(value: serde_json::Value) -> Input {
+    Input::Bytes(Arc::new(value.to_string().into_bytes()))
+}
+
+/// The JSON value `garage json-api` printed (it prints nothing else on stdout).
+fn json_output(out: &Output) -> Option<serde_json::Value> {
+    let text = out.stdout_str();
+    let start = text.find(['{', '['])?;
+    serde_json::from_str(&text[start..]).ok()
+}
+
+/// Run `script` with `input` (where the secrets travel) on stdin; the log
+/// keeps the script and exit code, never the output, which prints key ids
+/// or secrets back. A non-zero exit is not an error here.
+async fn run_withheld(
+    ctx: &OpCtx<'_>,
+    title: &str,
+    script: &str,
+    input: Input,
+) -> Result<Output, OpError> {
+    let out = ctx.conn.exec_as(script, input, ctx.kind).await?;
+    ctx.log.block(
+        &format!("{title} (exit {})", fmt_code(out.code)),
+        &format!("$ {script}\n(output withheld: it holds secrets)"),
+    );
+    Ok(out)
+}
+
+/// [`run_withheld`] that must succeed.
+async fn run_withheld_ok(
+    ctx: &OpCtx<'_>,
+    title: &str,
+    script: &str,
+    input: Input,
+) -> Result<Output, String> {
+    let out = run_withheld(ctx, title, script, input)
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.success() {
+        Ok(out)
+    } else {
+        Err(OpError::Command {
+            what: title.to_string(),
+            code: fmt_code(out.code),
+            tail: "(output withheld: it holds secrets)".into(),
+        }
+        .to_string())
+    }
+}
+
+/// Import the access key when the cluster lacks it. Both payloads come on
+/// stdin, the key lookup's first (exactly its bytes), the import's after it;
+/// prints [`IMPORTED`] when it imported.
+fn import_if_missing(id: &str, secret: &str) -> (Script, Input) {
+    let lookup = serde_json::json!({ "id": id }).to_string().into_bytes();
+    let import = serde_json::json!({
+        "accessKeyId": id,
+        "secretAccessKey": secret,
+        "name": KEY_NAME,
+    });
+    let mut s = Script::new();
+    s.raw("set -e");
+    s.raw(&format!(
+        "if head -c {} | {} >/dev/null 2>&1; then cat >/dev/null; else",
+        lookup.len(),
+        garage(&["json-api", "GetKeyInfo", "-"])
+    ));
+    s.cmd(garage(&["json-api", "ImportKey", "-"]));
+    s.raw(&format!("echo {IMPORTED}; fi"));
+    let input = Input::Chain(vec![Input::Bytes(Arc::new(lookup)), payload(import)]);
+    (s, input)
+}
+
+/// The cluster's own access key, when secrets.env lost it: the key with id
+/// `hint` (GARAGE_KEY without its secret), else the one key named `mesh`.
+async fn read_back_key(
+    ctx: &OpCtx<'_>,
+    hint: Option<&str>,
+) -> Result<Option<(String, String)>, String> {
+    let id = match hint {
+        Some(id) => id.to_string(),
+        None => {
+            let list = run_withheld_ok(
+                ctx,
+                "garage keys",
+                &garage(&["json-api", "ListKeys"]).build(),
+                Input::None,
+            )
+            .await?;
+            let keys = json_output(&list).ok_or("`garage json-api ListKeys` printed no JSON")?;
+            let mine: Vec<&str> = keys
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|k| k["name"] == KEY_NAME && k["expired"] != true)
+                .filter_map(|k| k["id"].as_str())
+                .collect();
+            match mine[..] {
+                [] => return Ok(None),
+                [id] => id.to_string(),
+                _ => {
+                    return Err(format!(
+                        "the cluster has {} access keys named \"{KEY_NAME}\" and secrets.env names none of them. Fix: put the one your services use in secrets.env as GARAGE_KEY and GARAGE_SECRET (`garage key info --show-secret <id>` on a node)",
+                        mine.len()
+                    ))
+                }
+            }
+        }
+    };
+    let info = run_withheld(
+        ctx,
+        "garage key (read back)",
+        &garage(&["json-api", "GetKeyInfo", "-"]).build(),
+        payload(serde_json::json!({ "id": id, "showSecretKey": true })),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if !info.success() {
+        // No such key (any more): a new one is made.
+        return Ok(None);
+    }
+    let info = json_output(&info).unwrap_or_default();
+    match (
+        info["accessKeyId"].as_str(),
+        info["secretAccessKey"].as_str(),
+    ) {
+        (Some(id), Some(secret)) => Ok(Some((id.to_string(), secret.to_string()))),
+        _ => Ok(None),
+    }
+}
+
+/// Read, write and owner rights on `bucket` for the key `key_id` (on stdin).
+async fn allow_bucket(ctx: &OpCtx<'_>, bucket: &str, key_id: &str) -> Result<(), String> {
+    let lookup = serde_json::json!({ "globalAlias": bucket }).to_string();
+    let info = run_withheld_ok(
+        ctx,
+        "garage bucket id",
+        &garage(&["json-api", "GetBucketInfo", &lookup]).build(),
+        Input::None,
+    )
+    .await?;
+    let bucket_id = json_output(&info)
+        .and_then(|v| v["id"].as_str().map(str::to_string))
+        .ok_or_else(|| format!("`garage json-api GetBucketInfo` printed no id for {bucket}"))?;
+    run_withheld_ok(
+        ctx,
+        "garage bucket allow",
+        &garage(&["json-api", "AllowBucketKey", "-"]).build(),
+        payload(serde_json::json!({
+            "bucketId": bucket_id,
+            "accessKeyId": key_id,
+            "permissions": { "read": true, "write": true, "owner": true },
+        })),
+    )
+    .await?;
+    Ok(())
 }
 
 impl ClusterStep for GarageLayout {
@@ -617,6 +889,23 @@ impl ClusterStep for GarageLayout {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_whole_node_ids_are_taken_from_remote_output() {
+        let id = format!("{}@10.0.0.1:3901", "ab".repeat(32));
+        assert!(super::is_node_id(&id));
+        for bad in [
+            "",
+            "@",
+            "abc@10.0.0.1:3901",
+            &format!("{}@", "ab".repeat(32)),
+            &format!("{}é@x", "a".repeat(63)),
+            "Error: ½@¾",
+            &"€".repeat(40),
+        ] {
+            assert!(!super::is_node_id(bad), "{bad}");
+        }
+    }
+
     use super::*;
 
     const SHOW: &str = "==== CURRENT CLUSTER LAYOUT ====
@@ -725,5 +1014,432 @@ Current cluster layout version: 4
         let text = "==== ACCESS KEY INFORMATION ====\nKey ID:              GKb8f1\nKey name:            mesh\nSecret key:          946e0f\n";
         assert_eq!(parse_key(text), Some(("GKb8f1".into(), "946e0f".into())));
         assert_eq!(parse_key("nothing"), None);
+    }
+
+    // ---- secrets over the recording transport ----
+
+    use crate::log::HostLog;
+    use crate::phases::{ClusterStep, Step};
+    use crate::ssh::recording::{ok, RecordingTransport};
+    use crate::template::{Source, VarSet};
+    use std::sync::Mutex;
+
+    const RPC: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+    const OTHER_RPC: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    const KEY_ID: &str = "GK31c2f218a2e44f485b94239e";
+    const KEY_SECRET: &str = "b892c0665f0ada8a4755dae98baa3b133590e11dae3bcc1f9d769d67f16c3835";
+
+    fn flatten(input: &Input, out: &mut Vec<u8>) {
+        match input {
+            Input::None => {}
+            Input::Bytes(b) => out.extend_from_slice(b),
+            Input::File(p) => out.extend(std::fs::read(p).unwrap()),
+            Input::Chain(parts) => parts.iter().for_each(|p| flatten(p, out)),
+        }
+    }
+
+    fn full_id(i: usize) -> String {
+        format!("{}@10.0.0.{i}:3901", format!("{i:x}").repeat(64))
+    }
+
+    /// Every stdin a host's commands got, in order.
+    type Stdins = Arc<Mutex<Vec<Vec<u8>>>>;
+
+    /// What a garage node answers; `config` is its /etc/garage.toml (None:
+    /// absent; Err: unreadable), `cluster_key`: the cluster has the key
+    /// named mesh.
+    struct NodeAnswers {
+        config: Result<Option<String>, ()>,
+        cluster_key: bool,
+    }
+
+    /// A host whose files are all absent and whose garage answers as a
+    /// healthy 3-node cluster would; every stdin is recorded too.
+    fn garage_node(i: usize, answers: NodeAnswers) -> (Arc<RecordingTransport>, Stdins) {
+        let inputs: Stdins = Arc::default();
+        let seen = inputs.clone();
+        let conn = RecordingTransport::new(move |script, input| {
+            let mut bytes = Vec::new();
+            flatten(input, &mut bytes);
+            seen.lock().unwrap().push(bytes);
+            if script.starts_with(&format!("[ -e {CONFIG} ]")) {
+                return match &answers.config {
+                    Ok(c) => ok(c.as_deref().unwrap_or("")),
+                    Err(()) => Output {
+                        code: Some(1),
+                        ..Default::default()
+                    },
+                };
+            }
+            if script.contains("node id -q") {
+                return ok(&format!("{}\n", full_id(i)));
+            }
+            if script.ends_with(" status") {
+                return ok(&(1..=3)
+                    .map(|n| format!("{}\n", &full_id(n)[..16]))
+                    .collect::<String>());
+            }
+            if script.contains("layout show") {
+                return ok("==== CURRENT CLUSTER LAYOUT ====\nNo nodes currently have a role in the cluster.\n\nCurrent cluster layout version: 0\n");
+            }
+            if script.contains("ImportKey") {
+                return ok(&format!("{IMPORTED}\n"));
+            }
+            if script.contains("ListKeys") {
+                let keys = if answers.cluster_key {
+                    format!(r#"[{{"id": "{KEY_ID}", "name": "mesh", "expired": false}}]"#)
+                } else {
+                    "[]".into()
+                };
+                return ok(&keys);
+            }
+            if script.contains("GetKeyInfo") {
+                return ok(&format!(
+                    r#"{{"accessKeyId": "{KEY_ID}", "name": "mesh", "secretAccessKey": "{KEY_SECRET}"}}"#
+                ));
+            }
+            if script.contains("key create") {
+                return ok(&format!("Key ID: {KEY_ID}\nSecret key: {KEY_SECRET}\n"));
+            }
+            if script.contains("bucket info") {
+                return ok(&format!("{BUCKET_CREATED}\n"));
+            }
+            if script.contains("GetBucketInfo") {
+                return ok(r#"{"id": "b0c1", "globalAliases": ["mesh"]}"#);
+            }
+            let mut out = String::new();
+            for line in script.lines() {
+                if let Some(n) = line.strip_prefix("echo '@@mesh-op ") {
+                    let n = n.trim_end_matches('\'');
+                    out.push_str(&format!("@@mesh-op {n}\nstat absent\nrec none\n"));
+                }
+                if let Some(n) = line.strip_prefix("echo '@@mesh-done ") {
+                    out.push_str(&format!("@@mesh-done {}\n", n.trim_end_matches('\'')));
+                }
+            }
+            ok(&out)
+        });
+        (Arc::new(conn), inputs)
+    }
+
+    struct Lab {
+        dir: tempfile::TempDir,
+        plan: Arc<GaragePlan>,
+        ctxs: Vec<Arc<HostCtx>>,
+        conns: Vec<Arc<RecordingTransport>>,
+        inputs: Vec<Stdins>,
+    }
+
+    impl Lab {
+        fn secrets(&self) -> Secrets {
+            Secrets::load(&self.dir.path().join("secrets.env")).unwrap()
+        }
+    }
+
+    /// Three garage hosts (the first node first) with `secrets_env` next to
+    /// their inventory; host i answers with `answers(i)`.
+    fn garage_lab(secrets_env: &str, answers: impl Fn(usize) -> NodeAnswers) -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secrets.env"), secrets_env).unwrap();
+        std::fs::create_dir_all(dir.path().join("assets/x86_64")).unwrap();
+        std::fs::write(dir.path().join("assets/x86_64/garage"), "binary").unwrap();
+        let hosts = cluster(
+            "      g1: { address: 10.0.0.1, zone: z1, arch: x86_64 }\n      g2: { address: 10.0.0.2, zone: z2, arch: x86_64 }\n      g3: { address: 10.0.0.3, zone: z3, arch: x86_64 }\n",
+        );
+        let plan = GaragePlan::new(
+            hosts[0].clone(),
+            hosts.clone(),
+            dir.path().join("assets"),
+            dir.path().join("secrets.env"),
+            false,
+            3,
+        );
+        let (mut ctxs, mut conns, mut inputs) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, host) in hosts.iter().enumerate() {
+            let (conn, seen) = garage_node(i + 1, answers(i + 1));
+            let mut vars = VarSet::new();
+            vars.add("OVERLAY_IP", &host.address, Source::Fact);
+            vars.add("HOSTNAME", &host.name, Source::Fact);
+            ctxs.push(Arc::new(HostCtx::new(
+                host.clone(),
+                conn.clone(),
+                HostLog::discard(),
+                vars,
+                false,
+                false,
+            )));
+            conns.push(conn);
+            inputs.push(seen);
+        }
+        Lab {
+            dir,
+            plan,
+            ctxs,
+            conns,
+            inputs,
+        }
+    }
+
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// Every garage stage, in the nodes phase's order.
+    fn run_garage(lab: &Lab) -> Vec<ClusterOutcome> {
+        block_on(async {
+            let mut outcomes = vec![GarageSecret(lab.plan.clone()).run(&lab.ctxs).await];
+            let first = Garage {
+                plan: lab.plan.clone(),
+                first: true,
+            };
+            first.run(&lab.ctxs[0]).await.unwrap();
+            outcomes.push(GarageFirstId(lab.plan.clone()).run(&lab.ctxs).await);
+            let others = Garage {
+                plan: lab.plan.clone(),
+                first: false,
+            };
+            for ctx in &lab.ctxs[1..] {
+                others.run(ctx).await.unwrap();
+            }
+            outcomes.push(GarageLayout(lab.plan.clone()).run(&lab.ctxs).await);
+            for o in &outcomes {
+                assert!(o.abort.is_none() && o.host_failures.is_empty(), "{o:?}");
+            }
+            outcomes
+        })
+    }
+
+    fn assert_no_secret_in_a_script(lab: &Lab, secrets: &[&str]) {
+        for conn in &lab.conns {
+            for script in conn.calls() {
+                for secret in secrets {
+                    assert!(
+                        !script.contains(secret),
+                        "a secret in a command line:\n{script}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether some command got `secret` on its stdin.
+    fn on_stdin(lab: &Lab, secret: &str) -> bool {
+        lab.inputs.iter().any(|seen| {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|b| String::from_utf8_lossy(b).contains(secret))
+        })
+    }
+
+    fn nodes_without_config(_: usize) -> NodeAnswers {
+        NodeAnswers {
+            config: Ok(None),
+            cluster_key: false,
+        }
+    }
+
+    #[test]
+    fn no_garage_secret_rides_in_a_script_when_the_key_is_imported() {
+        let lab = garage_lab(
+            &format!("RPC_SECRET={RPC}\nGARAGE_KEY={KEY_ID}\nGARAGE_SECRET={KEY_SECRET}\n"),
+            nodes_without_config,
+        );
+        let outcomes = run_garage(&lab);
+        assert!(outcomes[2].changed, "imported key and new bucket");
+        assert_no_secret_in_a_script(&lab, &[RPC, KEY_ID, KEY_SECRET]);
+        let calls: Vec<String> = lab.conns[0].calls();
+        assert!(calls.iter().any(|c| c.contains("ImportKey")), "{calls:?}");
+        assert!(
+            calls.iter().any(|c| c.contains("AllowBucketKey")),
+            "{calls:?}"
+        );
+        // They travel on stdin instead: the config file, the JSON payloads.
+        for secret in [RPC, KEY_ID, KEY_SECRET] {
+            assert!(on_stdin(&lab, secret), "{secret} never sent");
+        }
+        for script in calls.iter().filter(|c| c.contains("json-api")) {
+            crate::quote::assert_valid_sh(&{
+                let mut s = Script::new();
+                s.raw(script);
+                s
+            });
+        }
+    }
+
+    #[test]
+    fn no_garage_secret_rides_in_a_script_when_the_key_is_created() {
+        let lab = garage_lab(&format!("RPC_SECRET={RPC}\n"), nodes_without_config);
+        run_garage(&lab);
+        assert_no_secret_in_a_script(&lab, &[RPC, KEY_ID, KEY_SECRET]);
+        let secrets = lab.secrets();
+        assert_eq!(secrets.get("GARAGE_KEY"), Some(KEY_ID));
+        assert_eq!(secrets.get("GARAGE_SECRET"), Some(KEY_SECRET));
+        assert!(lab.conns[0]
+            .calls()
+            .iter()
+            .any(|c| c.contains("key create")));
+    }
+
+    #[test]
+    fn a_lost_access_key_is_read_back_from_the_cluster() {
+        let lab = garage_lab(&format!("RPC_SECRET={RPC}\n"), |_| NodeAnswers {
+            config: Ok(None),
+            cluster_key: true,
+        });
+        run_garage(&lab);
+        let calls = lab.conns[0].calls();
+        assert!(!calls.iter().any(|c| c.contains("key create")), "{calls:?}");
+        let secrets = lab.secrets();
+        assert_eq!(secrets.get("GARAGE_KEY"), Some(KEY_ID));
+        assert_eq!(secrets.get("GARAGE_SECRET"), Some(KEY_SECRET));
+        assert_no_secret_in_a_script(&lab, &[RPC, KEY_ID, KEY_SECRET]);
+    }
+
+    fn config_with(secret: &str) -> String {
+        format!("metadata_dir = \"/var/lib/garage/meta\"\nrpc_secret = \"{secret}\"\n\n[admin]\napi_bind_addr = \"[::]:3903\"\n")
+    }
+
+    #[test]
+    fn without_secrets_env_the_rpc_secret_a_node_runs_with_is_read_back() {
+        // The first node has no config yet; of the others, the first that has one wins.
+        let lab = garage_lab("", |i| NodeAnswers {
+            config: Ok(match i {
+                1 => None,
+                2 => Some(config_with(RPC)),
+                _ => Some(config_with(OTHER_RPC)),
+            }),
+            cluster_key: true,
+        });
+        let outcomes = run_garage(&lab);
+        assert_eq!(lab.plan.rpc_secret.get().as_deref(), Some(RPC));
+        assert_eq!(lab.secrets().get(SECRET_NAME), Some(RPC));
+        let message = outcomes[0].message.clone().unwrap();
+        assert!(
+            message.contains("read back") && message.contains("g2"),
+            "{message}"
+        );
+        assert!(!message.contains(RPC), "{message}");
+        assert_no_secret_in_a_script(&lab, &[RPC, OTHER_RPC, KEY_ID, KEY_SECRET]);
+        // The first node's own answer comes first.
+        let first_wins = garage_lab("", |_| NodeAnswers {
+            config: Ok(Some(config_with(OTHER_RPC))),
+            cluster_key: true,
+        });
+        block_on(GarageSecret(first_wins.plan.clone()).run(&first_wins.ctxs));
+        assert_eq!(first_wins.plan.rpc_secret.get().as_deref(), Some(OTHER_RPC));
+    }
+
+    #[test]
+    fn a_new_rpc_secret_only_when_no_node_has_one_and_every_node_answered() {
+        let fresh = garage_lab("", nodes_without_config);
+        let outcome = block_on(GarageSecret(fresh.plan.clone()).run(&fresh.ctxs));
+        assert!(outcome.abort.is_none(), "{outcome:?}");
+        let new = fresh.plan.rpc_secret.get().unwrap();
+        assert_eq!(
+            config_rpc_secret(&config_with(&new)).as_deref(),
+            Some(new.as_str())
+        );
+        assert_eq!(fresh.secrets().get(SECRET_NAME), Some(new.as_str()));
+
+        let unsure = garage_lab("", |i| NodeAnswers {
+            config: if i == 3 { Err(()) } else { Ok(None) },
+            cluster_key: false,
+        });
+        let outcome = block_on(GarageSecret(unsure.plan.clone()).run(&unsure.ctxs));
+        let err = outcome.abort.unwrap();
+        assert!(err.contains("g3") && err.contains("Fix:"), "{err}");
+        assert_eq!(unsure.secrets().get(SECRET_NAME), None);
+    }
+
+    #[test]
+    fn the_rpc_secret_is_read_from_the_top_level_of_the_config_only() {
+        assert_eq!(config_rpc_secret(&config_with(RPC)).as_deref(), Some(RPC));
+        assert_eq!(config_rpc_secret("rpc_secret = 'short'\n"), None);
+        assert_eq!(
+            config_rpc_secret(&format!("[admin]\nrpc_secret = \"{RPC}\"\n")),
+            None
+        );
+        assert_eq!(
+            config_rpc_secret(&format!("rpc_secret_file = \"{RPC}\"\n")),
+            None
+        );
+        assert_eq!(config_rpc_secret(""), None);
+    }
+
+    #[test]
+    fn the_read_back_rpc_secret_never_reaches_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _) = garage_node(
+            1,
+            NodeAnswers {
+                config: Ok(Some(config_with(RPC))),
+                cluster_key: false,
+            },
+        );
+        let host = cluster("      g1: { address: 10.0.0.1, zone: z1 }\n").remove(0);
+        let log = HostLog::create(dir.path(), "g1", Default::default()).unwrap();
+        let ctx = HostCtx::new(host, conn, log, VarSet::new(), false, false);
+        let read = block_on(configured_rpc_secret(&ctx)).unwrap();
+        assert_eq!(read.as_deref(), Some(RPC));
+        let logged = std::fs::read_to_string(dir.path().join("g1.log")).unwrap();
+        assert!(
+            logged.contains("rpc_secret") && !logged.contains(RPC),
+            "{logged}"
+        );
+    }
+
+    /// Runs the import script with the local `sh` and a stand-in garage
+    /// that keeps each call's stdin; `known`: the cluster has the key.
+    fn import_with_fake_garage(known: bool) -> (String, tempfile::TempDir) {
+        use std::io::Write as _;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("garage");
+        let lookup = if known { "exit 0" } else { "exit 1" };
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\ncat > \"$DIR/$4.stdin\"\n[ \"$4\" = GetKeyInfo ] && {lookup}\nexit 0\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (script, input) = import_if_missing(KEY_ID, KEY_SECRET);
+        let script = script.as_str().replace(BIN, fake.to_str().unwrap());
+        let mut bytes = Vec::new();
+        flatten(&input, &mut bytes);
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .env("DIR", dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&bytes).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        (String::from_utf8(out.stdout).unwrap(), dir)
+    }
+
+    #[test]
+    fn the_key_import_reads_each_payload_from_stdin() {
+        let (out, dir) = import_with_fake_garage(false);
+        assert!(out.contains(IMPORTED), "{out}");
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        let lookup: serde_json::Value = serde_json::from_str(&read("GetKeyInfo.stdin")).unwrap();
+        assert_eq!(lookup, serde_json::json!({ "id": KEY_ID }));
+        let import: serde_json::Value = serde_json::from_str(&read("ImportKey.stdin")).unwrap();
+        assert_eq!(import["accessKeyId"], KEY_ID);
+        assert_eq!(import["secretAccessKey"], KEY_SECRET);
+        assert_eq!(import["name"], "mesh");
+
+        let (out, dir) = import_with_fake_garage(true);
+        assert!(!out.contains(IMPORTED), "{out}");
+        assert!(!dir.path().join("ImportKey.stdin").exists());
     }
 }

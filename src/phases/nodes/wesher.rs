@@ -9,6 +9,11 @@
 //! (mode 0600: `WESHER_CLUSTER_KEY`, and for joining nodes `WESHER_JOIN` =
 //! the first node's routable address) and `wesher.service`. Existing nodes'
 //! settings do not depend on the host list, so adding a host disturbs none.
+//!
+//! The key never rides in a script (a script shows in the host's process
+//! list): it reaches a node inside its 0600 `/etc/default/wesher`, on stdin,
+//! and the first node's state is read back with the output withheld from
+//! the log.
 
 use super::Slot;
 use crate::inventory::Host;
@@ -109,9 +114,10 @@ impl WesherKey {
         if let Some(first) = hosts.iter().find(|h| h.host.name == self.0.first.name) {
             let mut s = Script::new();
             s.line("cat {} 2>/dev/null || true", &[STATE_FILE]);
+            // The state holds the key: its output is never logged.
             let out = first
                 .op_ctx()
-                .run("read wesher state", s.as_str(), Input::None)
+                .run_secret("read wesher state", s.as_str())
                 .await
                 .map_err(|e| format!("reading {STATE_FILE} on {}: {e}", first.host.name))?;
             running = state_key(&out.stdout_str());
@@ -363,5 +369,161 @@ mod tests {
             c.decide("adv absent\n", None, false),
             Decision::Refresh { .. }
         ));
+    }
+
+    use crate::log::HostLog;
+    use crate::phases::{ClusterStep, Step};
+    use crate::ssh::recording::{ok, RecordingTransport};
+    use crate::template::VarSet;
+    use std::sync::Mutex;
+
+    const KEY: &str = "q1XwCv0tK5m3ZB8dOe7Y2rUjL4sHnA9fPgWiTyRcE6o=";
+    const STORED: &str = "Zz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2Rr1Qq0Pp9Oo8Nn7Mm6L=";
+
+    fn flatten(input: &Input, out: &mut Vec<u8>) {
+        match input {
+            Input::None => {}
+            Input::Bytes(b) => out.extend_from_slice(b),
+            Input::File(p) => out.extend(std::fs::read(p).unwrap()),
+            Input::Chain(parts) => parts.iter().for_each(|p| flatten(p, out)),
+        }
+    }
+
+    /// A host where nothing exists yet, whose wesher state (if any) holds
+    /// `running`; every stdin is recorded.
+    fn wesher_node(
+        running: Option<&'static str>,
+    ) -> (Arc<RecordingTransport>, Arc<Mutex<Vec<u8>>>) {
+        let stdin: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let seen = stdin.clone();
+        let conn = RecordingTransport::new(move |script, input| {
+            flatten(input, &mut seen.lock().unwrap());
+            if script.contains(STATE_FILE) {
+                return ok(&running
+                    .map(|k| format!(r#"{{"ClusterKey":"{k}","Nodes":[]}}"#))
+                    .unwrap_or_default());
+            }
+            let mut out = String::new();
+            for line in script.lines() {
+                if let Some(n) = line.strip_prefix("echo '@@mesh-op ") {
+                    let n = n.trim_end_matches('\'');
+                    out.push_str(&format!(
+                        "@@mesh-op {n}\nstat absent\nrec none\nguard todo\n"
+                    ));
+                }
+                if let Some(n) = line.strip_prefix("echo '@@mesh-done ") {
+                    out.push_str(&format!("@@mesh-done {}\n", n.trim_end_matches('\'')));
+                }
+            }
+            ok(&out)
+        });
+        (Arc::new(conn), stdin)
+    }
+
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn the_cluster_key_never_rides_in_a_script() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = dir.path().join("secrets.env");
+        std::fs::write(&secrets, format!("{KEY_NAME}={STORED}\n")).unwrap();
+        std::fs::create_dir_all(dir.path().join("assets/x86_64")).unwrap();
+        std::fs::write(dir.path().join("assets/x86_64/wesher"), "binary").unwrap();
+        let inv = crate::inventory::Inventory::parse(
+            std::path::Path::new("i.yml"),
+            "groups:\n  all:\n    hosts:\n      w1: { address: 10.0.0.1, arch: x86_64 }\n      w2: { address: 10.0.0.2, arch: x86_64 }\n",
+        )
+        .unwrap();
+        let plan = WesherPlan::new(
+            inv.hosts[0].clone(),
+            dir.path().join("assets"),
+            None,
+            secrets.clone(),
+            false,
+        );
+        let mut ctxs = Vec::new();
+        let mut nodes = Vec::new();
+        for (host, running) in inv.hosts.iter().zip([Some(KEY), None]) {
+            let (conn, stdin) = wesher_node(running);
+            ctxs.push(Arc::new(HostCtx::new(
+                host.clone(),
+                conn.clone(),
+                HostLog::discard(),
+                VarSet::new(),
+                false,
+                false,
+            )));
+            nodes.push((conn, stdin));
+        }
+        block_on(async {
+            let out = WesherKey(plan.clone()).run(&ctxs).await;
+            assert!(out.abort.is_none(), "{out:?}");
+            for (ctx, first) in ctxs.iter().zip([true, false]) {
+                let step = Wesher {
+                    plan: plan.clone(),
+                    first,
+                };
+                step.run(ctx).await.unwrap();
+            }
+        });
+        // The first node's running key wins over secrets.env's, and is kept there.
+        assert_eq!(plan.key.get().as_deref(), Some(KEY));
+        let kept = crate::secrets::Secrets::load(&secrets).unwrap();
+        assert_eq!(kept.get(KEY_NAME), Some(KEY));
+        for (conn, stdin) in &nodes {
+            let calls = conn.calls();
+            assert!(calls.len() > 2, "{calls:?}");
+            for script in &calls {
+                for secret in [KEY, STORED] {
+                    assert!(
+                        !script.contains(secret),
+                        "the key in a command line:\n{script}"
+                    );
+                }
+            }
+            // It reached each node as /etc/default/wesher's content, on stdin.
+            let fed = String::from_utf8_lossy(&stdin.lock().unwrap()).into_owned();
+            assert!(fed.contains(&format!("WESHER_CLUSTER_KEY={KEY}")), "{fed}");
+        }
+    }
+
+    #[test]
+    fn the_running_key_never_reaches_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = crate::inventory::Inventory::parse(
+            std::path::Path::new("i.yml"),
+            "groups:\n  all:\n    hosts:\n      w1: { address: 10.0.0.1 }\n",
+        )
+        .unwrap();
+        let (conn, _) = wesher_node(Some(KEY));
+        let log = HostLog::create(dir.path(), "w1", Default::default()).unwrap();
+        let ctx = Arc::new(HostCtx::new(
+            inv.hosts[0].clone(),
+            conn,
+            log,
+            VarSet::new(),
+            false,
+            false,
+        ));
+        let plan = WesherPlan::new(
+            inv.hosts[0].clone(),
+            dir.path().join("assets"),
+            None,
+            dir.path().join("secrets.env"),
+            true,
+        );
+        let key = block_on(WesherKey(plan).settle(&[ctx])).unwrap();
+        assert_eq!(key, KEY);
+        let logged = std::fs::read_to_string(dir.path().join("w1.log")).unwrap();
+        assert!(
+            logged.contains("wesher state") && !logged.contains(KEY),
+            "{logged}"
+        );
     }
 }

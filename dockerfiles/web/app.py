@@ -1,0 +1,30 @@
+"""Example service: serves index.html plus the host's name on BIND:PORT; /up is the health check."""
+import http.server
+import os
+import socket
+import sys
+import urllib.request
+
+BIND = os.environ.get("BIND", "0.0.0.0")
+PORT = int(os.environ.get("PORT", "8000"))
+PAGE = open(os.path.join(os.path.dirname(__file__), "index.html"), "rb").read()
+
+if "--check" in sys.argv:
+    urllib.request.urlopen(f"http://{BIND}:{PORT}/up", timeout=2)
+    sys.exit(0)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"ok\n" if self.path == "/up" else PAGE + f"served by {socket.gethostname()}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+http.server.ThreadingHTTPServer((BIND, PORT), Handler).serve_forever()
