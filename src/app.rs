@@ -7,6 +7,7 @@ use crate::inventory::{Host, Inventory, InventoryError};
 use crate::log::HostLog;
 use crate::phases::{bench, care, deploy, exec, nodes, services, HostCtx, Phase};
 use crate::run::{run_rollout, RunOptions};
+use crate::runlock::{RunLock, RunLockError};
 use crate::secrets::{Secrets, SecretsError};
 use crate::ssh::mux::{SshLimits, SshTarget, SshTransport};
 use crate::ssh::Transport;
@@ -33,6 +34,8 @@ pub enum AppError {
     Services(#[from] services::ServicesError),
     #[error("{0}")]
     Input(String),
+    #[error(transparent)]
+    RunLock(#[from] RunLockError),
     #[error("{what}")]
     Local {
         what: String,
@@ -108,6 +111,17 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
         _ => None,
     };
 
+    // Runs that change hosts read-modify-write secrets.env and docker.lock:
+    // one at a time per inventory.
+    let _run_lock = match &cli.command {
+        Command::Exec { .. } | Command::Bench { .. } => None,
+        _ if cli.dry_run => None,
+        command => Some(RunLock::acquire(
+            &inv.beside(".mesh/run.lock"),
+            Duration::from_secs(cli.lock_wait),
+            command_name(command),
+        )?),
+    };
     let mut secrets = Secrets::load(&secrets_path)?;
     if let Some(w) = secrets.mode_warning() {
         eprintln!("warning: {w}");
@@ -242,7 +256,6 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
                 rollback,
                 no_rollback,
                 drain,
-                lock_wait,
                 break_lock,
             },
         ) => {
@@ -270,7 +283,7 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
                     force: *force,
                     rollback: *rollback,
                     drain: *drain,
-                    lock_wait: *lock_wait,
+                    lock_wait: cli.lock_wait,
                     break_lock: *break_lock,
                     audit: inv.beside(".mesh/deploy.log"),
                 },

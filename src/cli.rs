@@ -46,6 +46,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub command_timeout: Option<u64>,
 
+    /// Seconds to wait for another run on this inventory (and, for deploy,
+    /// another deploy of the service) to finish; 0 fails at once naming it.
+    #[arg(long, global = true, default_value_t = 0, value_name = "SECONDS")]
+    pub lock_wait: u64,
+
     /// One JSON event per line on stdout.
     #[arg(long, global = true)]
     pub json: bool,
@@ -141,9 +146,6 @@ pub enum Command {
         /// Seconds the old copy keeps serving after the switch.
         #[arg(long, value_name = "SECONDS", default_value_t = 2)]
         drain: u64,
-        /// Seconds to wait for another deploy of the service to finish.
-        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
-        lock_wait: u64,
         /// Take the lock of a deploy that died.
         #[arg(long)]
         break_lock: bool,

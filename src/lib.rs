@@ -19,6 +19,7 @@ pub mod overlay;
 pub mod phases;
 pub mod quote;
 pub mod run;
+pub mod runlock;
 pub mod secrets;
 pub mod ssh;
 pub mod template;

@@ -133,6 +133,13 @@ fn utc_stamp() -> String {
     format!("{y:04}{m:02}{d:02}T{}", hms(secs, ""))
 }
 
+/// `YYYY-MM-DD HH:MM:SS UTC`, for people.
+pub fn utc_now() -> String {
+    let secs = since_epoch().as_secs();
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    format!("{y:04}-{m:02}-{d:02} {} UTC", hms(secs, ":"))
+}
+
 /// Gregorian date from days since 1970-01-01 (Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;

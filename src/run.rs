@@ -106,6 +106,22 @@ pub struct HostSummary {
     /// `step: error` when the host failed.
     pub failed: Option<String>,
     pub seconds: f64,
+    /// Whether [`Event::HostDone`] went out for this host.
+    #[serde(skip)]
+    announced: bool,
+}
+
+/// Tell the display a host has nothing left to do (once per host), so the
+/// bar counts it the moment it finishes, not when the whole run ends.
+fn announce_done(tx: &mpsc::UnboundedSender<Event>, summary: &mut HostSummary) {
+    if std::mem::replace(&mut summary.announced, true) {
+        return;
+    }
+    let _ = tx.send(Event::HostDone {
+        host: summary.host.clone(),
+        ok: summary.failed.is_none(),
+        seconds: summary.seconds,
+    });
 }
 
 /// The whole run's result.
@@ -226,6 +242,7 @@ fn fail_host(
         log: ctx.log.path().map(|p| p.display().to_string()),
         seconds: 0.0,
     });
+    announce_done(tx, summary);
 }
 
 /// One batch's pass through a phase's stages.
@@ -309,9 +326,13 @@ impl StageRun<'_> {
                 let task = tasks.spawn(async move {
                     let _permit = limit.acquire_owned().await;
                     let t0 = Instant::now();
+                    let last = range.end == phase.stages.len();
                     let steps: Vec<&dyn Step> = phase.host_steps_in(range).collect();
                     let ok = run_host(&steps, &ctx, &tx, &mut summary).await;
                     summary.seconds += t0.elapsed().as_secs_f64();
+                    if last {
+                        announce_done(&tx, &mut summary);
+                    }
                     (ok, summary)
                 });
                 index.insert(task.id(), i);
@@ -342,6 +363,10 @@ impl StageRun<'_> {
             }
             still.sort_unstable();
             live = still;
+        }
+        // Hosts whose phase ended with a cluster stage are done now.
+        for &i in &live {
+            announce_done(tx, &mut summaries[i]);
         }
         controller_changed
     }
@@ -401,6 +426,7 @@ fn skip_host(
         log: None,
         seconds: 0.0,
     });
+    announce_done(tx, summary);
 }
 
 /// Name used in events for work the controller does once for all hosts.
@@ -568,13 +594,9 @@ pub async fn run_rollout(
         };
         ctx.undo(undo.clone(), done_ok, &mut summaries).await;
     }
-    for (ctx, summary) in hosts.iter().zip(&summaries) {
+    for (ctx, summary) in hosts.iter().zip(&mut summaries) {
+        announce_done(&tx, summary);
         ctx.conn.close().await;
-        let _ = tx.send(Event::HostDone {
-            host: summary.host.clone(),
-            ok: summary.failed.is_none(),
-            seconds: summary.seconds,
-        });
     }
     let summary = RunSummary {
         hosts: summaries,
@@ -812,11 +834,10 @@ impl Output {
             }
         }
         if let Mode::Bars(b) = &mut self.mode {
-            // The controller's stages end without a HostDone.
+            // A host between steps (e.g. waiting for a cluster stage) is not
+            // active; its next StepStarted lists it again.
             if let Event::StepDone { host, .. } | Event::StepFailed { host, .. } = &ev {
-                if host == CONTROLLER {
-                    b.active.remove(host);
-                }
+                b.active.remove(host);
             }
             b.redraw();
         }

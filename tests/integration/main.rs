@@ -35,6 +35,37 @@ fn exec_runs_on_every_host_and_shows_each_output() {
     assert!(one.stdout.contains(&format!("[{0}] {0}", lab.host(2))));
     assert!(!one.stdout.contains(&format!("[{}]", lab.host(1))));
 
+    // On a terminal the bar counts hosts as they finish and drops finished
+    // hosts from its active lines: read the frames through a pty.
+    let frames = util::in_pty(&[
+        "-i",
+        lab.inventory().to_str().unwrap(),
+        "exec",
+        "--",
+        &format!(
+            "case $(hostname) in {}) sleep 3;; {}) sleep 6;; esac",
+            lab.host(2),
+            lab.host(3)
+        ),
+    ]);
+    let one = frames
+        .find("1/3 hosts")
+        .unwrap_or_else(|| panic!("the bar never showed 1/3 hosts:\n{frames}"));
+    let two = frames
+        .find("2/3 hosts")
+        .unwrap_or_else(|| panic!("the bar never showed 2/3 hosts:\n{frames}"));
+    assert!(one < two, "{frames}");
+    let first_done = format!("{}: exec", lab.host(1));
+    assert!(
+        !frames[two..].contains(&first_done),
+        "{} still listed as active after it finished:\n{frames}",
+        lab.host(1)
+    );
+    assert!(
+        frames[..two].contains(&format!("{}: exec", lab.host(3))),
+        "{frames}"
+    );
+
     // Every remote command has a deadline: past it the command is killed on
     // the host and its host fails; the others finish.
     let t0 = std::time::Instant::now();
@@ -1226,7 +1257,14 @@ fn deploy_switches_without_a_failed_request_and_rolls_back_a_bad_build() {
     assert!(host2.contains("\"result\":\"running\""), "{host2}");
     std::fs::write(&app, good).unwrap();
 
-    // Two deploys of one service at once: the second fails naming the holder.
+    // Two deploys of one service at once, from two controllers (a teammate's
+    // checkout: the same inventory and secrets in a folder of its own): the
+    // second fails naming the holder of the lock on the host.
+    let teammate = inv.parent().unwrap().join("teammate");
+    std::fs::create_dir_all(&teammate).unwrap();
+    for file in [inv.file_name().unwrap(), "secrets.env".as_ref()] {
+        std::fs::copy(inv.parent().unwrap().join(file), teammate.join(file)).unwrap();
+    }
     let mut first = mesh()
         .args([
             "deploy",
@@ -1245,7 +1283,21 @@ fn deploy_switches_without_a_failed_request_and_rolls_back_a_bad_build() {
             _ => Err("no lock yet".to_string()),
         },
     );
-    let second = mesh()
+    // On the same controller the run lock beside the inventory says so first.
+    let same = mesh()
+        .args(["deploy", "--service", "web", "--dockerfiles", &dir])
+        .run()
+        .expect_code(2);
+    assert!(
+        same.stderr.contains(&format!(
+            "another mesh run on this inventory holds {}: pid {}",
+            inv.parent().unwrap().join(".mesh/run.lock").display(),
+            first.id()
+        )),
+        "{}",
+        same.stderr
+    );
+    let second = Mesh::new(&teammate.join(inv.file_name().unwrap()))
         .args([
             "deploy",
             "--service",

@@ -230,6 +230,53 @@ impl Mesh {
     }
 }
 
+/// Run mesh with `args` on a pseudo-terminal (util-linux `script`) so it
+/// draws its progress bar; returns everything the terminal got, escape
+/// sequences removed.
+pub fn in_pty(args: &[&str]) -> String {
+    let mut line = shell_quote(env!("CARGO_BIN_EXE_mesh"));
+    for arg in args {
+        line.push(' ');
+        line.push_str(&shell_quote(arg));
+    }
+    let out = Command::new("script")
+        .args(["-qefc", &line, "/dev/null"])
+        .env("TERM", "xterm")
+        .env("COLUMNS", "120")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running mesh under script(1)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "mesh on a pty failed:\n{text}");
+    strip_ansi(&text)
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Text without ANSI escape sequences (CSI `ESC [ … final` and two-byte ones).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        if chars.next_if_eq(&'[').is_some() {
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            chars.next();
+        }
+    }
+    out
+}
+
 /// A finished command.
 #[derive(Debug)]
 pub struct Run {
