@@ -6,6 +6,21 @@ use std::sync::{Arc, Mutex};
 
 type Responder = dyn Fn(&str, &Input) -> Output + Send + Sync;
 
+/// Every byte `input` would put on the command's stdin, in order.
+pub fn input_bytes(input: &Input) -> Vec<u8> {
+    fn flatten(input: &Input, out: &mut Vec<u8>) {
+        match input {
+            Input::None => {}
+            Input::Bytes(b) => out.extend_from_slice(b),
+            Input::File(p) => out.extend(std::fs::read(p).expect("reading an input file")),
+            Input::Chain(parts) => parts.iter().for_each(|p| flatten(p, out)),
+        }
+    }
+    let mut out = Vec::new();
+    flatten(input, &mut out);
+    out
+}
+
 /// Records calls; `respond` decides each command's output.
 pub struct RecordingTransport {
     dest: String,

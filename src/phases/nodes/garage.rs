@@ -1020,7 +1020,7 @@ Current cluster layout version: 4
 
     use crate::log::HostLog;
     use crate::phases::{ClusterStep, Step};
-    use crate::ssh::recording::{ok, RecordingTransport};
+    use crate::ssh::recording::{input_bytes, ok, RecordingTransport};
     use crate::template::{Source, VarSet};
     use std::sync::Mutex;
 
@@ -1029,14 +1029,6 @@ Current cluster layout version: 4
     const KEY_ID: &str = "GK31c2f218a2e44f485b94239e";
     const KEY_SECRET: &str = "b892c0665f0ada8a4755dae98baa3b133590e11dae3bcc1f9d769d67f16c3835";
 
-    fn flatten(input: &Input, out: &mut Vec<u8>) {
-        match input {
-            Input::None => {}
-            Input::Bytes(b) => out.extend_from_slice(b),
-            Input::File(p) => out.extend(std::fs::read(p).unwrap()),
-            Input::Chain(parts) => parts.iter().for_each(|p| flatten(p, out)),
-        }
-    }
 
     fn full_id(i: usize) -> String {
         format!("{}@10.0.0.{i}:3901", format!("{i:x}").repeat(64))
@@ -1059,9 +1051,7 @@ Current cluster layout version: 4
         let inputs: Stdins = Arc::default();
         let seen = inputs.clone();
         let conn = RecordingTransport::new(move |script, input| {
-            let mut bytes = Vec::new();
-            flatten(input, &mut bytes);
-            seen.lock().unwrap().push(bytes);
+            seen.lock().unwrap().push(input_bytes(input));
             if script.starts_with(&format!("[ -e {CONFIG} ]")) {
                 return match &answers.config {
                     Ok(c) => ok(c.as_deref().unwrap_or("")),
@@ -1411,8 +1401,7 @@ Current cluster layout version: 4
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let (script, input) = import_if_missing(KEY_ID, KEY_SECRET);
         let script = script.as_str().replace(BIN, fake.to_str().unwrap());
-        let mut bytes = Vec::new();
-        flatten(&input, &mut bytes);
+        let bytes = input_bytes(&input);
         let mut child = std::process::Command::new("sh")
             .args(["-c", &script])
             .env("DIR", dir.path())

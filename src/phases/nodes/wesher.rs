@@ -373,21 +373,13 @@ mod tests {
 
     use crate::log::HostLog;
     use crate::phases::{ClusterStep, Step};
-    use crate::ssh::recording::{ok, RecordingTransport};
+    use crate::ssh::recording::{input_bytes, ok, RecordingTransport};
     use crate::template::VarSet;
     use std::sync::Mutex;
 
     const KEY: &str = "q1XwCv0tK5m3ZB8dOe7Y2rUjL4sHnA9fPgWiTyRcE6o=";
     const STORED: &str = "Zz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2Rr1Qq0Pp9Oo8Nn7Mm6L=";
 
-    fn flatten(input: &Input, out: &mut Vec<u8>) {
-        match input {
-            Input::None => {}
-            Input::Bytes(b) => out.extend_from_slice(b),
-            Input::File(p) => out.extend(std::fs::read(p).unwrap()),
-            Input::Chain(parts) => parts.iter().for_each(|p| flatten(p, out)),
-        }
-    }
 
     /// A host where nothing exists yet, whose wesher state (if any) holds
     /// `running`; every stdin is recorded.
@@ -397,7 +389,7 @@ mod tests {
         let stdin: Arc<Mutex<Vec<u8>>> = Arc::default();
         let seen = stdin.clone();
         let conn = RecordingTransport::new(move |script, input| {
-            flatten(input, &mut seen.lock().unwrap());
+            seen.lock().unwrap().extend(input_bytes(input));
             if script.contains(STATE_FILE) {
                 return ok(&running
                     .map(|k| format!(r#"{{"ClusterKey":"{k}","Nodes":[]}}"#))
