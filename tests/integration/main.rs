@@ -1212,6 +1212,31 @@ fn deploy_switches_without_a_failed_request_and_rolls_back_a_bad_build() {
         .ok();
     assert!(again.stdout.contains("web: unchanged"), "{}", again.stdout);
 
+    // --rollback: every host back on its previous image (the first build),
+    // then forward again to the second.
+    mesh()
+        .args(["deploy", "--service", "web", "--rollback", "--dockerfiles", &dir])
+        .run()
+        .ok();
+    for i in 2..=3 {
+        assert_eq!(
+            lab.on(i, "cat /var/lib/mesh/deploy/web.slot").stdout.trim(),
+            "a"
+        );
+    }
+    for _ in 0..4 {
+        let body = util::http_get(&bastion, "web.example.test").unwrap().1;
+        assert!(!body.contains("the second build"), "rolled back: {body}");
+    }
+    mesh()
+        .args(["deploy", "--service", "web", "--dockerfiles", &dir])
+        .run()
+        .ok();
+    for _ in 0..4 {
+        let body = util::http_get(&bastion, "web.example.test").unwrap().1;
+        assert!(body.contains("the second build"), "forward again: {body}");
+    }
+
     // A build that never gets healthy on host 3, one host at a time: host 3
     // keeps its old copy, host 2 (already switched) goes back, exit 1; no
     // request fails meanwhile.
