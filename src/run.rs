@@ -790,10 +790,16 @@ impl Output {
                             Outcome::WouldChange => "would change",
                             Outcome::Unchanged => "unchanged",
                         };
+                        // A multi-line detail (a dry-run diff) goes indented under its op.
+                        let mut detail = op.detail.lines();
                         self.println(format!(
                             "{prefix}[{host}]   {verb} {}: {}",
-                            op.label, op.detail
+                            op.label,
+                            detail.next().unwrap_or_default()
                         ));
+                        for line in detail {
+                            self.println(format!("[{host}]       {line}"));
+                        }
                     }
                 }
                 if let Some(text) = output {

@@ -353,6 +353,40 @@ pub fn base64_encode(data: &[u8]) -> String {
     out
 }
 
+/// Decode standard base64 (as [`base64_encode`] writes it, or `base64 -w0` on
+/// a host); `None` for anything else.
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    fn value(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let bytes = text.as_bytes();
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for (i, chunk) in bytes.chunks(4).enumerate() {
+        let last = i + 1 == bytes.len() / 4;
+        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return None;
+        }
+        let mut n = 0;
+        for &c in &chunk[..4 - pad] {
+            n = (n << 6) | value(c)?;
+        }
+        n <<= 6 * pad;
+        out.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,6 +531,18 @@ mod tests {
         assert!(b
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c)));
+    }
+
+    #[test]
+    fn base64_round_trips_and_rejects_junk() {
+        for len in 0..8 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 37 + 250) as u8).collect();
+            assert_eq!(base64_decode(&base64_encode(&data)), Some(data));
+        }
+        assert_eq!(base64_decode("aGk="), Some(b"hi".to_vec()));
+        for junk in ["a", "aGk", "a===", "aG=k", "aGk=aGk=", "aG!="] {
+            assert_eq!(base64_decode(junk), None, "{junk}");
+        }
     }
 
     #[test]

@@ -6,11 +6,19 @@
 //! otherwise (or with `--checksum`) the host hashes the file. Content goes to
 //! a temp name in the same directory and is renamed into place, so a reader
 //! never sees a half-written file.
+//!
+//! Under `--dry-run` a content change is shown as a unified diff (binary or
+//! large files: sizes and sha256s), secrets redacted; the host's current
+//! content is fetched only for files that differ, all in one round trip.
+//! A private file (no read for others, as files holding secrets are made)
+//! never has its content shown.
 
 use super::{field, Decision, Op, OpCtx, Part, STATE_DIR};
+use crate::log::HostLog;
 use crate::quote::Script;
 use crate::ssh::Input;
 use sha2::{Digest, Sha256};
+use similar::TextDiff;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -30,6 +38,13 @@ const INLINE_MAX: usize = 16 * 1024;
 const CONTENT: u32 = 1;
 const META: u32 = 2;
 const RECORD: u32 = 4;
+
+/// Largest file (on either side) a dry run fetches and diffs; larger ones
+/// show sizes and hashes only.
+const DIFF_MAX_BYTES: u64 = 256 * 1024;
+
+/// Lines of a dry-run diff shown; the rest is counted.
+const DIFF_MAX_LINES: usize = 200;
 
 #[derive(Debug, Clone)]
 pub struct FileOp {
@@ -318,6 +333,153 @@ impl FileOp {
     }
 }
 
+/// What a probe found at a file's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnHost {
+    Absent,
+    /// `mode` is 0 when it could not be read (so the file counts as private).
+    Regular {
+        size: u64,
+        mode: u32,
+    },
+    Other,
+}
+
+fn on_host(probe: &str) -> OnHost {
+    match field(probe, "stat") {
+        Some("absent") => OnHost::Absent,
+        Some(stat) => {
+            let parts: Vec<&str> = stat.splitn(5, ' ').collect();
+            match parts[..] {
+                [size, _, mode, _, "regular file" | "regular empty file"] => OnHost::Regular {
+                    size: size.parse().unwrap_or(u64::MAX),
+                    mode: u32::from_str_radix(mode, 8).unwrap_or(0),
+                },
+                _ => OnHost::Other,
+            }
+        }
+        None => OnHost::Other,
+    }
+}
+
+/// One side of a dry-run diff; `bytes` is `None` when too large (or unreadable).
+struct Side {
+    size: u64,
+    sha256: String,
+    bytes: Option<Vec<u8>>,
+}
+
+impl Side {
+    fn of(bytes: Vec<u8>) -> Self {
+        Side {
+            size: bytes.len() as u64,
+            sha256: sha256_hex(&bytes),
+            bytes: Some(bytes),
+        }
+    }
+
+    /// The content as text, unless it is binary (not UTF-8, or has a NUL) or unknown.
+    fn text(&self) -> Option<&str> {
+        let text = std::str::from_utf8(self.bytes.as_deref()?).ok()?;
+        (!text.contains('\0')).then_some(text)
+    }
+
+    fn is_binary(&self) -> bool {
+        self.bytes.is_some() && self.text().is_none()
+    }
+}
+
+impl FileOp {
+    /// Whether the content must never be shown: the file is private (no
+    /// read for others, as files holding secret values are made) here or
+    /// on the host.
+    fn secret(&self, host: OnHost) -> bool {
+        let private = |mode: u32| mode & 0o004 == 0;
+        private(self.mode) || matches!(host, OnHost::Regular { mode, .. } if private(mode))
+    }
+
+    /// The wanted content as one diff side (read from disk for local files).
+    fn wanted_side(&self) -> Side {
+        let bytes = match &self.content {
+            _ if self.size > DIFF_MAX_BYTES => None,
+            Content::Bytes(b) => Some(b.to_vec()),
+            Content::Local(p) => std::fs::read(p).ok(),
+        };
+        match bytes {
+            Some(b) => Side::of(b),
+            None => Side {
+                size: self.size,
+                sha256: self.sha256.clone(),
+                bytes: None,
+            },
+        }
+    }
+
+    /// The host's content from a preview script's output (`b64 DATA` or `sum SHA`).
+    fn current_side(fetched: &str, size: u64) -> Option<Side> {
+        if let Some(data) = field(fetched, "b64") {
+            return crate::secrets::base64_decode(data.trim()).map(Side::of);
+        }
+        let sum = field(fetched, "sum")?.trim();
+        (sum.len() == 64).then(|| Side {
+            size,
+            sha256: sum.to_string(),
+            bytes: None,
+        })
+    }
+
+    /// `--dry-run` detail lines below the reason: a unified diff for text, else
+    /// sizes and sha256s. `current` is `None` for a file that does not exist yet.
+    fn describe(&self, current: Option<&Side>, log: &HostLog) -> Vec<String> {
+        let wanted = self.wanted_side();
+        let old_text = match current {
+            None => Some(""),
+            Some(side) => side.text(),
+        };
+        if let (Some(old), Some(new)) = (old_text, wanted.text()) {
+            let (from, to) = match current {
+                None => ("/dev/null".to_string(), self.path.clone()),
+                Some(_) => (
+                    format!("{} (current)", self.path),
+                    format!("{} (wanted)", self.path),
+                ),
+            };
+            let diff = TextDiff::from_lines(old, new)
+                .unified_diff()
+                .context_radius(3)
+                .header(&from, &to)
+                .to_string();
+            // Redacted whole, before the cut: a secret cannot be half-shown.
+            let diff = log.redact(&diff);
+            let lines: Vec<&str> = diff.lines().collect();
+            let mut out: Vec<String> = lines
+                .iter()
+                .take(DIFF_MAX_LINES)
+                .map(|l| l.to_string())
+                .collect();
+            if lines.len() > DIFF_MAX_LINES {
+                out.push(format!("… {} more lines", lines.len() - DIFF_MAX_LINES));
+            }
+            return out;
+        }
+        let kind = if current.is_some_and(Side::is_binary) || wanted.is_binary() {
+            "binary"
+        } else {
+            "too large to diff"
+        };
+        match current {
+            None => vec![format!(
+                "new file ({kind}), {} bytes, sha256 {}",
+                wanted.size, wanted.sha256
+            )],
+            Some(old) => vec![
+                format!("{kind}, size {} -> {} bytes", old.size, wanted.size),
+                format!("sha256 {} -> {}", old.sha256, wanted.sha256),
+            ],
+        }
+    }
+}
+
 impl Op for FileOp {
     fn label(&self) -> String {
         format!("file {}", self.path)
@@ -337,6 +499,68 @@ impl Op for FileOp {
 
     fn apply_part(&self, flags: u32) -> Option<Part> {
         Some(self.part(flags))
+    }
+
+    /// The host's current content (base64), or only its sha256 when either
+    /// side is too large to diff; nothing for a secret or absent file.
+    fn preview_script(&self, probe: &str, flags: u32) -> Option<Script> {
+        let host = on_host(probe);
+        let OnHost::Regular { size, .. } = host else {
+            return None;
+        };
+        if flags & CONTENT == 0 || self.secret(host) {
+            return None;
+        }
+        let mut s = Script::new();
+        if size <= DIFF_MAX_BYTES && self.size <= DIFF_MAX_BYTES {
+            s.line(
+                "if b=$(base64 -w0 < {}); then echo \"b64 $b\"; fi",
+                &[&self.path],
+            );
+        } else {
+            s.line(
+                "echo \"sum $(sha256sum < {} | cut -d' ' -f1)\"",
+                &[&self.path],
+            );
+        }
+        Some(s)
+    }
+
+    fn preview(
+        &self,
+        reason: &str,
+        probe: &str,
+        flags: u32,
+        fetched: Option<&str>,
+        log: &HostLog,
+    ) -> String {
+        let host = on_host(probe);
+        if flags & CONTENT == 0 || host == OnHost::Other {
+            return reason.to_string();
+        }
+        if self.secret(host) {
+            return if reason.contains("content differs") {
+                reason.replacen("content differs", "content differs (secret, not shown)", 1)
+            } else {
+                format!("{reason} (secret, not shown)")
+            };
+        }
+        let current = match host {
+            OnHost::Regular { size, .. } => {
+                match fetched.and_then(|f| Self::current_side(f, size)) {
+                    Some(side) => Some(side),
+                    None => {
+                        return format!("{reason}\n(no diff: the current file could not be read)")
+                    }
+                }
+            }
+            _ => None,
+        };
+        let lines = self.describe(current.as_ref(), log);
+        if lines.is_empty() {
+            return reason.to_string();
+        }
+        format!("{reason}\n{}", lines.join("\n"))
     }
 }
 
@@ -471,5 +695,294 @@ mod tests {
             );
         }
         assert!(sha256_local(&dir.path().join("absent")).is_err());
+    }
+
+    mod dry_run {
+        use super::super::*;
+        use crate::ops::{converge, OpReport, Outcome};
+        use crate::secrets::base64_encode;
+        use crate::ssh::recording::{ok, RecordingTransport};
+        use crate::ssh::CommandKind;
+        use crate::template::Redactor;
+        use std::collections::BTreeMap;
+
+        /// A host answering probes and previews from `files` (path -> content,
+        /// mode); a path not listed does not exist.
+        fn fake_host(files: BTreeMap<String, (Vec<u8>, u32)>) -> RecordingTransport {
+            RecordingTransport::new(move |script, _| {
+                let mut out = String::new();
+                // Each op's snippet follows its marker line.
+                for part in script.split("echo '@@mesh-op ").skip(1) {
+                    let (idx, body) = part.split_once('\'').unwrap();
+                    out.push_str(&format!("@@mesh-op {idx}\n"));
+                    let Some((content, mode)) = files
+                        .iter()
+                        .find(|(p, _)| body.contains(p.as_str()))
+                        .map(|(_, f)| f)
+                    else {
+                        out.push_str("stat absent\nrec none\n");
+                        continue;
+                    };
+                    if body.contains("stat -c") {
+                        out.push_str(&format!(
+                            "stat {} 1700000000 {mode:o} root:root regular file\nrec none\n",
+                            content.len()
+                        ));
+                    } else if body.contains("base64 -w0") {
+                        out.push_str(&format!("b64 {}\n", base64_encode(content)));
+                    } else if body.contains("echo \"sum") {
+                        out.push_str(&format!("sum {}\n", sha256_hex(content)));
+                    } else {
+                        // A recheck: the bare hash.
+                        out.push_str(&format!("{}\n", sha256_hex(content)));
+                    }
+                }
+                ok(&out)
+            })
+        }
+
+        fn host(files: &[(&str, &[u8], u32)]) -> RecordingTransport {
+            fake_host(
+                files
+                    .iter()
+                    .map(|(p, c, m)| (p.to_string(), (c.to_vec(), *m)))
+                    .collect(),
+            )
+        }
+
+        fn dry_run_with(
+            conn: &RecordingTransport,
+            ops: Vec<FileOp>,
+            log: &HostLog,
+        ) -> Vec<OpReport> {
+            let ops: Vec<Box<dyn Op>> = ops
+                .into_iter()
+                .map(|o| Box::new(o) as Box<dyn Op>)
+                .collect();
+            let ctx = OpCtx {
+                conn,
+                log,
+                checksum: false,
+                kind: CommandKind::Normal,
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(converge(&ctx, &ops, true))
+                .unwrap()
+        }
+
+        /// The detail of `op` dry-run on `conn`, without redaction.
+        fn detail(conn: &RecordingTransport, op: FileOp) -> String {
+            let reports = dry_run_with(conn, vec![op], &HostLog::discard());
+            assert_eq!(reports[0].outcome, Outcome::WouldChange);
+            reports[0].detail.clone()
+        }
+
+        #[test]
+        fn a_changed_text_file_shows_a_unified_diff() {
+            let conn = host(&[("/etc/app.conf", b"a\nold line\nc\n", 0o644)]);
+            let d = detail(
+                &conn,
+                FileOp::from_bytes("/etc/app.conf", "a\nnew line, longer\nc\n"),
+            );
+            let want = "content differs\n\
+                --- /etc/app.conf (current)\n\
+                +++ /etc/app.conf (wanted)\n\
+                @@ -1,3 +1,3 @@\n a\n-old line\n+new line, longer\n c";
+            assert_eq!(d, want);
+            let calls = conn.calls();
+            assert_eq!(calls.len(), 2, "probe + one preview: {calls:?}");
+            assert!(calls[1].contains("base64 -w0"), "{}", calls[1]);
+        }
+
+        #[test]
+        fn previews_of_several_files_share_one_round_trip() {
+            let conn = host(&[
+                ("/etc/a", b"one\n", 0o644),
+                ("/etc/b", b"two\n", 0o644),
+                ("/etc/same", b"same\n", 0o644),
+            ]);
+            let reports = dry_run_with(
+                &conn,
+                vec![
+                    FileOp::from_bytes("/etc/a", "uno\n"),
+                    FileOp::from_bytes("/etc/same", "same\n"),
+                    FileOp::from_bytes("/etc/b", "dos\n"),
+                    FileOp::from_bytes("/etc/new", "fresh\n"),
+                ],
+                &HostLog::discard(),
+            );
+            assert!(
+                reports[0].detail.contains("-one\n+uno"),
+                "{}",
+                reports[0].detail
+            );
+            assert_eq!(reports[1].outcome, Outcome::Unchanged);
+            assert!(
+                reports[2].detail.contains("-two\n+dos"),
+                "{}",
+                reports[2].detail
+            );
+            assert!(
+                reports[3]
+                    .detail
+                    .starts_with("create\n--- /dev/null\n+++ /etc/new\n@@ -0,0 +1 @@\n+fresh"),
+                "{}",
+                reports[3].detail
+            );
+            // probe, recheck of the same-size file, one preview for /etc/a and /etc/b.
+            let calls = conn.calls();
+            assert_eq!(calls.len(), 3, "{calls:?}");
+            let preview = &calls[2];
+            assert_eq!(preview.matches("base64 -w0").count(), 2, "{preview}");
+            assert!(!preview.contains("/etc/new") && !preview.contains("/etc/same"));
+        }
+
+        #[test]
+        fn secret_values_are_redacted_in_the_diff() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut redactor = Redactor::default();
+            redactor.add("hunter2-secret");
+            let log = HostLog::create(dir.path(), "h", redactor).unwrap();
+            let conn = host(&[("/etc/app.env", b"USER=app\nPASSWORD=old\n", 0o644)]);
+            let reports = dry_run_with(
+                &conn,
+                vec![FileOp::from_bytes(
+                    "/etc/app.env",
+                    "USER=app\nPASSWORD=hunter2-secret\n",
+                )],
+                &log,
+            );
+            let d = &reports[0].detail;
+            assert!(d.contains("-PASSWORD=old\n+PASSWORD=***"), "{d}");
+            assert!(!d.contains("hunter2"), "{d}");
+            // The fetched content is not logged either.
+            let logged = std::fs::read_to_string(dir.path().join("h.log")).unwrap();
+            assert!(!logged.contains(&base64_encode(b"USER=app\nPASSWORD=old\n")));
+        }
+
+        #[test]
+        fn a_binary_file_shows_sizes_and_hashes() {
+            let old: &[u8] = &[0x7f, b'E', b'L', b'F', 0, 1];
+            let new: &[u8] = &[0xff, 0xfe, 1, 2, 3, 4, 5, 6];
+            let conn = host(&[("/usr/local/bin/tool", old, 0o755)]);
+            let d = detail(
+                &conn,
+                FileOp::from_bytes("/usr/local/bin/tool", new).mode(0o755),
+            );
+            assert_eq!(
+                d,
+                format!(
+                    "content differs\nbinary, size 6 -> 8 bytes\nsha256 {} -> {}",
+                    sha256_hex(old),
+                    sha256_hex(new)
+                )
+            );
+            // A new binary file: its size and hash, nothing fetched.
+            let conn = host(&[]);
+            let d = detail(&conn, FileOp::from_bytes("/usr/local/bin/tool", new));
+            assert_eq!(
+                d,
+                format!(
+                    "create\nnew file (binary), 8 bytes, sha256 {}",
+                    sha256_hex(new)
+                )
+            );
+            assert_eq!(conn.calls().len(), 1);
+        }
+
+        #[test]
+        fn a_secret_file_never_shows_its_content() {
+            // Private here and on the host; public here but private on the host; a new private file.
+            let cases = [
+                (0o600, Some(0o600), "content differs (secret, not shown)"),
+                (
+                    0o644,
+                    Some(0o600),
+                    "content differs (secret, not shown), mode 600 -> 644",
+                ),
+                (0o640, None, "create (secret, not shown)"),
+            ];
+            for (mode, on_host, want) in cases {
+                let conn = match on_host {
+                    Some(m) => host(&[("/etc/key", b"old-key-material\n", m)]),
+                    None => host(&[]),
+                };
+                let d = detail(
+                    &conn,
+                    FileOp::from_bytes("/etc/key", "new-key-material\n").mode(mode),
+                );
+                assert_eq!(d, want);
+                let calls = conn.calls();
+                assert!(calls.iter().all(|c| !c.contains("base64")), "{calls:?}");
+            }
+        }
+
+        #[test]
+        fn a_long_diff_is_cut() {
+            let conn = host(&[]);
+            let text: String = (0..500).map(|i| format!("line {i}\n")).collect();
+            let d = detail(&conn, FileOp::from_bytes("/etc/long", text));
+            let lines: Vec<&str> = d.lines().collect();
+            // The reason, then 200 diff lines (3 of them headers), then the count.
+            assert_eq!(lines.len(), 1 + DIFF_MAX_LINES + 1);
+            assert_eq!(lines[4], "+line 0");
+            assert_eq!(lines[DIFF_MAX_LINES], "+line 196");
+            assert_eq!(lines[DIFF_MAX_LINES + 1], "… 303 more lines");
+        }
+
+        #[test]
+        fn a_large_file_is_compared_by_hash() {
+            let big = vec![b'x'; DIFF_MAX_BYTES as usize + 1];
+            let conn = host(&[("/srv/big.txt", b"small\n", 0o644)]);
+            let d = detail(&conn, FileOp::from_bytes("/srv/big.txt", big.clone()));
+            assert_eq!(
+                d,
+                format!(
+                    "content differs\ntoo large to diff, size 6 -> {} bytes\nsha256 {} -> {}",
+                    big.len(),
+                    sha256_hex(b"small\n"),
+                    sha256_hex(&big)
+                )
+            );
+            assert!(conn.calls()[1].contains("sha256sum"), "{:?}", conn.calls());
+        }
+
+        #[test]
+        fn the_preview_script_reads_a_real_file() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("it's a file");
+            std::fs::write(&path, "old\n").unwrap();
+            let op = FileOp::from_bytes(path.to_str().unwrap(), "new\n");
+            let probe = "stat 4 1 644 root:root regular file\nrec none\n";
+            let script = op.preview_script(probe, CONTENT).unwrap();
+            crate::quote::assert_valid_sh(&script);
+            let out = std::process::Command::new("sh")
+                .args(["-c", script.as_str()])
+                .output()
+                .unwrap();
+            let fetched = String::from_utf8(out.stdout).unwrap();
+            let d = op.preview(
+                "content differs",
+                probe,
+                CONTENT,
+                Some(&fetched),
+                &HostLog::discard(),
+            );
+            assert!(d.ends_with("@@ -1 +1 @@\n-old\n+new"), "{d}");
+            // Unreadable: said so, not a false diff.
+            let d = op.preview(
+                "content differs",
+                probe,
+                CONTENT,
+                Some(""),
+                &HostLog::discard(),
+            );
+            assert_eq!(
+                d,
+                "content differs\n(no diff: the current file could not be read)"
+            );
+        }
     }
 }

@@ -224,6 +224,28 @@ pub trait Op: Send + Sync {
     fn system_changing(&self) -> bool {
         false
     }
+
+    /// `--dry-run`: a read-only script whose output [`Op::preview`] needs to
+    /// show a change decided from `probe` with `flags` (e.g. a file's current
+    /// content). Such scripts of all ops go to the host in one round trip.
+    fn preview_script(&self, _probe: &str, _flags: u32) -> Option<Script> {
+        None
+    }
+
+    /// `--dry-run`: the detail shown for a change (e.g. a diff), from its
+    /// `reason`, the probe and the output of [`Op::preview_script`] when one
+    /// ran. Anything taken from the host or the content goes through
+    /// `log.redact`.
+    fn preview(
+        &self,
+        reason: &str,
+        _probe: &str,
+        _flags: u32,
+        _fetched: Option<&str>,
+        _log: &HostLog,
+    ) -> String {
+        reason.to_string()
+    }
 }
 
 /// One op's change as a script, runnable alone or batched.
@@ -418,7 +440,9 @@ async fn recheck_all(
 
 /// Bring one host to the state `ops` describe, in order.
 ///
-/// With `dry_run`, only probes run and the reports say what would change.
+/// With `dry_run`, only probes run and the reports say what would change;
+/// changes that preview themselves (file diffs) may add one more read-only
+/// round trip for all of them.
 /// Consecutive changes that are plain scripts (files, dirs, units) go to the
 /// host together in one round trip.
 pub async fn converge(
@@ -438,6 +462,8 @@ pub async fn converge(
     let mut probes: Vec<String> = Vec::new();
     let mut rechecks: Vec<Option<String>> = Vec::new();
     let mut stale = true;
+    // `--dry-run`: changes whose detail a preview replaces, once all are decided.
+    let mut previews: Vec<Pending> = Vec::new();
     let mut i = 0;
     while i < ops.len() {
         if stale {
@@ -477,6 +503,12 @@ pub async fn converge(
                 if let Some(id) = op.id() {
                     changed_ids.insert(id.to_string());
                 }
+                previews.push(Pending {
+                    report: reports.len(),
+                    op: i,
+                    probe: probes[i - start].clone(),
+                    flags,
+                });
             }
             let outcome = if refresh {
                 Outcome::Unchanged
@@ -576,7 +608,73 @@ pub async fn converge(
         reports.push(report(op.as_ref(), outcome, reason));
         i += 1;
     }
+    if !previews.is_empty() {
+        preview_all(ctx, ops, &previews, &mut reports)
+            .await
+            .map_err(|e| fail("preview".into(), e, &reports))?;
+    }
     Ok(reports)
+}
+
+/// A dry-run change waiting for its preview.
+struct Pending {
+    /// Index into the reports.
+    report: usize,
+    /// Index into the ops.
+    op: usize,
+    probe: String,
+    flags: u32,
+}
+
+/// Replace the details of dry-run changes with their ops' previews; the
+/// preview scripts all go out in one round trip (none when no op needs one).
+/// Their output is not logged: it holds file contents.
+async fn preview_all(
+    ctx: &OpCtx<'_>,
+    ops: &[Box<dyn Op>],
+    pending: &[Pending],
+    reports: &mut [OpReport],
+) -> Result<(), OpError> {
+    let mut script = Script::new();
+    let mut wanted = vec![false; pending.len()];
+    for (n, p) in pending.iter().enumerate() {
+        if let Some(s) = ops[p.op].preview_script(&p.probe, p.flags) {
+            script.raw(&format!("echo '{MARK}{n}'"));
+            script.raw("(");
+            script.append(&s);
+            script.raw(") 2>&1 </dev/null");
+            wanted[n] = true;
+        }
+    }
+    let mut found = vec![String::new(); pending.len()];
+    if !script.is_empty() {
+        let out = ctx
+            .conn
+            .exec_as(script.as_str(), Input::None, ctx.kind)
+            .await?;
+        ctx.log.block(
+            &format!("preview (exit {})", fmt_code(out.code)),
+            &format!(
+                "$ {}\n(output not logged: it holds file contents)",
+                script.as_str()
+            ),
+        );
+        if out.code.is_none() {
+            return Err(OpError::Other("preview was cut off".into()));
+        }
+        split_marked(&out.stdout_str(), &mut found);
+    }
+    for ((p, fetched), wanted) in pending.iter().zip(&found).zip(wanted) {
+        let r = &mut reports[p.report];
+        r.detail = ops[p.op].preview(
+            &r.detail,
+            &p.probe,
+            p.flags,
+            wanted.then_some(fetched.as_str()),
+            ctx.log,
+        );
+    }
+    Ok(())
 }
 
 fn report(op: &dyn Op, outcome: Outcome, detail: String) -> OpReport {

@@ -5,6 +5,7 @@
 //! when it is not running, and checked to be active afterwards.
 
 use super::{field, Decision, FileOp, Op, OpCtx, Part};
+use crate::log::HostLog;
 use crate::quote::Script;
 use crate::ssh::Input;
 
@@ -190,6 +191,25 @@ impl Op for UnitOp {
             changes,
         })
     }
+
+    /// The unit file's dry-run diff, as for any file.
+    fn preview_script(&self, probe: &str, flags: u32) -> Option<Script> {
+        self.file.as_ref()?.preview_script(probe, flags & FILE_MASK)
+    }
+
+    fn preview(
+        &self,
+        reason: &str,
+        probe: &str,
+        flags: u32,
+        fetched: Option<&str>,
+        log: &HostLog,
+    ) -> String {
+        match &self.file {
+            Some(f) => f.preview(reason, probe, flags & FILE_MASK, fetched, log),
+            None => reason.to_string(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -215,6 +235,24 @@ mod tests {
             u.decide(&p, None, true),
             Decision::Change { flags: RESTART, .. }
         ));
+    }
+
+    #[test]
+    fn a_new_unit_file_previews_as_a_diff_from_nothing() {
+        let u = unit();
+        let probe = "stat absent\nrec none\nenabled \nactive inactive\n";
+        let Decision::Change { reason, flags } = u.decide(probe, None, false) else {
+            panic!("a change");
+        };
+        assert!(u.preview_script(probe, flags).is_none(), "nothing to fetch");
+        let d = u.preview(&reason, probe, flags, None, &HostLog::discard());
+        assert!(
+            d.starts_with(&format!(
+                "{reason}\n--- /dev/null\n+++ /etc/systemd/system/demo.service\n"
+            )),
+            "{d}"
+        );
+        assert!(d.ends_with("+[Service]\n+ExecStart=/bin/true"), "{d}");
     }
 
     #[test]

@@ -252,6 +252,31 @@ fn nodes_basic_dry_run_then_converge_then_nothing_changes() {
         assert!(line.contains(" ok"), "{line}");
     }
 
+    // Drift shows as a diff in --dry-run and changes nothing.
+    lab.on(
+        1,
+        "sed -i 's/^SystemMaxUse=.*/SystemMaxUse=5G/' /etc/systemd/journald.conf.d/mesh.conf",
+    );
+    let diff = lab
+        .mesh()
+        .args(["--dry-run", "nodes", "--only", "basic"])
+        .run()
+        .ok();
+    for line in [
+        "--- /etc/systemd/journald.conf.d/mesh.conf (current)",
+        "-SystemMaxUse=5G",
+        "+SystemMaxUse=100M",
+    ] {
+        assert!(diff.stdout.contains(line), "{line}:\n{}", diff.stdout);
+    }
+    let conf = lab
+        .on(1, "cat /etc/systemd/journald.conf.d/mesh.conf")
+        .stdout;
+    assert!(
+        conf.contains("SystemMaxUse=5G"),
+        "dry run changed it: {conf}"
+    );
+
     // Drift is repaired: a deleted drop-in comes back, only that changes.
     lab.on(1, "rm /etc/systemd/journald.conf.d/mesh.conf");
     let repair = lab
@@ -1215,7 +1240,14 @@ fn deploy_switches_without_a_failed_request_and_rolls_back_a_bad_build() {
     // --rollback: every host back on its previous image (the first build),
     // then forward again to the second.
     mesh()
-        .args(["deploy", "--service", "web", "--rollback", "--dockerfiles", &dir])
+        .args([
+            "deploy",
+            "--service",
+            "web",
+            "--rollback",
+            "--dockerfiles",
+            &dir,
+        ])
         .run()
         .ok();
     for i in 2..=3 {

@@ -1029,7 +1029,6 @@ Current cluster layout version: 4
     const KEY_ID: &str = "GK31c2f218a2e44f485b94239e";
     const KEY_SECRET: &str = "b892c0665f0ada8a4755dae98baa3b133590e11dae3bcc1f9d769d67f16c3835";
 
-
     fn full_id(i: usize) -> String {
         format!("{}@10.0.0.{i}:3901", format!("{i:x}").repeat(64))
     }

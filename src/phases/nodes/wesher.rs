@@ -380,7 +380,6 @@ mod tests {
     const KEY: &str = "q1XwCv0tK5m3ZB8dOe7Y2rUjL4sHnA9fPgWiTyRcE6o=";
     const STORED: &str = "Zz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2Rr1Qq0Pp9Oo8Nn7Mm6L=";
 
-
     /// A host where nothing exists yet, whose wesher state (if any) holds
     /// `running`; every stdin is recorded.
     fn wesher_node(
