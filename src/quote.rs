@@ -141,6 +141,20 @@ impl Script {
         self
     }
 
+    /// Replace `path` with `content` atomically: a temp file beside it made
+    /// by `mktemp` (exclusive, never through a symlink), then renamed.
+    pub fn write_file(&mut self, path: &str, content: &str) -> &mut Self {
+        let dir = match path.rsplit_once('/') {
+            Some(("", _)) => "/",
+            Some((dir, _)) => dir,
+            None => ".",
+        };
+        self.line(
+            "w=$(mktemp -p {} .mesh-tmp.XXXXXXXX) && printf '%s' {} > \"$w\" && mv -f -- \"$w\" {}",
+            &[dir, content, path],
+        )
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -214,6 +228,24 @@ mod tests {
         let mut s = Script::new();
         s.line("mv -f {} {}", &["/tmp/a b", "/etc/x"]);
         assert_eq!(s.as_str(), "mv -f '/tmp/a b' /etc/x\n");
+    }
+
+    #[test]
+    fn write_file_goes_through_a_fresh_temp_file_and_a_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("it's here");
+        let mut s = Script::new();
+        s.write_file(path.to_str().unwrap(), "line one\n$HOME `x`\n");
+        let out = std::process::Command::new("sh")
+            .args(["-c", s.as_str()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "line one\n$HOME `x`\n"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

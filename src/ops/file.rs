@@ -260,12 +260,13 @@ impl FileOp {
 
     fn record_script(&self) -> Script {
         let rec = self.record_path();
-        let tmp = format!("{rec}.tmp");
+        let dir = format!("{STATE_DIR}/files");
         let mut s = Script::new();
-        s.line("mkdir -p {}", &[&format!("{STATE_DIR}/files")]);
+        s.line("mkdir -p {}", &[&dir]);
+        s.line("r=$(mktemp -p {} .rec.XXXXXXXX)", &[&dir]);
         s.line(
-            "echo \"$(stat -c '%s %Y' -- {}) {}\" > {} && mv -f {} {}",
-            &[&self.path, &self.sha256, &tmp, &tmp, &rec],
+            "echo \"$(stat -c '%s %Y' -- {}) {}\" > \"$r\" && mv -f -- \"$r\" {}",
+            &[&self.path, &self.sha256, &rec],
         );
         s
     }
@@ -296,9 +297,12 @@ impl FileOp {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "/".into());
             let size = self.size.to_string();
-            s.line("t={}/.mesh-tmp.$$", &[&dir]);
-            s.raw("trap 'rm -f -- \"$t\"' EXIT");
             s.line("mkdir -p -- {}", &[&dir]);
+            // mktemp creates the temp file exclusively (O_EXCL: no clobber,
+            // no symlink followed), mode 0600; it goes on exit and hangup.
+            s.line("t=$(mktemp -p {} .mesh-tmp.XXXXXXXX)", &[&dir]);
+            s.raw("trap 'rm -f -- \"$t\"' EXIT");
+            s.raw("trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 141' PIPE; trap 'exit 143' TERM");
             match inline {
                 // Small public text rides in the script, leaving stdin to one big file.
                 Some(text) => s.line("(umask 077; printf %s {} > \"$t\")", &[text]),
@@ -308,6 +312,12 @@ impl FileOp {
             s.line(
                 "s=$(stat -c %s -- \"$t\"); if [ \"$s\" != {} ]; then echo \"upload cut short: $s of {} bytes\" >&2; exit 1; fi",
                 &[&size, &size],
+            );
+            // What is recorded is what arrived: a local file that changed
+            // after mesh hashed it fails here instead of being recorded.
+            s.line(
+                "h=$(sha256sum < \"$t\" | cut -d' ' -f1); if [ \"$h\" != {} ]; then echo \"upload differs from what mesh checked: sha256 $h, expected {} (did the local file change during the run?)\" >&2; exit 1; fi",
+                &[&self.sha256, &self.sha256],
             );
             s.line("chown {} -- \"$t\"", &[&owner]);
             s.line("chmod {} -- \"$t\"", &[&mode]);
@@ -567,6 +577,61 @@ impl Op for FileOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The part's script run by the local `sh`, its stdin read from the
+    /// local file only now, as the upload would.
+    fn upload_locally(part: &Part) -> std::process::Output {
+        use std::io::Write as _;
+        let script = format!("mesh_read() {{ cat; }}\n{}", part.script.as_str());
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let bytes = crate::ssh::recording::input_bytes(&part.input);
+        child.stdin.take().unwrap().write_all(&bytes).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    #[test]
+    fn a_local_file_changed_after_hashing_is_refused_on_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("asset");
+        std::fs::write(&local, b"checked bytes\n").unwrap();
+        let dest = dir.path().join("on-host/asset");
+        let op = FileOp::from_local(dest.to_str().unwrap(), &local).unwrap();
+        // Same size, other bytes: the size check alone would pass.
+        std::fs::write(&local, b"changed bytes\n").unwrap();
+        let out = upload_locally(&op.part(CONTENT));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("upload differs from what mesh checked"),
+            "{stderr}"
+        );
+        assert!(!dest.exists(), "a file that differs was put in place");
+        let left: Vec<_> = std::fs::read_dir(dest.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "temp files left: {left:?}");
+    }
+
+    #[test]
+    fn temp_files_are_made_by_mktemp_and_removed_on_hangup() {
+        let script = FileOp::from_bytes("/etc/x.conf", vec![0u8; 5000])
+            .part(CONTENT)
+            .script
+            .into_string();
+        assert!(
+            script.contains("t=$(mktemp -p /etc .mesh-tmp.XXXXXXXX)"),
+            "{script}"
+        );
+        assert!(script.contains("trap 'exit 129' HUP"), "{script}");
+        assert!(!script.contains("$$"), "{script}");
+    }
 
     fn op() -> FileOp {
         FileOp::from_bytes("/etc/x.conf", "hello\n").mode(0o600)

@@ -833,43 +833,6 @@ mod tests {
         assert_eq!(conn.calls().len(), 1);
     }
 
-    /// Runs every command with the local `sh`, its stdin fed as ssh would;
-    /// `keep` bytes of stdin arrive (all when `None`), as a broken link would cut it.
-    fn local_sh(keep: Option<usize>) -> RecordingTransport {
-        RecordingTransport::new(move |script, input| {
-            use std::io::Write as _;
-            fn flatten(input: &Input, out: &mut Vec<u8>) {
-                match input {
-                    Input::None => {}
-                    Input::Bytes(b) => out.extend_from_slice(b),
-                    Input::File(p) => out.extend(std::fs::read(p).unwrap()),
-                    Input::Chain(parts) => parts.iter().for_each(|p| flatten(p, out)),
-                }
-            }
-            let mut bytes = Vec::new();
-            flatten(input, &mut bytes);
-            bytes.truncate(keep.unwrap_or(bytes.len()));
-            let mut child = std::process::Command::new("sh")
-                .args(["-c", script])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("local sh");
-            let mut stdin = child.stdin.take().unwrap();
-            let feeder = std::thread::spawn(move || {
-                let _ = stdin.write_all(&bytes);
-            });
-            let out = child.wait_with_output().unwrap();
-            feeder.join().unwrap();
-            Output {
-                code: out.status.code(),
-                stdout: out.stdout,
-                stderr: out.stderr,
-            }
-        })
-    }
-
     fn batch_on(
         conn: &RecordingTransport,
         parts: Vec<(String, Part)>,
@@ -928,7 +891,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let (parts, want) = long_batch(&out);
-        let conn = local_sh(None);
+        let conn = RecordingTransport::local_sh(None);
         batch_on(&conn, parts).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), want);
         let calls = conn.calls();
@@ -942,7 +905,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let (parts, _) = long_batch(&out);
-        let conn = local_sh(Some(50 * 1024));
+        let conn = RecordingTransport::local_sh(Some(50 * 1024));
         let (done, e) = batch_on(&conn, parts).unwrap_err();
         assert_eq!(done, 0);
         assert!(e.to_string().contains("cut short"), "{e}");
@@ -956,7 +919,7 @@ mod tests {
         let (mut parts, _) = long_batch(&out);
         let last = parts.pop().unwrap();
         let parts = vec![parts.remove(0), last];
-        let conn = local_sh(None);
+        let conn = RecordingTransport::local_sh(None);
         batch_on(&conn, parts).unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
         assert!(text.starts_with("0: it's") && text.ends_with("second, last input\n"));

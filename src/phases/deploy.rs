@@ -480,35 +480,14 @@ impl Deploy {
         previous.truncate(KEEP_PREVIOUS);
         let mut s = Script::new();
         s.line("mkdir -p {}", &[SLOT_DIR]);
-        s.line(
-            "printf '%s\\n' {} > {}.tmp && mv -f {}.tmp {}",
-            &[
-                &slot.to_string(),
-                &format!("{base}.slot"),
-                &format!("{base}.slot"),
-                &format!("{base}.slot"),
-            ],
-        );
-        s.line(
-            "printf '%s\\n' {} > {}.tmp && mv -f {}.tmp {}",
-            &[
-                image,
-                &format!("{base}.image"),
-                &format!("{base}.image"),
-                &format!("{base}.image"),
-            ],
-        );
-        s.line(
-            "printf '%s' {} > {}.tmp && mv -f {}.tmp {}",
-            &[
-                &previous
-                    .iter()
-                    .map(|p| format!("{p}\n"))
-                    .collect::<String>(),
-                &format!("{base}.previous"),
-                &format!("{base}.previous"),
-                &format!("{base}.previous"),
-            ],
+        s.write_file(&format!("{base}.slot"), &format!("{slot}\n"));
+        s.write_file(&format!("{base}.image"), &format!("{image}\n"));
+        s.write_file(
+            &format!("{base}.previous"),
+            &previous
+                .iter()
+                .map(|p| format!("{p}\n"))
+                .collect::<String>(),
         );
         ctx.op_ctx()
             .run("record deploy", s.as_str(), Input::None)

@@ -39,6 +39,34 @@ impl RecordingTransport {
         }
     }
 
+    /// Runs every command with the local `sh`, its stdin fed as ssh would;
+    /// `keep` bytes of stdin arrive (all when `None`), as a broken link would cut it.
+    pub fn local_sh(keep: Option<usize>) -> Self {
+        RecordingTransport::new(move |script, input| {
+            use std::io::Write as _;
+            let mut bytes = input_bytes(input);
+            bytes.truncate(keep.unwrap_or(bytes.len()));
+            let mut child = std::process::Command::new("sh")
+                .args(["-c", script])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("local sh");
+            let mut stdin = child.stdin.take().expect("piped stdin");
+            let feeder = std::thread::spawn(move || {
+                let _ = stdin.write_all(&bytes);
+            });
+            let out = child.wait_with_output().expect("local sh output");
+            let _ = feeder.join();
+            Output {
+                code: out.status.code(),
+                stdout: out.stdout,
+                stderr: out.stderr,
+            }
+        })
+    }
+
     /// Make [`Transport::check_fresh`] fail, as a firewall lock-out would.
     pub fn with_fresh_failing(mut self) -> Self {
         self.fresh_ok = false;
