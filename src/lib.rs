@@ -18,6 +18,7 @@ pub mod ops;
 pub mod overlay;
 pub mod phases;
 pub mod quote;
+pub mod release;
 pub mod run;
 pub mod runlock;
 pub mod secrets;

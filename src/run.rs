@@ -130,13 +130,18 @@ pub struct RunSummary {
     pub hosts: Vec<HostSummary>,
     /// Changes made once by cluster stages.
     pub controller_changed: usize,
+    /// A cluster stage refused its input before touching any host.
+    pub refused: bool,
     pub seconds: f64,
 }
 
 impl RunSummary {
-    /// 0 when every host succeeded, 1 when any failed.
+    /// 0 when every host succeeded, 1 when any failed, 2 when the input
+    /// was refused before any host was touched.
     pub fn exit_code(&self) -> u8 {
-        if self.hosts.iter().any(|h| h.failed.is_some()) {
+        if self.refused {
+            crate::app::EXIT_BAD_INPUT
+        } else if self.hosts.iter().any(|h| h.failed.is_some()) {
             1
         } else {
             0
@@ -245,6 +250,15 @@ fn fail_host(
     announce_done(tx, summary);
 }
 
+/// What a batch's pass through the cluster stages came to.
+#[derive(Default)]
+struct StagesDone {
+    /// How many cluster stages changed something.
+    controller_changed: usize,
+    /// A cluster stage refused its input (nothing touched): exit 2.
+    refused: bool,
+}
+
 /// One batch's pass through a phase's stages.
 struct StageRun<'a> {
     phase: &'a Arc<Phase>,
@@ -254,11 +268,10 @@ struct StageRun<'a> {
 }
 
 impl StageRun<'_> {
-    /// Run every stage for the hosts `live` (indexes into `hosts`); returns
-    /// how many cluster stages changed something.
-    async fn run(&self, mut live: Vec<usize>, summaries: &mut [HostSummary]) -> usize {
+    /// Run every stage for the hosts `live` (indexes into `hosts`).
+    async fn run(&self, mut live: Vec<usize>, summaries: &mut [HostSummary]) -> StagesDone {
         let (phase, hosts, tx, limit) = (self.phase, self.hosts, self.tx, self.limit);
-        let mut controller_changed = 0;
+        let mut done = StagesDone::default();
         let mut stage = 0;
         while stage < phase.stages.len() && !live.is_empty() {
             if let Stage::Barrier(_) = &phase.stages[stage] {
@@ -281,6 +294,7 @@ impl StageRun<'_> {
                     }
                 }
                 if let Some(error) = &outcome.abort {
+                    done.refused |= outcome.refused;
                     let _ = tx.send(Event::StepFailed {
                         host: CONTROLLER.into(),
                         step: step.name().into(),
@@ -292,7 +306,7 @@ impl StageRun<'_> {
                         fail_host(&hosts[h], step.name(), error, tx, &mut summaries[h]);
                     }
                 } else {
-                    controller_changed += usize::from(outcome.changed);
+                    done.controller_changed += usize::from(outcome.changed);
                     let _ = tx.send(Event::StepDone {
                         host: CONTROLLER.into(),
                         step: step.name().into(),
@@ -368,7 +382,7 @@ impl StageRun<'_> {
         for &i in &live {
             announce_done(tx, &mut summaries[i]);
         }
-        controller_changed
+        done
     }
 
     /// Run `undo` on the hosts `done` (a later batch failed); a host whose
@@ -556,6 +570,7 @@ pub async fn run_rollout(
         })
         .collect();
     let mut controller_changed = 0;
+    let mut refused = false;
     let mut aborted: Option<usize> = None;
     let mut done_ok: Vec<usize> = Vec::new();
     for (b, batch) in rollout.batches.iter().enumerate() {
@@ -576,7 +591,9 @@ pub async fn run_rollout(
             tx: &tx,
             limit: &limit,
         };
-        controller_changed += ctx.run(batch.clone(), &mut summaries).await;
+        let done = ctx.run(batch.clone(), &mut summaries).await;
+        controller_changed += done.controller_changed;
+        refused |= done.refused;
         let failed = batch.iter().any(|&i| summaries[i].failed.is_some());
         if failed && rollout.stop_on_failure {
             aborted = Some(b);
@@ -601,6 +618,7 @@ pub async fn run_rollout(
     let summary = RunSummary {
         hosts: summaries,
         controller_changed,
+        refused,
         seconds: started.elapsed().as_secs_f64(),
     };
     let _ = tx.send(Event::Summary {

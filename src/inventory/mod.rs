@@ -204,6 +204,9 @@ pub struct DockerSettings {
     /// APT repository URL for Docker packages.
     pub mirror: Option<String>,
     pub packages: Option<Vec<String>>,
+    /// The mirror's release key (`docker.signing_key`), resolved against the
+    /// inventory's folder; checked to be a usable public key at load time.
+    pub signing_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -281,6 +281,43 @@ fn per_group<'g, T>(
         .collect()
 }
 
+/// `docker.signing_key`: relative to the inventory's folder (or `~/`), and
+/// a public key mesh can verify with — checked now, before any connection.
+fn signing_key(
+    key: &Sourced<String>,
+    inventory: &Path,
+    home: Option<&Path>,
+    d: &mut Diag,
+) -> Option<PathBuf> {
+    let path = inventory
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(expand_home(&key.value, home));
+    use crate::release::{ReleaseError, ReleaseKey};
+    let (problem, fix) = match ReleaseKey::load(&path) {
+        Ok(_) => return Some(path),
+        Err(ReleaseError::KeyRead { source, .. }) => (
+            format!("cannot read {}: {source}", path.display()),
+            format!(
+                "put the mirror's ASCII-armored public key at {} (the path is relative to the \
+                 inventory file), or remove signing_key to use Docker's own key.",
+                path.display()
+            ),
+        ),
+        Err(ReleaseError::BadKey { reason, .. }) => (
+            format!(
+                "{} is not a usable OpenPGP public key ({reason})",
+                path.display()
+            ),
+            "export the mirror's release key into it with gpg --armor --export FINGERPRINT."
+                .to_owned(),
+        ),
+        Err(other) => (other.to_string(), "check the key file.".to_owned()),
+    };
+    d.push(key.loc, format!("docker: signing_key: {problem}"), fix);
+    None
+}
+
 /// Expands a leading `~/` with the home directory, when it is known.
 pub(crate) fn expand_home(path: &str, home: Option<&Path>) -> PathBuf {
     match (path.strip_prefix("~/"), home) {
@@ -503,6 +540,9 @@ pub(crate) fn resolve(
         docker: DockerSettings {
             mirror: raw.docker_mirror,
             packages: raw.docker_packages,
+            signing_key: raw
+                .docker_signing_key
+                .and_then(|key| signing_key(&key, path, home, d)),
         },
         overlay: OverlaySettings {
             net: raw.overlay_net,

@@ -35,7 +35,7 @@ pub(crate) const HOST_KEYS: &[&str] = &[
 pub(crate) const SSH_KEYS: &[&str] = &["user", "port", "identity_file", "options"];
 pub(crate) const FIREWALL_KEYS: &[&str] = &["ssh_port", "deadman_seconds"];
 pub(crate) const APT_KEYS: &[&str] = &["cache_valid_seconds"];
-pub(crate) const DOCKER_KEYS: &[&str] = &["mirror", "packages"];
+pub(crate) const DOCKER_KEYS: &[&str] = &["mirror", "packages", "signing_key"];
 pub(crate) const OVERLAY_KEYS: &[&str] = &["net"];
 pub(crate) const INGRESS_KEYS: &[&str] = &["publisher", "crowdsec"];
 
@@ -105,6 +105,8 @@ pub(crate) struct RawInventory {
     pub cache_valid_seconds: Option<u64>,
     pub docker_mirror: Option<String>,
     pub docker_packages: Option<Vec<String>>,
+    /// As written; resolved against the inventory's folder and checked later.
+    pub docker_signing_key: Option<Sourced<String>>,
     pub overlay_net: Option<String>,
     pub ingress: super::IngressSettings,
     pub groups: Vec<RawGroup>,
@@ -147,6 +149,10 @@ pub(crate) fn read_inventory(root: &Node, d: &mut Diag) -> RawInventory {
                         "mirror" => inv.docker_mirror = read_url(f.value, "docker", &f.key, d),
                         "packages" => {
                             inv.docker_packages = read_string_list(f.value, "docker", &f.key, d)
+                        }
+                        "signing_key" => {
+                            inv.docker_signing_key =
+                                sourced(f.value, read_string(f.value, "docker", &f.key, d))
                         }
                         _ => unknown_key(d, "docker", &f, DOCKER_KEYS),
                     }
@@ -617,7 +623,10 @@ fn read_url(node: &Node, what: &str, key: &str, d: &mut Diag) -> Option<String> 
     }
     d.push(
         node.loc,
-        format!("{what}: {key} \"{text}\" is not an http(s) URL"),
+        format!(
+            "{what}: {key} \"{}\" is not an http(s) URL",
+            crate::mirror::redact_url(&text)
+        ),
         format!("write a URL such as {key}: https://download.docker.com/linux/debian."),
     );
     None

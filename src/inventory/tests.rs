@@ -936,3 +936,75 @@ fn options_that_turn_host_key_checking_off_are_warned_about() {
         warnings[1]
     );
 }
+
+#[test]
+fn docker_signing_key_is_a_readable_public_key_beside_the_inventory() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv_path = dir.path().join("inv.yml");
+    let parse_in_dir = |text: &str| Inventory::parse_with_home(&inv_path, text, None);
+    let shown = inv_path.display().to_string();
+    std::fs::create_dir(dir.path().join("keys")).unwrap();
+    std::fs::write(
+        dir.path().join("keys/mirror.asc"),
+        crate::release::testing::TEST_PUBLIC,
+    )
+    .unwrap();
+
+    // Relative to the inventory's folder, not the working directory.
+    let text =
+        "docker: { signing_key: keys/mirror.asc }\n".to_owned() + &one_host("address: 192.0.2.1");
+    let inv = parse_in_dir(&text).unwrap();
+    assert_eq!(
+        inv.docker.signing_key,
+        Some(dir.path().join("keys/mirror.asc"))
+    );
+    assert_eq!(ok(&one_host("address: 192.0.2.1")).docker.signing_key, None);
+
+    let problems_in_dir = |text: &str| match parse_in_dir(text) {
+        Err(InventoryError::Invalid { problems }) => problems,
+        other => panic!("expected problems, got {other:?}"),
+    };
+    // A missing file: where it was looked for, and what to do.
+    let text =
+        "docker: { signing_key: keys/missing.asc }\n".to_owned() + &one_host("address: 192.0.2.1");
+    let p = problems_in_dir(&text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_problem(
+        &p[0],
+        &format!("{shown}:1:24:"),
+        &["signing_key", "keys/missing.asc", "Fix: put the mirror's"],
+    );
+    // A file that is not a public key.
+    std::fs::write(dir.path().join("keys/junk.asc"), "hello\n").unwrap();
+    let text =
+        "docker:\n  signing_key: keys/junk.asc\n".to_owned() + &one_host("address: 192.0.2.1");
+    let p = problems_in_dir(&text);
+    assert_problem(
+        &p[0],
+        &format!("{shown}:2:16:"),
+        &[
+            "keys/junk.asc",
+            "not a usable OpenPGP public key",
+            "gpg --armor --export",
+        ],
+    );
+    // A misspelt key gets a did-you-mean.
+    let text =
+        "docker: { signing_keys: keys/mirror.asc }\n".to_owned() + &one_host("address: 192.0.2.1");
+    assert_problem(
+        &problem(&text),
+        &at(&text, "signing_keys"),
+        &["unknown key \"signing_keys\"", "signing_key"],
+    );
+}
+
+#[test]
+fn a_bad_mirror_url_does_not_show_its_credentials() {
+    let text = "docker: { mirror: \"ftp://user:s3cret@m.example/debian\" }\n".to_owned()
+        + &one_host("address: 192.0.2.1");
+    let p = problem(&text);
+    assert!(
+        !p.contains("s3cret") && p.contains("ftp://***@m.example"),
+        "{p}"
+    );
+}

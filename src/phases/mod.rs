@@ -190,6 +190,9 @@ pub struct ClusterOutcome {
     pub host_failures: Vec<(String, String)>,
     /// The stage failed for everyone: every remaining host stops with this.
     pub abort: Option<String>,
+    /// The abort is refused input (e.g. an index that fails verification):
+    /// nothing was touched and the run exits 2.
+    pub refused: bool,
 }
 
 impl ClusterOutcome {

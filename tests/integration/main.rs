@@ -424,6 +424,34 @@ fn docker_comes_from_pinned_debs_and_a_corrupt_deb_is_refused() {
     let inv = lab.write_inventory("docker.yml", |text| mirror.docker_inventory(text));
     let mesh = || Mesh::new(&inv).env("MESH_CACHE", cache.path());
 
+    // An index changed after signing (one byte) is refused before any host
+    // is touched (exit 2): nothing installed, nothing pinned.
+    let index = std::fs::read(mirror.packages_index()).unwrap();
+    let mut tampered = index.clone();
+    let at = tampered.len() / 2;
+    tampered[at] = if tampered[at] == b'x' { b'y' } else { b'x' };
+    std::fs::write(mirror.packages_index(), &tampered).unwrap();
+    let refused = mesh()
+        .args(["--json", "nodes", "--only", "docker"])
+        .run()
+        .expect_code(2);
+    let summary = refused.summary();
+    assert_eq!(summary["changed"], 0, "{}", refused.stdout);
+    let err = summary["hosts"][0]["failed"].as_str().unwrap();
+    assert!(
+        err.contains("signed InRelease")
+            && err.contains("sha256")
+            && err.contains("no host was touched"),
+        "{err}"
+    );
+    assert!(!inv.parent().unwrap().join("docker.lock").exists());
+    let installed = lab.on(1, "dpkg-query -W -f='${Status}' docker.io 2>&1 || true");
+    assert!(
+        !installed.stdout.contains("install ok installed"),
+        "{installed:?}"
+    );
+    std::fs::write(mirror.packages_index(), &index).unwrap();
+
     let first = mesh()
         .args(["--json", "nodes", "--only", "docker"])
         .run()

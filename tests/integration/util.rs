@@ -351,8 +351,9 @@ pub struct DebMirror {
 
 impl DebMirror {
     /// `pool/` with `packages` (fetched with `apt-get download`, cached under
-    /// target/), and `dists/bookworm/stable/binary-amd64/Packages` made by
-    /// dpkg-scanpackages.
+    /// target/), `dists/bookworm/stable/binary-amd64/Packages` made by
+    /// dpkg-scanpackages, and `dists/bookworm/InRelease` listing its size and
+    /// sha256, cleartext-signed with the test-only key in tests/fixtures.
     pub fn start(packages: &[&str]) -> DebMirror {
         prepare();
         // Tests fill the shared cache one at a time (no half-downloaded .debs).
@@ -405,6 +406,11 @@ impl DebMirror {
             String::from_utf8_lossy(&scan.stderr)
         );
         std::fs::write(dists.join("Packages"), &scan.stdout).unwrap();
+        std::fs::write(
+            dir.path().join("dists/bookworm/InRelease"),
+            signed_release(&scan.stdout),
+        )
+        .unwrap();
 
         let port = free_port();
         let server = Command::new("python3")
@@ -431,14 +437,22 @@ impl DebMirror {
         }
     }
 
-    /// `inventory` with a `docker:` section pointing mesh at this mirror and
-    /// its packages.
+    /// `inventory` with a `docker:` section pointing mesh at this mirror, its
+    /// packages and its (test-only) signing key.
     pub fn docker_inventory(&self, inventory: String) -> String {
         format!(
-            "docker: {{ mirror: \"{}\", packages: [{}] }}\n{inventory}",
+            "docker: {{ mirror: \"{}\", packages: [{}], signing_key: \"{}\" }}\n{inventory}",
             self.url,
-            self.packages.join(", ")
+            self.packages.join(", "),
+            test_public_key().display()
         )
+    }
+
+    /// The served `Packages` index (the signed InRelease pins its sha256).
+    pub fn packages_index(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join("dists/bookworm/stable/binary-amd64/Packages")
     }
 
     /// The served .deb of `package`.
@@ -457,6 +471,49 @@ impl Drop for DebMirror {
         let _ = self.server.kill();
         let _ = self.server.wait();
     }
+}
+
+/// The public half of the test-only release key (absolute, so an inventory
+/// anywhere can name it).
+pub fn test_public_key() -> PathBuf {
+    repo_root().join("tests/fixtures/release-test-key.pub.asc")
+}
+
+/// A Release file for bookworm listing `packages` as
+/// `stable/binary-amd64/Packages`, cleartext-signed with the test-only key.
+fn signed_release(packages: &[u8]) -> String {
+    use pgp::composed::{CleartextSignedMessage, Deserializable, SignedSecretKey};
+    use pgp::crypto::hash::HashAlgorithm;
+    use pgp::packet::{SignatureConfig, SignatureType, Subpacket, SubpacketData};
+    use pgp::types::{KeyDetails, Password};
+    use sha2::Digest;
+
+    let sha: String = sha2::Sha256::digest(packages)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let release = format!(
+        "Origin: mesh-test\nSuite: bookworm\nCodename: bookworm\nArchitectures: amd64\n\
+         Components: stable\nSHA256:\n {sha} {} stable/binary-amd64/Packages\n",
+        packages.len()
+    );
+    let armored =
+        std::fs::read_to_string(repo_root().join("tests/fixtures/release-test-key.sec.asc"))
+            .unwrap();
+    let (key, _) = SignedSecretKey::from_string(&armored).unwrap();
+    let mut config = SignatureConfig::v4(
+        SignatureType::Text,
+        key.primary_key.algorithm(),
+        HashAlgorithm::Sha256,
+    );
+    config.hashed_subpackets = vec![Subpacket::regular(SubpacketData::IssuerFingerprint(
+        key.primary_key.fingerprint(),
+    ))
+    .unwrap()];
+    CleartextSignedMessage::new(&release, config, &key.primary_key, &Password::empty())
+        .unwrap()
+        .to_armored_string(Default::default())
+        .unwrap()
 }
 
 /// An sshd of the test's own on loopback (`127.0.0.1..=127.0.0.N`, one port),

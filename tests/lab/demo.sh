@@ -9,8 +9,9 @@
 #
 # Lab stand-ins, because this machine reaches no network but package registries:
 # - Docker's .debs come from a local mirror in download.docker.com's layout,
-#   made from Debian's docker.io, containerd and runc with dpkg-scanpackages and
-#   served on loopback (mesh pins them in docker.lock as it would the real ones);
+#   made from Debian's docker.io, containerd and runc with dpkg-scanpackages,
+#   its InRelease signed with the TEST-ONLY key in tests/fixtures, and served on
+#   loopback (mesh verifies and pins them in docker.lock as it would the real ones);
 # - wesher is the TEST FIXTURE tests/fixtures/wesher-fixture (the real one needs
 #   kernel WireGuard, which this machine lacks);
 # - garage is the real binary, built once from crates.io (tests/lab/garage.sh);
@@ -38,6 +39,18 @@ for p in "${PACKAGES[@]}"; do
         { apt-get update -qq && apt-get download "$p"; }; })
 done
 (cd "$DIR/mirror" && dpkg-scanpackages --multiversion pool /dev/null 2>/dev/null > "$index/Packages")
+# mesh trusts the index only through a signed InRelease: list its size and
+# sha256 and clear-sign that with the TEST-ONLY key of tests/fixtures.
+release=$DIR/mirror/dists/bookworm
+{ echo "Origin: mesh-demo"; echo "Codename: bookworm"; echo "SHA256:"
+  printf ' %s %s stable/binary-%s/Packages\n' "$(sha256sum < "$index/Packages" | cut -d' ' -f1)" \
+      "$(stat -c %s "$index/Packages")" "$ARCH"; } > "$release/Release"
+gnupg=$(mktemp -d)
+GNUPGHOME=$gnupg gpg --batch --quiet --import "$ROOT/tests/fixtures/release-test-key.sec.asc" 2>/dev/null
+GNUPGHOME=$gnupg gpg --batch --quiet --yes --pinentry-mode loopback --passphrase '' \
+    --clearsign -o "$release/InRelease" "$release/Release"
+GNUPGHOME=$gnupg gpgconf --kill gpg-agent 2>/dev/null || true
+rm -rf "$gnupg"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 python3 -m http.server "$port" --bind 127.0.0.1 --directory "$DIR/mirror" >/dev/null 2>&1 &
 server=$!
@@ -52,7 +65,8 @@ cp "$("$ROOT/tests/lab/garage.sh")" "$DIR/assets/$(uname -m)/garage"
 inv=$LAB/demo.yml
 ip() { awk -v h="$1:" '$1 == h { sub(/.*address: /, ""); sub(/,.*/, ""); print }' "$LAB/inventory.yml"; }
 { echo "# mesh demo inventory (tests/lab/demo.sh): the lab's 3 hosts and the local Docker mirror"
-  echo "docker: { mirror: \"http://127.0.0.1:$port\", packages: [$(IFS=,; echo "${PACKAGES[*]}")] }"
+  echo "docker: { mirror: \"http://127.0.0.1:$port\", packages: [$(IFS=,; echo "${PACKAGES[*]}")],"
+  echo "          signing_key: \"$ROOT/tests/fixtures/release-test-key.pub.asc\" }"
   echo "vars: { BASE_IMAGE: \"$("$ROOT/tests/lab/base-image.sh")\", WEB_DOMAIN: web.example.test, GREETING: mesh }"
   sed -n '/^ssh:/,/^groups:/p' "$LAB/inventory.yml"
   echo "  bastion:"

@@ -3,13 +3,14 @@
 #
 # Idempotent and fast when everything is already in place:
 #   - installs the missing ones of docker.io debootstrap dpkg-dev openssh-client openssh-server
-#     iproute2 make zstd curl (apt-get update once, only when something is missing);
+#     iproute2 make zstd curl gpg (apt-get update once, only when something is missing;
+#     gpg signs the demo mirror's InRelease);
 #   - starts dockerd in the background when `docker info` fails, waits up to 60 s;
 #   - raises the inotify limits that many systemd containers need.
 # A /usr/local/bin/docker client newer than Debian's daemon is fine and kept.
 set -euo pipefail
 
-PACKAGES=(docker.io debootstrap dpkg-dev openssh-client openssh-server iproute2 make zstd curl)
+PACKAGES=(docker.io debootstrap dpkg-dev openssh-client openssh-server iproute2 make zstd curl gpg)
 INOTIFY_INSTANCES=8192
 INOTIFY_WATCHES=1048576
 DOCKERD_LOG=/var/log/mesh-dockerd.log

@@ -8,7 +8,7 @@
 //! come from the host's own Debian repositories), and docker is enabled.
 
 use crate::deb::Lock;
-use crate::mirror::{self, ResolvedDeb};
+use crate::mirror::{self, MirrorError, ResolvedDeb};
 use crate::ops::{
     apt, converge, AptUpdate, Decision, FileOp, Op, OpCtx, OpError, OpFailure, UnitOp,
 };
@@ -16,6 +16,7 @@ use crate::phases::{
     converge_ops, on_each_host, ClusterOutcome, ClusterStep, HostCtx, Step, StepOutcome,
 };
 use crate::quote::{Cmd, Script};
+use crate::release::ReleaseKey;
 use crate::ssh::{BoxFut, Input};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,6 +31,9 @@ type Key = (String, String);
 /// Shared by the cluster stage (which resolves) and the host step (which installs).
 pub struct DockerPlan {
     pub mirror: String,
+    /// The mirror's release key file (`docker.signing_key`); Docker's own
+    /// built-in key when unset.
+    pub signing_key: Option<PathBuf>,
     pub packages: Vec<String>,
     pub lock_path: PathBuf,
     pub cache: PathBuf,
@@ -43,6 +47,7 @@ impl DockerPlan {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         mirror: String,
+        signing_key: Option<PathBuf>,
         packages: Vec<String>,
         lock_path: PathBuf,
         cache: PathBuf,
@@ -52,6 +57,7 @@ impl DockerPlan {
     ) -> Arc<Self> {
         Arc::new(DockerPlan {
             mirror,
+            signing_key,
             packages,
             lock_path,
             cache,
@@ -63,27 +69,30 @@ impl DockerPlan {
     }
 
     /// Pin and fetch every set; returns a summary line. Blocking (network, disk).
-    fn resolve(&self, keys: &[Key]) -> Result<String, String> {
-        let mut lock = Lock::load(&self.lock_path).map_err(|e| e.to_string())?;
+    fn resolve(&self, keys: &[Key]) -> Result<String, MirrorError> {
+        let mut lock = Lock::load(&self.lock_path)?;
+        let key = match &self.signing_key {
+            Some(path) => ReleaseKey::load(path)?,
+            None => ReleaseKey::docker(),
+        };
         let mut changed = false;
         let mut lines = Vec::new();
         for (codename, arch) in keys {
             let (set, c) = mirror::pin(
                 &mut lock,
                 &self.mirror,
+                &key,
                 codename,
                 arch,
                 &self.packages,
                 self.update_lock,
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
             changed |= c;
             let debs = set
                 .packages
                 .iter()
                 .map(|p| mirror::fetch(&self.cache.join("debs"), &self.mirror, p))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
+                .collect::<Result<Vec<_>, _>>()?;
             let names: Vec<String> = debs
                 .iter()
                 .map(|d| format!("{} {}", d.package.name, d.package.version))
@@ -95,7 +104,7 @@ impl DockerPlan {
                 .insert((codename.clone(), arch.clone()), Arc::new(debs));
         }
         if changed && !self.dry_run {
-            lock.save(&self.lock_path).map_err(|e| e.to_string())?;
+            lock.save(&self.lock_path)?;
             lines.push(format!("pinned in {}", self.lock_path.display()));
         }
         Ok(lines.join("\n"))
@@ -141,7 +150,11 @@ impl ClusterStep for DockerResolve {
             let plan = self.0.clone();
             match tokio::task::spawn_blocking(move || plan.resolve(&keys)).await {
                 Ok(Ok(message)) => out.message = Some(message),
-                Ok(Err(e)) => out.abort = Some(e),
+                Ok(Err(e)) => {
+                    // An index that fails verification is refused input: exit 2.
+                    out.refused = e.is_untrusted_index();
+                    out.abort = Some(e.to_string());
+                }
                 Err(e) => out.abort = Some(format!("internal error: {e}")),
             }
             out

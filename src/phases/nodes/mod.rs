@@ -114,6 +114,7 @@ pub fn phase(inv: &Inventory, opts: &NodesOptions) -> Phase {
             .clone()
             .or_else(|| inv.docker.mirror.clone())
             .unwrap_or_else(|| mirror::DEFAULT_MIRROR.to_string()),
+        inv.docker.signing_key.clone(),
         inv.docker.packages.clone().unwrap_or_else(|| {
             mirror::DEFAULT_PACKAGES
                 .iter()
