@@ -25,7 +25,20 @@ fn exec_runs_on_every_host_and_shows_each_output() {
             "{}",
             run.stdout
         );
+        // A fresh known_hosts: each key is trusted once, visibly.
+        assert!(
+            run.stdout
+                .contains(&format!("{host}: trusting new host key SHA256:")),
+            "{}",
+            run.stdout
+        );
     }
+    let again = lab.mesh().args(["exec", "--", "true"]).run().ok();
+    assert!(
+        !again.stdout.contains("trusting new host key"),
+        "{}",
+        again.stdout
+    );
     // --limit picks by host glob.
     let one = lab
         .mesh()
