@@ -458,13 +458,7 @@ mod tests {
             "{err}"
         );
         let cache = tempfile::tempdir().unwrap();
-        let pkg = LockedPackage {
-            name: "x".into(),
-            version: "1".into(),
-            filename: "pool/x_1_amd64.deb".into(),
-            size: 3,
-            sha256: "ab".repeat(32),
-        };
+        let pkg = three_byte_package();
         let err = fetch(cache.path(), mirror, &pkg).unwrap_err().to_string();
         assert!(
             !err.contains("tok3n") && err.contains("***@127.0.0.1"),
@@ -472,16 +466,21 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_cached_file_with_the_wrong_hash_is_refetched_and_refused() {
-        let cache = tempfile::tempdir().unwrap();
-        let pkg = LockedPackage {
+    /// `pool/x_1_amd64.deb`, 3 bytes, pinned to a sha256 no file has.
+    fn three_byte_package() -> LockedPackage {
+        LockedPackage {
             name: "x".into(),
             version: "1".into(),
             filename: "pool/x_1_amd64.deb".into(),
             size: 3,
             sha256: "ab".repeat(32),
-        };
+        }
+    }
+
+    #[test]
+    fn a_cached_file_with_the_wrong_hash_is_refetched_and_refused() {
+        let cache = tempfile::tempdir().unwrap();
+        let pkg = three_byte_package();
         let dir = cache.path().join(&pkg.sha256);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("x_1_amd64.deb"), b"bad").unwrap();
