@@ -123,7 +123,8 @@ impl<'a> OpCtx<'a> {
 
     /// Run a script, log it and its output; a non-zero exit is not an error here.
     pub async fn run(&self, title: &str, script: &str, input: Input) -> Result<Output, OpError> {
-        let out = self.conn.exec_as(script, input, self.kind).await?;
+        let (command, input) = spill_if_long(script, input);
+        let out = self.conn.exec_as(&command, input, self.kind).await?;
         self.log.block(
             &format!("{title} (exit {})", fmt_code(out.code)),
             &format!(
@@ -138,7 +139,8 @@ impl<'a> OpCtx<'a> {
     /// Run a script whose output holds secrets (e.g. a new access key): the
     /// log keeps the script and exit code, never the output.
     pub async fn run_secret(&self, title: &str, script: &str) -> Result<Output, OpError> {
-        let out = self.conn.exec_as(script, Input::None, self.kind).await?;
+        let (command, input) = spill_if_long(script, Input::None);
+        let out = self.conn.exec_as(&command, input, self.kind).await?;
         self.log.block(
             &format!("{title} (exit {})", fmt_code(out.code)),
             &format!("$ {script}\n(output withheld: it holds secrets)"),
@@ -261,55 +263,55 @@ pub struct Part {
 const MARK: &str = "@@mesh-op ";
 const DONE: &str = "@@mesh-done ";
 
+/// Longest script sent on the command line. The quoted script is part
+/// of ONE argument (the remote login shell's `-c` command, `... sh -c
+/// '<script>'`), and Linux caps a single argument at 128 KiB
+/// (MAX_ARG_STRLEN): a batch of many inline files would pass that and
+/// fail with "Argument list too long".
+const SCRIPT_ARG_MAX: usize = 100 * 1024;
+
+/// Last line of a script sent on stdin: a script cut short lacks it and is
+/// never run.
+const SCRIPT_END: &str = ": mesh-script-end";
+
+/// The script's length once quoted for the command line (`'` becomes `'\''`).
+fn quoted_len(script: &str) -> usize {
+    script.len() + 3 * script.matches('\'').count() + 2
+}
+
+/// The command line and stdin that run `script` with `input` on its stdin.
+/// A script too long for the command line goes first on stdin, read back
+/// with exactly its byte count (`head -c`, so the parts' input that follows
+/// stays unread) and run by `eval` only when it arrived whole. Still one
+/// round trip.
+fn spill_if_long(script: &str, input: Input) -> (String, Input) {
+    if quoted_len(script) <= SCRIPT_ARG_MAX {
+        return (script.to_string(), input);
+    }
+    let mut text = script.to_string();
+    text.push_str(SCRIPT_END);
+    text.push('\n');
+    let size = text.len();
+    let command = format!(
+        "mesh_script=$(head -c {size}) || exit 1\n\
+         case $mesh_script in *'{SCRIPT_END}') ;; *) echo \"mesh: the script arrived cut short\" >&2; exit 1;; esac\n\
+         eval \"$mesh_script\"\n"
+    );
+    let script = Input::Bytes(std::sync::Arc::new(text.into_bytes()));
+    let input = match input {
+        Input::None => script,
+        Input::Chain(mut parts) => {
+            parts.insert(0, script);
+            Input::Chain(parts)
+        }
+        other => Input::Chain(vec![script, other]),
+    };
+    (command, input)
+}
+
 /// Run several ops' parts in ONE round trip. On failure, returns the index
 /// of the failing part; the parts before it completed.
 async fn run_batch(ctx: &OpCtx<'_>, parts: Vec<(String, Part)>) -> Result<(), (usize, OpError)> {
-    /// Longest script sent on the command line. The quoted script is part
-    /// of ONE argument (the remote login shell's `-c` command, `... sh -c
-    /// '<script>'`), and Linux caps a single argument at 128 KiB
-    /// (MAX_ARG_STRLEN): a batch of many inline files would pass that and
-    /// fail with "Argument list too long".
-    const SCRIPT_ARG_MAX: usize = 100 * 1024;
-
-    /// Last line of a script sent on stdin: a script cut short lacks it and is
-    /// never run.
-    const SCRIPT_END: &str = ": mesh-script-end";
-
-    /// The script's length once quoted for the command line (`'` becomes `'\''`).
-    fn quoted_len(script: &str) -> usize {
-        script.len() + 3 * script.matches('\'').count() + 2
-    }
-
-    /// The command line and stdin that run `script` with `input` on its stdin.
-    /// A script too long for the command line goes first on stdin, read back
-    /// with exactly its byte count (`head -c`, so the parts' input that follows
-    /// stays unread) and run by `eval` only when it arrived whole. Still one
-    /// round trip.
-    fn spill_if_long(script: String, input: Input) -> (String, Input) {
-        if quoted_len(&script) <= SCRIPT_ARG_MAX {
-            return (script, input);
-        }
-        let mut text = script;
-        text.push_str(SCRIPT_END);
-        text.push('\n');
-        let size = text.len();
-        let command = format!(
-            "mesh_script=$(head -c {size}) || exit 1\n\
-             case $mesh_script in *'{SCRIPT_END}') ;; *) echo \"mesh: the script arrived cut short\" >&2; exit 1;; esac\n\
-             eval \"$mesh_script\"\n"
-        );
-        let script = Input::Bytes(std::sync::Arc::new(text.into_bytes()));
-        let input = match input {
-            Input::None => script,
-            Input::Chain(mut parts) => {
-                parts.insert(0, script);
-                Input::Chain(parts)
-            }
-            other => Input::Chain(vec![script, other]),
-        };
-        (command, input)
-    }
-
     let mut script = Script::new();
     script.raw("set -e");
     let mut inputs = Vec::new();
@@ -343,15 +345,10 @@ async fn run_batch(ctx: &OpCtx<'_>, parts: Vec<(String, Part)>) -> Result<(), (u
         1 => inputs.pop().unwrap_or(Input::None),
         _ => Input::Chain(inputs),
     };
-    let script = script.into_string();
-    let (command, input) = spill_if_long(script.clone(), input);
-    if command != script {
-        ctx.log.block(
-            &format!("{title}: script of {} bytes, sent on stdin", script.len()),
-            &script,
-        );
-    }
-    let out = ctx.run(&title, &command, input).await.map_err(|e| (0, e))?;
+    let out = ctx
+        .run(&title, script.as_str(), input)
+        .await
+        .map_err(|e| (0, e))?;
     if out.success() {
         return Ok(());
     }
@@ -648,10 +645,8 @@ async fn preview_all(
     }
     let mut found = vec![String::new(); pending.len()];
     if !script.is_empty() {
-        let out = ctx
-            .conn
-            .exec_as(script.as_str(), Input::None, ctx.kind)
-            .await?;
+        let (command, input) = spill_if_long(script.as_str(), Input::None);
+        let out = ctx.conn.exec_as(&command, input, ctx.kind).await?;
         ctx.log.block(
             &format!("preview (exit {})", fmt_code(out.code)),
             &format!(
@@ -898,6 +893,45 @@ mod tests {
         assert_eq!(calls.len(), 1, "still one round trip");
         assert!(calls[0].len() < 1024, "a short command line: {}", calls[0]);
         assert!(!calls[0].contains("it's"), "{}", calls[0]);
+    }
+
+    #[test]
+    fn a_probe_too_long_for_one_argument_goes_on_stdin_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let ops: Vec<Box<dyn Op>> = (0..600)
+            .map(|i| {
+                let path = dir
+                    .path()
+                    .join(format!("a-rather-long-file-name-{i:04}.conf"));
+                Box::new(file::FileOp::from_bytes(path.to_str().unwrap(), "x\n")) as Box<dyn Op>
+            })
+            .collect();
+        let conn = RecordingTransport::local_sh(None);
+        let log = HostLog::discard();
+        let ctx = OpCtx {
+            conn: &conn,
+            log: &log,
+            checksum: false,
+            kind: CommandKind::Normal,
+        };
+        let probes: usize = ops
+            .iter()
+            .map(|o| o.probe(&ctx).map_or(0, |p| p.as_str().len()))
+            .sum();
+        assert!(
+            probes > 128 * 1024,
+            "probes of {probes} bytes fit one argument"
+        );
+        let reports = run(converge(&ctx, &ops, true)).unwrap();
+        assert_eq!(reports.len(), 600);
+        assert!(reports.iter().all(|r| r.outcome == Outcome::WouldChange));
+        let calls = conn.calls();
+        assert_eq!(calls.len(), 1, "one probe round trip");
+        assert!(
+            calls[0].len() < 1024,
+            "a short command line: {}",
+            calls[0].len()
+        );
     }
 
     #[test]
