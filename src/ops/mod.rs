@@ -136,15 +136,32 @@ impl<'a> OpCtx<'a> {
         Ok(out)
     }
 
-    /// Run a script whose output holds secrets (e.g. a new access key): the
-    /// log keeps the script and exit code, never the output.
-    pub async fn run_secret(&self, title: &str, script: &str) -> Result<Output, OpError> {
-        let (command, input) = spill_if_long(script, Input::None);
+    /// Run a script whose output holds secrets (e.g. a new access key, or a
+    /// payload's answer): the log keeps the script and exit code, never the
+    /// output. A non-zero exit is not an error here.
+    pub async fn run_withheld(
+        &self,
+        title: &str,
+        script: &str,
+        input: Input,
+    ) -> Result<Output, OpError> {
+        let (command, input) = spill_if_long(script, input);
         let out = self.conn.exec_as(&command, input, self.kind).await?;
         self.log.block(
             &format!("{title} (exit {})", fmt_code(out.code)),
             &format!("$ {script}\n(output withheld: it holds secrets)"),
         );
+        Ok(out)
+    }
+
+    /// [`OpCtx::run_withheld`] that must succeed.
+    pub async fn run_secret(
+        &self,
+        title: &str,
+        script: &str,
+        input: Input,
+    ) -> Result<Output, OpError> {
+        let out = self.run_withheld(title, script, input).await?;
         if !out.success() {
             return Err(OpError::Command {
                 what: title.to_string(),

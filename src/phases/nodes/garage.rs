@@ -27,7 +27,7 @@
 
 use super::Slot;
 use crate::inventory::Host;
-use crate::ops::{fmt_code, FileOp, Op, OpCtx, OpError, OpFailure, UnitOp};
+use crate::ops::{FileOp, Op, OpCtx, OpError, OpFailure, UnitOp};
 use crate::phases::{
     converge_ops, on_each_host, ClusterOutcome, ClusterStep, HostCtx, Step, StepOutcome,
 };
@@ -208,7 +208,11 @@ async fn configured_rpc_secret(host: &HostCtx) -> Result<Option<String>, String>
     s.line("cat {}", &[CONFIG]);
     let out = host
         .op_ctx()
-        .run_secret(&format!("read rpc_secret from {CONFIG}"), s.as_str())
+        .run_secret(
+            &format!("read rpc_secret from {CONFIG}"),
+            s.as_str(),
+            Input::None,
+        )
         .await
         .map_err(|e| e.to_string())?;
     Ok(config_rpc_secret(&out.stdout_str()))
@@ -647,7 +651,8 @@ impl GarageLayout {
                 // A rebuilt cluster lacks the saved key: import it, so services keep their credentials.
                 let (script, input) = import_if_missing(&id, &secret);
                 let title = "garage key (import if missing)";
-                let imported = run_withheld(ctx, title, script.as_str(), input)
+                let imported = ctx
+                    .run_withheld(title, script.as_str(), input)
                     .await
                     .map_err(|e| e.to_string())?;
                 if !imported.success() {
@@ -670,6 +675,7 @@ impl GarageLayout {
                             .run_secret(
                                 "garage key create",
                                 &garage(&["key", "create", KEY_NAME]).build(),
+                                Input::None,
                             )
                             .await
                             .map_err(|e: OpError| e.to_string())?;
@@ -724,45 +730,6 @@ fn json_output(out: &Output) -> Option<serde_json::Value> {
     serde_json::from_str(&text[start..]).ok()
 }
 
-/// Run `script` with `input` (where the secrets travel) on stdin; the log
-/// keeps the script and exit code, never the output, which prints key ids
-/// or secrets back. A non-zero exit is not an error here.
-async fn run_withheld(
-    ctx: &OpCtx<'_>,
-    title: &str,
-    script: &str,
-    input: Input,
-) -> Result<Output, OpError> {
-    let out = ctx.conn.exec_as(script, input, ctx.kind).await?;
-    ctx.log.block(
-        &format!("{title} (exit {})", fmt_code(out.code)),
-        &format!("$ {script}\n(output withheld: it holds secrets)"),
-    );
-    Ok(out)
-}
-
-/// [`run_withheld`] that must succeed.
-async fn run_withheld_ok(
-    ctx: &OpCtx<'_>,
-    title: &str,
-    script: &str,
-    input: Input,
-) -> Result<Output, String> {
-    let out = run_withheld(ctx, title, script, input)
-        .await
-        .map_err(|e| e.to_string())?;
-    if out.success() {
-        Ok(out)
-    } else {
-        Err(OpError::Command {
-            what: title.to_string(),
-            code: fmt_code(out.code),
-            tail: "(output withheld: it holds secrets)".into(),
-        }
-        .to_string())
-    }
-}
-
 /// Import the access key when the cluster lacks it. Both payloads come on
 /// stdin, the key lookup's first (exactly its bytes), the import's after it;
 /// prints [`IMPORTED`] when it imported.
@@ -795,13 +762,14 @@ async fn read_back_key(
     let id = match hint {
         Some(id) => id.to_string(),
         None => {
-            let list = run_withheld_ok(
-                ctx,
-                "garage keys",
-                &garage(&["json-api", "ListKeys"]).build(),
-                Input::None,
-            )
-            .await?;
+            let list = ctx
+                .run_secret(
+                    "garage keys",
+                    &garage(&["json-api", "ListKeys"]).build(),
+                    Input::None,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
             let keys = json_output(&list).ok_or("`garage json-api ListKeys` printed no JSON")?;
             let mine: Vec<&str> = keys
                 .as_array()
@@ -822,14 +790,14 @@ async fn read_back_key(
             }
         }
     };
-    let info = run_withheld(
-        ctx,
-        "garage key (read back)",
-        &garage(&["json-api", "GetKeyInfo", "-"]).build(),
-        payload(serde_json::json!({ "id": id, "showSecretKey": true })),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let info = ctx
+        .run_withheld(
+            "garage key (read back)",
+            &garage(&["json-api", "GetKeyInfo", "-"]).build(),
+            payload(serde_json::json!({ "id": id, "showSecretKey": true })),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
     if !info.success() {
         // No such key (any more): a new one is made.
         return Ok(None);
@@ -847,18 +815,18 @@ async fn read_back_key(
 /// Read, write and owner rights on `bucket` for the key `key_id` (on stdin).
 async fn allow_bucket(ctx: &OpCtx<'_>, bucket: &str, key_id: &str) -> Result<(), String> {
     let lookup = serde_json::json!({ "globalAlias": bucket }).to_string();
-    let info = run_withheld_ok(
-        ctx,
-        "garage bucket id",
-        &garage(&["json-api", "GetBucketInfo", &lookup]).build(),
-        Input::None,
-    )
-    .await?;
+    let info = ctx
+        .run_secret(
+            "garage bucket id",
+            &garage(&["json-api", "GetBucketInfo", &lookup]).build(),
+            Input::None,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
     let bucket_id = json_output(&info)
         .and_then(|v| v["id"].as_str().map(str::to_string))
         .ok_or_else(|| format!("`garage json-api GetBucketInfo` printed no id for {bucket}"))?;
-    run_withheld_ok(
-        ctx,
+    ctx.run_secret(
         "garage bucket allow",
         &garage(&["json-api", "AllowBucketKey", "-"]).build(),
         payload(serde_json::json!({
@@ -867,7 +835,8 @@ async fn allow_bucket(ctx: &OpCtx<'_>, bucket: &str, key_id: &str) -> Result<(),
             "permissions": { "read": true, "write": true, "owner": true },
         })),
     )
-    .await?;
+    .await
+    .map_err(|e| e.to_string())?;
     Ok(())
 }
 

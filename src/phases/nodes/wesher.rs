@@ -117,7 +117,7 @@ impl WesherKey {
             // The state holds the key: its output is never logged.
             let out = first
                 .op_ctx()
-                .run_secret("read wesher state", s.as_str())
+                .run_secret("read wesher state", s.as_str(), Input::None)
                 .await
                 .map_err(|e| format!("reading {STATE_FILE} on {}: {e}", first.host.name))?;
             running = state_key(&out.stdout_str());
