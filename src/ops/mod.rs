@@ -915,31 +915,28 @@ mod tests {
     #[test]
     fn a_probe_too_long_for_one_argument_goes_on_stdin_too() {
         let dir = tempfile::tempdir().unwrap();
-        let ops: Vec<Box<dyn Op>> = (0..600)
+        let files: Vec<file::FileOp> = (0..600)
             .map(|i| {
                 let path = dir
                     .path()
                     .join(format!("a-rather-long-file-name-{i:04}.conf"));
-                Box::new(file::FileOp::from_bytes(path.to_str().unwrap(), "x\n")) as Box<dyn Op>
+                file::FileOp::from_bytes(path.to_str().unwrap(), "x\n")
             })
             .collect();
-        let conn = RecordingTransport::local_sh(None);
-        let log = HostLog::discard();
-        let ctx = OpCtx {
-            conn: &conn,
-            log: &log,
-            checksum: false,
-            kind: CommandKind::Normal,
-        };
-        let probes: usize = ops
+        let probes: usize = files
             .iter()
-            .map(|o| o.probe(&ctx).map_or(0, |p| p.as_str().len()))
+            .map(|f| f.probe_script(false).as_str().len())
             .sum();
         assert!(
             probes > 128 * 1024,
             "probes of {probes} bytes fit one argument"
         );
-        let reports = run(converge(&ctx, &ops, true)).unwrap();
+        let ops: Vec<Box<dyn Op>> = files
+            .into_iter()
+            .map(|f| Box::new(f) as Box<dyn Op>)
+            .collect();
+        let conn = RecordingTransport::local_sh(None);
+        let reports = converge_on(&conn, &ops, true).unwrap();
         assert_eq!(reports.len(), 600);
         assert!(reports.iter().all(|r| r.outcome == Outcome::WouldChange));
         let calls = conn.calls();
