@@ -578,21 +578,23 @@ impl Op for FileOp {
 mod tests {
     use super::*;
 
-    /// The part's script run by the local `sh`, its stdin read from the
-    /// local file only now, as the upload would.
-    fn upload_locally(part: &Part) -> std::process::Output {
-        use std::io::Write as _;
-        let script = format!("mesh_read() {{ cat; }}\n{}", part.script.as_str());
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", &script])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let bytes = crate::ssh::recording::input_bytes(&part.input);
-        child.stdin.take().unwrap().write_all(&bytes).unwrap();
-        child.wait_with_output().unwrap()
+    /// The part sent as mesh sends a change batch, run by the local `sh`;
+    /// its stdin is read from the local file only now, as the upload would.
+    fn upload_locally(part: Part) -> Result<(), String> {
+        let conn = crate::ssh::recording::RecordingTransport::local_sh(None);
+        let log = HostLog::discard();
+        let ctx = OpCtx {
+            conn: &conn,
+            log: &log,
+            checksum: false,
+            kind: crate::ssh::CommandKind::Normal,
+        };
+        let batch = super::super::run_batch(&ctx, vec![("upload".into(), part)]);
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(batch)
+            .map_err(|(_, e)| e.to_string())
     }
 
     #[test]
@@ -604,12 +606,10 @@ mod tests {
         let op = FileOp::from_local(dest.to_str().unwrap(), &local).unwrap();
         // Same size, other bytes: the size check alone would pass.
         std::fs::write(&local, b"changed bytes\n").unwrap();
-        let out = upload_locally(&op.part(CONTENT));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
+        let err = upload_locally(op.part(CONTENT)).unwrap_err();
         assert!(
-            stderr.contains("upload differs from what mesh checked"),
-            "{stderr}"
+            err.contains("upload differs from what mesh checked"),
+            "{err}"
         );
         assert!(!dest.exists(), "a file that differs was put in place");
         let left: Vec<_> = std::fs::read_dir(dest.parent().unwrap())
