@@ -215,11 +215,7 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
                 only: None,
             };
             let prepared = services::prepare(&opts, &inv, &ctxs, &progress).await?;
-            if cli.json {
-                println!("{}", prepared.json());
-            } else {
-                println!("{}", prepared.summary());
-            }
+            prepared.print(cli.json);
             services::phase(prepared, &opts, &inv, bastions)
         }
         (None, Command::ServicesUp) => services::up_phase(&inv, bastions),
@@ -270,11 +266,7 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
             };
             let prepared = services::prepare(&opts, &inv, &ctxs, &progress).await?;
             if !rollback {
-                if cli.json {
-                    println!("{}", prepared.json());
-                } else {
-                    println!("{}", prepared.summary());
-                }
+                prepared.print(cli.json);
             }
             let (plans, images) = prepared.into_parts();
             let deploy = deploy::Deploy::new(

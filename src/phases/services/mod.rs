@@ -79,8 +79,17 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// Print the build report: a JSON event with `--json`, else one line.
+    pub fn print(&self, json: bool) {
+        if json {
+            println!("{}", self.json());
+        } else {
+            println!("{}", self.summary());
+        }
+    }
+
     /// One line for the user: what was built.
-    pub fn summary(&self) -> String {
+    fn summary(&self) -> String {
         let r = &self.report;
         if !r.would_build.is_empty() {
             format!(
@@ -98,7 +107,7 @@ impl Prepared {
     }
 
     /// The build report as a JSON event.
-    pub fn json(&self) -> serde_json::Value {
+    fn json(&self) -> serde_json::Value {
         serde_json::json!({ "event": "images", "built": self.report.built,
             "up_to_date": self.report.up_to_date, "would_build": self.report.would_build })
     }
