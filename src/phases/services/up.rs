@@ -57,6 +57,8 @@ fn script() -> Script {
     );
     // Services with a port pair: their live slot, on that slot's port.
     s.line("mkdir -p {}", &[SLOT_DIR]);
+    // Slot records are replaced atomically, as deploy writes them.
+    s.raw(r#"put() { w=$(mktemp -p "$(dirname "$2")" .mesh-tmp.XXXXXXXX) && printf '%s\n' "$1" > "$w" && mv -f -- "$w" "$2"; }"#);
     s.line("for f in {}/*/{}; do", &[BUILD_DIR, SLOT_COMPOSE]);
     s.raw(
         r#"  [ -f "$f" ] || continue
@@ -69,10 +71,10 @@ fn script() -> Script {
   if [ "$slot" = b ]; then port=$pb; else port=$pa; fi
   var=MESH_PORT_$(echo "$svc" | tr 'a-z-' 'A-Z_')
   up env "$var=$port" "$@" -p "mesh-$svc-$slot" -f "$f" up -d
-  [ -f "$state" ] || echo "$slot" > "$state"
+  [ -f "$state" ] || put "$slot" "$state"
   # What now runs live, for deploy's "unchanged" and its way back.
   id=$(docker ps -aq --filter "label=com.docker.compose.project=mesh-$svc-$slot" | head -n 1)
-  [ -z "$id" ] || docker inspect --format '{{.Config.Image}}' "$id" > "${state%.slot}.image"
+  [ -z "$id" ] || put "$(docker inspect --format '{{.Config.Image}}' "$id")" "${state%.slot}.image"
   projects="$projects mesh-$svc-$slot"
 done"#,
     );
