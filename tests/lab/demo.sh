@@ -5,7 +5,9 @@
 # then `mesh services` (the example dockerfiles/ built once here and shipped),
 # its re-run, `mesh services-up`, and requests through lab-1's Traefik answered
 # by the web service on lab-2 and lab-3; then `mesh deploy --service web` with a
-# changed page under a request loop that must see no failure.
+# changed page under a request loop that must see no failure; last `mesh care
+# --group 'web*'` (upgrade one web host at a time, then the example backup hook
+# dockerfiles/care/10-backup.sh).
 #
 # Lab stand-ins, because this machine reaches no network but package registries:
 # - Docker's .debs come from a local mirror in download.docker.com's layout,
@@ -131,3 +133,6 @@ read -r ok bad < "$DIR/loop.result"
 echo "deploy took ${took} s; requests during it: $ok answered, $bad failed"
 curl -fsS -m 3 -H 'Host: web.example.test' "http://$first/"
 ((bad == 0)) || { echo "demo: $bad requests failed during the deploy" >&2; exit 1; }
+echo "--- care: upgrade the web hosts one at a time, then the example backup hook ---"
+mesh care --group 'web*' --dockerfiles "$DIR/dockerfiles"
+mesh --limit 'web*' exec -- 'ls /var/backups/mesh'
