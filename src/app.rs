@@ -204,6 +204,7 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
             Command::Services {
                 dockerfiles,
                 build_on_host,
+                prune,
             },
         ) => {
             let opts = services::ServicesOptions {
@@ -213,6 +214,7 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
                 cache: crate::mirror::cache_root(),
                 assets: cli.assets.clone(),
                 only: None,
+                prune: *prune,
             };
             let prepared = services::prepare(&opts, &inv, &ctxs, &progress).await?;
             prepared.print(cli.json);
@@ -263,12 +265,13 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
                 cache: crate::mirror::cache_root(),
                 assets: cli.assets.clone(),
                 only: Some(service.clone()),
+                prune: false,
             };
             let prepared = services::prepare(&opts, &inv, &ctxs, &progress).await?;
             if !rollback {
                 prepared.print(cli.json);
             }
-            let (plans, images) = prepared.into_parts();
+            let (plans, images, traefik_api) = prepared.into_parts();
             let deploy = deploy::Deploy::new(
                 deploy::DeployOptions {
                     service: service.clone(),
@@ -278,11 +281,19 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
                     lock_wait: cli.lock_wait,
                     break_lock: *break_lock,
                     audit: inv.beside(".mesh/deploy.log"),
+                    publisher: inv.ingress.publisher,
+                    traefik_api,
                 },
                 plans,
                 images,
                 bastions,
             );
+            if deploy.needs_traefik_api() {
+                return Err(AppError::Input(format!(
+                    "{}: the traefik service's traefik.yml has no `api:` section, so mesh cannot confirm on the bastions that {service} was switched. Fix: add `api: {{ insecure: true }}` (served on the traefik entry point, 127.0.0.1:8080 by default), or set ingress.traefik_api: http://HOST:PORT in the inventory",
+                    dockerfiles.join("traefik").display()
+                )));
+            }
             // Only the hosts that run the service, in batches.
             let targets = deploy.hosts();
             ctxs.retain(|c| targets.contains(&c.host.name));
@@ -513,6 +524,14 @@ pub fn host_vars(inv: &Inventory, host: &Host, secrets: &Secrets) -> VarSet {
         let ip = overlay_ip(inv, bastion).to_string();
         vars.add("TRAEFIK_IP", &ip, Source::Fact);
         vars.add("REDIS_IP", ip, Source::Fact);
+    }
+    let bastion_ips: Vec<String> = inv
+        .bastions_of(host)
+        .iter()
+        .map(|b| overlay_ip(inv, b).to_string())
+        .collect();
+    if !bastion_ips.is_empty() {
+        vars.add("TRAEFIK_IPS", bastion_ips.join(","), Source::Fact);
     }
     for (source, map) in inv.var_layers(host) {
         vars.extend(map, source);

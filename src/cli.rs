@@ -113,6 +113,10 @@ pub enum Command {
         /// controller without Docker) instead of building once here and shipping.
         #[arg(long)]
         build_on_host: bool,
+        /// Remove from the hosts the services that vanished from the folder
+        /// (containers, images, files, routes). Without it they are kept.
+        #[arg(long)]
+        prune: bool,
     },
     /// Start the services (`docker compose up -d`) on every selected host, then publish their routes.
     ServicesUp,

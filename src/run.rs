@@ -272,9 +272,14 @@ impl StageRun<'_> {
     /// Run every stage for the hosts `live` (indexes into `hosts`).
     async fn run(&self, mut live: Vec<usize>, summaries: &mut [HostSummary]) -> StagesDone {
         let (phase, hosts, tx, limit) = (self.phase, self.hosts, self.tx, self.limit);
+        let batch = live.clone();
         let mut done = StagesDone::default();
         let mut stage = 0;
-        while stage < phase.stages.len() && !live.is_empty() {
+        let for_failed = |stage: usize| match &phase.stages[stage] {
+            Stage::Cluster(c) => c.runs_for_failed(),
+            _ => false,
+        };
+        while stage < phase.stages.len() && (!live.is_empty() || for_failed(stage)) {
             if let Stage::Barrier(_) = &phase.stages[stage] {
                 stage += 1;
                 continue;
@@ -282,12 +287,17 @@ impl StageRun<'_> {
             if let Stage::Cluster(step) = &phase.stages[stage] {
                 stage += 1;
                 let ctxs: Vec<Arc<HostCtx>> = live.iter().map(|&i| hosts[i].clone()).collect();
+                let failed: Vec<Arc<HostCtx>> = batch
+                    .iter()
+                    .filter(|i| !live.contains(i))
+                    .map(|&i| hosts[i].clone())
+                    .collect();
                 let t0 = Instant::now();
                 let _ = tx.send(Event::StepStarted {
                     host: CONTROLLER.into(),
                     step: step.name().into(),
                 });
-                let outcome = step.run(&ctxs).await;
+                let outcome = step.run_with_failed(&ctxs, &failed).await;
                 for (name, error) in &outcome.host_failures {
                     if let Some(i) = live.iter().position(|&i| &hosts[i].host.name == name) {
                         let h = live.remove(i);

@@ -94,8 +94,9 @@ pub struct Host {
     pub zone: Option<String>,
     /// Dockerfile subfolders run on this host.
     pub services: Vec<String>,
-    /// The bastion whose Redis traefik-kop writes to.
-    pub traefik_host: Option<String>,
+    /// The bastions that serve this host's routes (`traefik_host`: one
+    /// name or a list); `None`: every bastion of the inventory.
+    pub traefik_host: Option<Vec<String>>,
     pub overlay_ip: Option<Ipv4Addr>,
     /// The host's own template variables only; see [`Inventory::var_layers`].
     pub vars: BTreeMap<String, String>,
@@ -230,6 +231,9 @@ pub struct IngressSettings {
     pub publisher: Publisher,
     /// CrowdSec and its firewall bouncer on bastions (default true).
     pub crowdsec: bool,
+    /// Where Traefik's API answers on a bastion (`ingress.traefik_api`);
+    /// `None`: read from the bastion's Traefik configuration.
+    pub traefik_api: Option<TraefikApi>,
 }
 
 impl Default for IngressSettings {
@@ -237,7 +241,67 @@ impl Default for IngressSettings {
         IngressSettings {
             publisher: Publisher::Mesh,
             crowdsec: true,
+            traefik_api: None,
         }
+    }
+}
+
+/// Traefik's API as a bastion reaches it: `http(s)://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraefikApi {
+    pub base: String,
+    pub port: u16,
+}
+
+impl TraefikApi {
+    /// Traefik's own default: the `traefik` entry point on :8080.
+    pub fn default_local() -> TraefikApi {
+        TraefikApi {
+            base: "http://127.0.0.1:8080".into(),
+            port: 8080,
+        }
+    }
+
+    /// `http(s)://host:port` (a path is not allowed: mesh adds `/api/...`).
+    pub fn parse(url: &str) -> Result<TraefikApi, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .ok_or("must start with http:// or https://")?;
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') {
+            return Err("must not have a path (mesh adds /api/...)".into());
+        }
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or("needs a port, e.g. http://127.0.0.1:8080")?;
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err("needs a host, e.g. http://127.0.0.1:8080".into());
+        }
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or("has no valid port (1-65535)")?;
+        Ok(TraefikApi {
+            base: url.trim_end_matches('/').to_string(),
+            port,
+        })
+    }
+
+    /// From an entry point address as Traefik writes it (`:8080`,
+    /// `127.0.0.1:8080`, `0.0.0.0:9000`): reached on the bastion itself.
+    pub fn from_entrypoint(address: &str) -> Option<TraefikApi> {
+        let (host, port) = address.trim().rsplit_once(':')?;
+        let port: u16 = port.split('/').next()?.parse().ok()?;
+        let host = match host.trim_matches(['[', ']']) {
+            "" | "0.0.0.0" | "::" => "127.0.0.1",
+            h => h,
+        };
+        Some(TraefikApi {
+            base: format!("http://{host}:{port}"),
+            port,
+        })
     }
 }
 
@@ -362,20 +426,22 @@ impl Inventory {
         self.hosts.iter().find(|h| h.name == name)
     }
 
-    /// The bastion a host's routes go to: its `traefik_host`, itself when it
-    /// is one, else the inventory's only bastion.
+    /// The first of [`Inventory::bastions_of`]: the Redis traefik-kop
+    /// writes to (`REDIS_IP`, `TRAEFIK_IP`).
     pub fn bastion_of<'a>(&'a self, host: &'a Host) -> Option<&'a Host> {
-        if let Some(name) = &host.traefik_host {
-            return self.host(name);
+        self.bastions_of(host).into_iter().next()
+    }
+
+    /// The bastions a host's routes go to: its `traefik_host` (one or a
+    /// list), itself when it is one, else every bastion of the inventory.
+    pub fn bastions_of<'a>(&'a self, host: &'a Host) -> Vec<&'a Host> {
+        if let Some(names) = &host.traefik_host {
+            return names.iter().filter_map(|n| self.host(n)).collect();
         }
         if host.is_bastion() {
-            return Some(host);
+            return vec![host];
         }
-        let mut bastions = self.hosts.iter().filter(|h| h.is_bastion());
-        match (bastions.next(), bastions.next()) {
-            (Some(only), None) => Some(only),
-            _ => None,
-        }
+        self.hosts.iter().filter(|h| h.is_bastion()).collect()
     }
 
     /// The group called `name`.

@@ -443,7 +443,12 @@ pub(crate) fn resolve(
                 );
             }
         }
-        if let Some(t) = &h.traefik_host {
+        for t in h.traefik_host.iter().flat_map(|t| {
+            t.value.iter().map(|v| Sourced {
+                value: v.clone(),
+                loc: t.loc,
+            })
+        }) {
             if !index.contains_key(&t.value) {
                 let pool = if bastions.is_empty() {
                     &names

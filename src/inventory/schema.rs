@@ -37,7 +37,7 @@ pub(crate) const FIREWALL_KEYS: &[&str] = &["ssh_port", "deadman_seconds"];
 pub(crate) const APT_KEYS: &[&str] = &["cache_valid_seconds"];
 pub(crate) const DOCKER_KEYS: &[&str] = &["mirror", "packages", "signing_key"];
 pub(crate) const OVERLAY_KEYS: &[&str] = &["net"];
-pub(crate) const INGRESS_KEYS: &[&str] = &["publisher", "crowdsec"];
+pub(crate) const INGRESS_KEYS: &[&str] = &["publisher", "crowdsec", "traefik_api"];
 
 /// A value together with the position it was read from.
 #[derive(Debug, Clone)]
@@ -77,7 +77,7 @@ pub(crate) struct RawHost {
     pub public_dns: Option<Sourced<String>>,
     pub zone: Option<Sourced<String>>,
     pub services: Option<Sourced<Vec<String>>>,
-    pub traefik_host: Option<Sourced<String>>,
+    pub traefik_host: Option<Sourced<Vec<String>>>,
     pub overlay_ip: Option<Sourced<Ipv4Addr>>,
     pub vars: SourcedMap,
     pub firewall: RawFirewall,
@@ -184,6 +184,18 @@ pub(crate) fn read_inventory(root: &Node, d: &mut Diag) -> RawInventory {
                         "crowdsec" => {
                             if let Some(b) = read_bool(f.value, "ingress", &f.key, d) {
                                 inv.ingress.crowdsec = b;
+                            }
+                        }
+                        "traefik_api" => {
+                            if let Some(url) = read_string(f.value, "ingress", &f.key, d) {
+                                match super::TraefikApi::parse(&url) {
+                                    Ok(api) => inv.ingress.traefik_api = Some(api),
+                                    Err(why) => d.push(
+                                        f.value.loc,
+                                        format!("ingress: traefik_api \"{url}\" {why}"),
+                                        "write the address of Traefik's API as the bastion itself reaches it, e.g. traefik_api: http://127.0.0.1:8080",
+                                    ),
+                                }
                             }
                         }
                         _ => unknown_key(d, "ingress", &f, INGRESS_KEYS),
@@ -331,7 +343,14 @@ fn read_host(h: &Entry, group_what: &str, d: &mut Diag) -> RawHost {
                 }
             }
             "services" => host.services = sourced(v, read_string_list(v, &what, &e.key, d)),
-            "traefik_host" => host.traefik_host = sourced(v, read_string(v, &what, &e.key, d)),
+            // One bastion, or a list of them (its routes go to each).
+            "traefik_host" => {
+                let names = match &v.value {
+                    Value::Seq(_) => read_string_list(v, &what, &e.key, d),
+                    _ => read_string(v, &what, &e.key, d).map(|s| vec![s]),
+                };
+                host.traefik_host = sourced(v, names)
+            }
             "overlay_ip" => {
                 if let Some(ip) = read_ip(v, &what, &e.key, d) {
                     match ip {

@@ -133,7 +133,7 @@ fn brief_example_resolves() {
     let web = inv.host("web-1").unwrap();
     assert_eq!(web.ssh.user.as_deref(), Some("deploy"));
     assert_eq!(web.ssh.port, Some(22));
-    assert_eq!(web.traefik_host.as_deref(), Some("edge-1"));
+    assert_eq!(web.traefik_host, Some(vec!["edge-1".to_string()]));
 
     let home = inv.host("home-1").unwrap();
     assert!(home.behind_nat);

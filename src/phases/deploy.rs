@@ -1,37 +1,50 @@
 //! `mesh deploy --service S`: roll one service to a new build without
-//! dropping a request.
+//! dropping a request, or (`strategy: recreate`) with a short, measured
+//! downtime for services that must never run twice.
 //!
-//! S is built and shipped as `services` does (only S, only to the hosts
-//! that run it). Then, per host, blue/green on host networking: S has a
-//! port pair and runs as compose project `mesh-S-a` (first port) or
-//! `mesh-S-b` (second). The new copy starts in the free slot; mesh waits
-//! until it is healthy (its Docker health check, else `mesh.yml` `health`
-//! checked from the host); then the host's route on the bastion is switched
-//! to it (one atomic Redis call) and mesh waits until Traefik's API lists
-//! the new backend and not the old; after a drain period the old copy
-//! stops. Never healthy: the new copy is removed, routes are untouched, the
-//! old copy keeps serving. Hosts go in batches (`--batch`); a failed batch
-//! stops the next ones and the hosts already switched go back to their
-//! previous image (unless `--no-rollback`). A per-service lock on every
-//! host keeps two deploys apart; every host gets an audit line.
+//! Per host, under the service's lock on that host (taken before its state
+//! is read and before anything is shipped):
+//!
+//! - **blue-green** (a service with a port pair): S runs as compose project
+//!   `mesh-S-a` (first port) or `mesh-S-b` (second). The new copy starts in
+//!   the free slot and must be healthy (Docker's health check and `mesh.yml`
+//!   `health`, both when both are declared; neither: it accepts TCP on its
+//!   port). Then S's route — only S's, owner `<host>/S` — moves to the new
+//!   port on every bastion that serves the host, and mesh waits until each
+//!   bastion's Traefik API lists the new backend of S's own Traefik services
+//!   and not the old. The record is written (one atomic file), and after the
+//!   drain the old copy stops gracefully (SIGTERM, `stop_grace_period`).
+//! - **recreate** (`strategy: recreate`, or a service without ports, which
+//!   runs in the host's shared project): the old copy stops, the new starts
+//!   and must be healthy, the route follows; the downtime is measured.
+//!
+//! Never healthy: the new copy is removed and the old keeps (or starts
+//! again) serving. A route that cannot be switched is put back and
+//! confirmed before the new copy stops; one that cannot be put back leaves
+//! both copies running and says so. Hosts go in batches (`--batch`); a
+//! failed batch stops the next ones and the hosts this run switched go back
+//! (unless `--no-rollback`). `--rollback` pops the host's stack of previous
+//! images. Every host gets an audit line.
 
 use super::services::build::Image;
-use super::services::plan::{HostPlan, ServicePlan};
-use super::services::publish;
-use super::services::slots::{Slot, SLOT_DIR};
+use super::services::folder::Strategy;
+use super::services::plan::{Backend, HostPlan, ServicePlan, SLOT_COMPOSE};
+use super::services::publish::{self, HostRoutes};
+use super::services::slots::{state_file, Slot, State, SLOT_DIR};
 use super::services::up::{pick_compose, PROJECT};
-use super::services::{service_ops, BUILD_DIR};
+use super::services::{firewall_ops, service_ops, shared_ops, Hook, BUILD_DIR, ROUTES_FILE};
 use super::{HostCtx, Phase, Step, StepOutcome};
-use crate::ops::{converge, AptInstall, OpError, OpFailure, OpReport, Outcome};
-use crate::quote::Script;
+use crate::inventory::{Publisher, TraefikApi};
+use crate::ops::{converge, AptInstall, FileOp, Op, OpError, OpFailure, OpReport, Outcome};
+use crate::quote::{quote, Script};
 use crate::ssh::{BoxFut, Input};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Images of a service kept as "previous" on each host.
-const KEEP_PREVIOUS: usize = 3;
+/// Seconds to wait for every bastion's Traefik to show a switched route.
+const CONFIRM_SECONDS: u64 = 15;
 
 /// What `deploy` was asked to do.
 #[derive(Debug, Clone)]
@@ -48,6 +61,11 @@ pub struct DeployOptions {
     pub break_lock: bool,
     /// Local audit log (`.mesh/deploy.log` next to the inventory).
     pub audit: PathBuf,
+    /// Who publishes routes: mesh switches them itself, traefik-kop
+    /// follows the containers.
+    pub publisher: Publisher,
+    /// Where each bastion's Traefik API answers, to confirm a switch.
+    pub traefik_api: Option<TraefikApi>,
 }
 
 /// Where a roll takes a host.
@@ -55,18 +73,22 @@ pub struct DeployOptions {
 enum Target {
     /// The build `deploy` just shipped.
     New,
-    /// The host's previous image (`--rollback`, or a later batch failed).
+    /// The top of the host's stack of previous images (`--rollback`).
     Previous,
+    /// Undo of this run on a host it switched (a later batch failed).
+    Undo,
 }
 
 /// The deploy phase: ship, then roll; `undo()` is the step that sends a
-/// switched host back when a later batch fails.
+/// host this run switched back when a later batch fails.
 pub struct Deploy {
     opts: DeployOptions,
     plans: Arc<BTreeMap<String, HostPlan>>,
     images: BTreeMap<String, Arc<Image>>,
     bastions: BTreeMap<String, Arc<HostCtx>>,
     target: Target,
+    /// Hosts this run moved to another image (the undo touches only these).
+    switched: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Deploy {
@@ -87,6 +109,7 @@ impl Deploy {
             images,
             bastions,
             target,
+            switched: Arc::default(),
         }
     }
 
@@ -95,14 +118,23 @@ impl Deploy {
         self.plans.keys().cloned().collect()
     }
 
-    /// The step that switches a host back to its previous image.
+    /// Whether a host of the deploy publishes routes mesh must switch but
+    /// no Traefik API address is known to confirm them.
+    pub fn needs_traefik_api(&self) -> bool {
+        self.opts.publisher == Publisher::Mesh
+            && self.opts.traefik_api.is_none()
+            && self.plans.values().any(|p| !p.backends.is_empty())
+    }
+
+    /// The step that switches the hosts this run switched back.
     pub fn undo(&self) -> Deploy {
         Deploy {
             opts: self.opts.clone(),
             plans: self.plans.clone(),
             images: BTreeMap::new(),
             bastions: self.bastions.clone(),
-            target: Target::Previous,
+            target: Target::Undo,
+            switched: self.switched.clone(),
         }
     }
 
@@ -147,35 +179,48 @@ impl Stages {
     }
 }
 
-fn fail(label: &str, e: impl Into<String>) -> OpFailure {
-    OpFailure {
-        label: label.into(),
-        error: OpError::Other(e.into()),
-        done: Vec::new(),
-    }
+/// Why a host's deploy stopped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DeployError {
+    #[error("another deploy of {service} holds the lock on {host}: {holder}. Fix: wait for it, pass --lock-wait SECONDS, or --break-lock if that run is gone")]
+    Locked {
+        service: String,
+        host: String,
+        holder: String,
+    },
+    #[error("{host} has no previous image of {service} to go back to")]
+    NoPrevious { host: String, service: String },
+    #[error("the previous image {image} of {service} is no longer on {host}; nothing was stopped. Fix: deploy a build instead (mesh deploy --service {service})")]
+    PreviousGone {
+        host: String,
+        service: String,
+        image: String,
+    },
+    #[error("{0}")]
+    Unhealthy(String),
+    #[error("{0}")]
+    Routing(String),
+    #[error("{what}: {error}")]
+    Remote { what: String, error: OpError },
+    #[error("{0}")]
+    Ship(String),
 }
 
-/// The host's record of the service: live slot, its image, earlier images.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct State {
-    slot: Option<Slot>,
-    image: Option<String>,
-    previous: Vec<String>,
-}
-
-fn parse_state(text: &str) -> State {
-    let mut st = State::default();
-    for line in text.lines() {
-        let (key, value) = line.split_once(' ').unwrap_or((line, ""));
-        let value = value.trim();
-        match key {
-            "slot" => st.slot = value.parse().ok(),
-            "image" if !value.is_empty() => st.image = Some(value.to_string()),
-            "previous" if !value.is_empty() => st.previous.push(value.to_string()),
-            _ => {}
+impl DeployError {
+    fn at(self, label: &str) -> OpFailure {
+        OpFailure {
+            label: label.into(),
+            error: OpError::Other(self.to_string()),
+            done: Vec::new(),
         }
     }
-    st
+}
+
+fn remote(what: &str) -> impl FnOnce(OpError) -> DeployError + '_ {
+    move |error| DeployError::Remote {
+        what: what.to_string(),
+        error,
+    }
 }
 
 /// `MESH_PORT_<SERVICE>`, as the slot compose file reads it.
@@ -183,44 +228,314 @@ fn port_env(service: &str) -> String {
     format!("MESH_{}", super::services::plan::port_var(service))
 }
 
-impl Deploy {
-    fn state_script(&self) -> Script {
-        let base = format!("{SLOT_DIR}/{}", self.opts.service);
-        let mut s = Script::new();
-        s.line(
-            "echo \"slot $(cat {} 2>/dev/null)\"",
-            &[&format!("{base}.slot")],
-        );
-        s.line(
-            "echo \"image $(cat {} 2>/dev/null)\"",
-            &[&format!("{base}.image")],
-        );
-        s.line(
-            "sed 's/^/previous /' {} 2>/dev/null; true",
-            &[&format!("{base}.previous")],
-        );
-        s
+/// The compose command line of a slot: project, project directory (the
+/// group file's relative paths), the slot's compose file.
+fn slot_compose(service: &str, slot: Slot) -> Vec<String> {
+    vec![
+        "-p".into(),
+        slot.project(service),
+        "--project-directory".into(),
+        BUILD_DIR.into(),
+        "-f".into(),
+        format!("{BUILD_DIR}/{service}/{SLOT_COMPOSE}"),
+    ]
+}
+
+/// The compose command line of the host's shared project.
+fn shared_compose() -> Vec<String> {
+    vec![
+        "-p".into(),
+        PROJECT.into(),
+        "-f".into(),
+        format!("{BUILD_DIR}/docker-compose.yml"),
+    ]
+}
+
+/// How a copy to start is run.
+struct Launch {
+    /// Compose arguments before the subcommand.
+    compose: Vec<String>,
+    /// `VAR=value` environment for compose.
+    env: Vec<String>,
+    /// `up` arguments after `up -d`.
+    up: Vec<String>,
+    /// Containers of the copy: `docker ps` filters.
+    filters: Vec<String>,
+    /// TCP port it must accept on when it has no health check.
+    port: Option<u16>,
+}
+
+impl Launch {
+    fn slot(s: &ServicePlan, slot: Slot, image: &str) -> Launch {
+        let ports = s.slot.as_ref().map(|x| x.ports).unwrap_or((0, 0));
+        let port = slot.port(ports);
+        Launch {
+            compose: slot_compose(&s.name, slot),
+            env: vec![
+                format!("{}={port}", port_env(&s.name)),
+                format!("MESH_IMAGE={image}"),
+            ],
+            up: vec!["--force-recreate".into()],
+            filters: vec![format!(
+                "label=com.docker.compose.project={}",
+                slot.project(&s.name)
+            )],
+            port: Some(port),
+        }
     }
 
-    /// Take the service's lock on the host (an atomic mkdir), waiting or
-    /// breaking it as asked.
-    async fn lock(&self, ctx: &HostCtx) -> Result<(), OpFailure> {
+    fn shared(s: &ServicePlan, image: &str, port: Option<u16>) -> Launch {
+        Launch {
+            compose: shared_compose(),
+            env: vec![format!(
+                "{}={image}",
+                super::services::compose::image_var(&s.name)
+            )],
+            up: vec![
+                "--no-deps".into(),
+                "--force-recreate".into(),
+                s.name.clone(),
+            ],
+            filters: vec![
+                format!("label=com.docker.compose.project={PROJECT}"),
+                format!("label=com.docker.compose.service={}", s.name),
+            ],
+            port,
+        }
+    }
+}
+
+/// The shell that stops a copy's containers gracefully, then removes them.
+fn stop_script(filters: &[String], grace: u64) -> Script {
+    let mut sc = Script::new();
+    let mut args = String::new();
+    for f in filters {
+        args.push_str(" --filter ");
+        args.push_str(&quote(f));
+    }
+    sc.raw(&format!("ids=$(docker ps -aq{args})"));
+    sc.line(
+        "[ -z \"$ids\" ] || { docker stop -t {} $ids >/dev/null 2>&1; docker rm -f $ids >/dev/null 2>&1; }; true",
+        &[&grace.to_string()],
+    );
+    sc
+}
+
+/// A route check on one bastion: Traefik's service `name` (of `proto`) must
+/// list `want` and not `gone`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RouteCheck {
+    proto: String,
+    name: String,
+    want: Option<String>,
+    gone: Option<String>,
+}
+
+/// The server URLs/addresses of each Traefik service in a key set.
+fn servers(keys: &BTreeMap<String, String>) -> BTreeMap<(String, String), String> {
+    let mut out = BTreeMap::new();
+    for (k, v) in keys {
+        let parts: Vec<&str> = k.split('/').collect();
+        if let ["traefik", proto, "services", name, "loadbalancer", "servers", _, "url" | "address"] =
+            parts[..]
+        {
+            out.insert((proto.to_string(), name.to_string()), v.clone());
+        }
+    }
+    out
+}
+
+/// What to confirm when S's keys go from `old` to `new`.
+fn route_checks(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Vec<RouteCheck> {
+    let (old, new) = (servers(old), servers(new));
+    let mut names: BTreeSet<&(String, String)> = old.keys().collect();
+    names.extend(new.keys());
+    names
+        .into_iter()
+        .filter_map(|key| {
+            let want = new.get(key).cloned();
+            let gone = old.get(key).filter(|o| Some(*o) != want.as_ref()).cloned();
+            (want.is_some() || gone.is_some()).then(|| RouteCheck {
+                proto: key.0.clone(),
+                name: key.1.clone(),
+                want,
+                gone,
+            })
+        })
+        .collect()
+}
+
+/// The bastion-side loop that waits until Traefik's API shows every check.
+fn confirm_script(api: &TraefikApi, checks: &[RouteCheck], seconds: u64) -> Script {
+    let mut s = Script::new();
+    s.line(
+        "end=$(( $(date +%s) + {} )); t0=$(date +%s%N)",
+        &[&seconds.to_string()],
+    );
+    s.raw("while :; do\n  ok=1");
+    for c in checks {
+        let url = format!("{}/api/{}/services/{}@redis", api.base, c.proto, c.name);
+        s.line("  a=$(curl -s --max-time 2 {} 2>/dev/null)", &[&url]);
+        if let Some(w) = &c.want {
+            s.line(
+                "  printf '%s' \"$a\" | grep -qF -- {} || ok=0",
+                &[&format!("\"{w}\"")],
+            );
+        }
+        if let Some(g) = &c.gone {
+            s.line(
+                "  ! printf '%s' \"$a\" | grep -qF -- {} || ok=0",
+                &[&format!("\"{g}\"")],
+            );
+        }
+    }
+    s.raw("  if [ \"$ok\" = 1 ]; then echo \"switched $(( ($(date +%s%N) - t0) / 1000000 ))\"; exit 0; fi");
+    s.raw("  [ \"$(date +%s)\" -ge \"$end\" ] && break\n  sleep 0.2\ndone");
+    s.raw("echo \"waited $(( ($(date +%s%N) - t0) / 1000000 ))\"; printf 'traefik: %s\\n' \"$a\" | head -c 400");
+    s
+}
+
+/// The health wait of a new copy, on the host.
+fn health_script(ctx: &HostCtx, s: &ServicePlan, launch: &Launch) -> (Script, u64) {
+    let health = s.options.health.clone();
+    let deadline = health.as_ref().map_or(60, |h| h.deadline);
+    let ip = ctx
+        .vars
+        .get("OVERLAY_IP")
+        .unwrap_or(&ctx.host.address)
+        .to_string();
+    let mut sc = Script::new();
+    let mut args = String::new();
+    for f in &launch.filters {
+        args.push_str(" --filter ");
+        args.push_str(&quote(f));
+    }
+    sc.raw(&format!("id=$(docker ps -aq{args} | head -n 1)"));
+    sc.raw("[ -n \"$id\" ] || { echo 'not healthy: no container'; exit 0; }");
+    sc.line("end=$(( $(date +%s) + {} ))", &[&deadline.to_string()]);
+    sc.raw("passes=0; up=0");
+    sc.raw(
+        r#"while :; do
+  st=$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$id" 2>/dev/null)
+  case "$st" in
+    "running unhealthy"|exited*|dead*|restarting*|"") break ;;
+    "running healthy"|"running none") docker_ok=1 ;;
+    *) docker_ok=0 ;;
+  esac
+  app_ok=0"#,
+    );
+    match (&health, launch.port) {
+        (Some(h), port) => {
+            let port = port.unwrap_or(0);
+            let url = format!("http://{ip}:{port}{}", h.path);
+            sc.line(
+                "  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time {} {} 2>/dev/null || true)",
+                &[&h.timeout.to_string(), &url],
+            );
+            sc.raw("  case \"$code\" in 2??) passes=$((passes + 1)) ;; *) passes=0 ;; esac");
+            sc.line(
+                "  [ \"$passes\" -ge {} ] && app_ok=1",
+                &[&h.passes.to_string()],
+            );
+        }
+        (None, Some(port)) => {
+            // No health check of mesh's: the port must accept connections
+            // (and Docker's own check, if any, pass).
+            sc.line(
+                "  if [ \"$st\" = 'running healthy' ] || timeout 2 bash -c {} 2>/dev/null; then app_ok=1; fi",
+                &[&format!("exec 3<>/dev/tcp/{ip}/{port}")],
+            );
+        }
+        (None, None) => {
+            // Nothing to probe: running (and healthy, if Docker checks it)
+            // for three polls in a row.
+            sc.raw(
+                "  [ \"$docker_ok\" = 1 ] && up=$((up + 1)) || up=0; [ \"$up\" -ge 3 ] && app_ok=1",
+            );
+        }
+    }
+    sc.raw("  [ \"$docker_ok\" = 1 ] && [ \"$app_ok\" = 1 ] && { echo healthy; exit 0; }");
+    sc.raw("  [ \"$(date +%s)\" -ge \"$end\" ] && break");
+    sc.line(
+        "  sleep {}",
+        &[&health.as_ref().map_or(1, |h| h.interval).to_string()],
+    );
+    sc.raw("done");
+    sc.raw("echo \"not healthy: ${st:-gone}\"");
+    sc.raw("docker logs --tail 15 \"$id\" 2>&1 | sed 's/^/log /'");
+    (sc, deadline)
+}
+
+/// `user@hostname` of the controller, for locks and audit lines.
+fn controller_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "controller".into());
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    format!("{user}@{host}")
+}
+
+/// The lock holder text a stale lock of this controller is recognised by.
+fn holder_text(pid: u32) -> String {
+    format!(
+        "pid {pid} on {} since {} (mesh {})",
+        controller_name(),
+        crate::log::utc_time(":"),
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// A holder that was a mesh process of this controller that no longer runs.
+fn is_stale(holder: &str) -> bool {
+    let mut w = holder.split_whitespace();
+    let (Some("pid"), Some(pid), Some("on"), Some(who)) = (w.next(), w.next(), w.next(), w.next())
+    else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    who == controller_name()
+        && pid != std::process::id()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn report(
+    s: &ServicePlan,
+    from: Option<&str>,
+    image: &str,
+    outcome: Outcome,
+    what: &str,
+) -> OpReport {
+    OpReport {
+        label: format!("deploy {}", s.name),
+        outcome,
+        detail: format!("{what}: {} → {image}", from.unwrap_or("?")),
+    }
+}
+
+/// What one roll did, for the report.
+struct Rolled {
+    routed: bool,
+    /// Recreate: seconds nothing served.
+    downtime: Option<f64>,
+}
+
+impl Deploy {
+    /// Take the service's lock on the host (an atomic mkdir), waiting,
+    /// breaking it as asked, or taking over a stale one of this controller.
+    async fn lock(&self, ctx: &HostCtx) -> Result<Option<String>, DeployError> {
         let dir = format!("{SLOT_DIR}/{}.lock", self.opts.service);
-        let holder = format!(
-            "pid {} on {} since {} (mesh {})",
-            std::process::id(),
-            controller_name(),
-            crate::log::utc_time(":"),
-            env!("CARGO_PKG_VERSION")
-        );
+        let holder = holder_text(std::process::id());
         let deadline = Instant::now() + Duration::from_secs(self.opts.lock_wait);
-        let mut broke = !self.opts.break_lock;
+        let mut breaking = self.opts.break_lock;
+        let mut note = None;
         loop {
             let mut s = Script::new();
             s.line("mkdir -p {}", &[SLOT_DIR]);
-            if !broke {
+            if breaking {
                 s.line("rm -rf -- {}", &[&dir]);
-                broke = true;
+                breaking = false;
             }
             s.line(
                 "if mkdir {} 2>/dev/null; then printf '%s\\n' {} > {}/holder; echo taken; else echo \"held $(cat {}/holder 2>/dev/null)\"; fi",
@@ -230,20 +545,27 @@ impl Deploy {
                 .op_ctx()
                 .run("deploy lock", s.as_str(), Input::None)
                 .await
-                .map_err(|e| fail("lock", e.to_string()))?;
+                .map_err(remote("deploy lock"))?;
             let text = out.stdout_str();
             if text.trim() == "taken" {
-                return Ok(());
+                return Ok(note);
+            }
+            let who = text.trim().trim_start_matches("held").trim().to_string();
+            if is_stale(&who) {
+                note = Some(format!(
+                    "took over a stale lock of {}: {who} (that process no longer runs)",
+                    self.opts.service
+                ));
+                ctx.log.line(note.as_deref().unwrap_or_default());
+                breaking = true;
+                continue;
             }
             if Instant::now() >= deadline {
-                let who = text.trim().trim_start_matches("held ").to_string();
-                return Err(fail(
-                    "lock",
-                    format!(
-                        "another deploy of {} holds the lock on {}: {who}. Fix: wait for it, pass --lock-wait SECONDS, or --break-lock if that run is gone",
-                        self.opts.service, ctx.host.name
-                    ),
-                ));
+                return Err(DeployError::Locked {
+                    service: self.opts.service.clone(),
+                    host: ctx.host.name.clone(),
+                    holder: who,
+                });
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -261,265 +583,243 @@ impl Deploy {
             .await;
     }
 
-    /// Ship the new build: image, files, the slot compose file.
+    /// Ship the new build: image, files, the slot compose file (or the
+    /// host's compose file for a shared-project service), volumes, firewall
+    /// rules for its ports, its after-hook when its files changed.
     async fn ship(&self, ctx: &HostCtx, s: &ServicePlan) -> Result<Vec<OpReport>, OpFailure> {
+        let plan = &self.plans[&ctx.host.name];
         let id = format!("svc:{}", s.name);
-        let mut ops: Vec<Box<dyn crate::ops::Op>> =
-            vec![Box::new(AptInstall::new(["zstd", "curl"]))];
-        ops.extend(service_ops(s, &id, &self.images, false).map_err(|e| fail("ship", e))?);
+        let mut ops: Vec<Box<dyn Op>> = vec![Box::new(AptInstall::new(["zstd", "curl"]))];
+        for op in shared_ops(plan) {
+            ops.push(Box::new(op));
+        }
+        ops.extend(
+            service_ops(s, &id, &self.images, false)
+                .map_err(|e| DeployError::Ship(e).at("shipping"))?,
+        );
+        if s.slot.is_none() {
+            if let Some(f) = &plan.compose {
+                ops.push(Box::new(
+                    FileOp::from_shared(
+                        format!("{BUILD_DIR}/docker-compose.yml"),
+                        f.bytes.clone(),
+                        f.sha256.clone(),
+                    )
+                    .mode(f.mode),
+                ));
+            }
+        }
+        for op in firewall_ops(ctx, plan) {
+            ops.push(Box::new(op));
+        }
+        if let Some(hook) = &s.after {
+            ops.push(Box::new(Hook::new(s, "after.sh", hook, &[id])));
+        }
         converge(&ctx.op_ctx(), &ops, false).await
     }
 
-    /// Start `image` in `slot`, wait until healthy; on failure remove it and
-    /// return the reason with its last log lines.
+    /// S's backends as this deploy publishes them.
+    fn backends(&self, ctx: &HostCtx) -> Vec<Backend> {
+        self.plans[&ctx.host.name]
+            .backends
+            .iter()
+            .filter(|b| b.service == self.opts.service)
+            .cloned()
+            .collect()
+    }
+
+    /// Whether mesh switches routes for S on this host.
+    fn routed(&self, ctx: &HostCtx, read: &HostRoutes) -> bool {
+        self.opts.publisher == Publisher::Mesh
+            && (!self.backends(ctx).is_empty()
+                || read
+                    .manifest
+                    .backends
+                    .iter()
+                    .any(|b| b.service == self.opts.service))
+    }
+
+    fn keys(backends: &[Backend], slot: Slot) -> BTreeMap<String, String> {
+        backends
+            .iter()
+            .flat_map(|b| publish::service_keys(b, slot))
+            .collect()
+    }
+
+    /// Point S's route at `new` on every bastion of the host and wait until
+    /// each bastion's Traefik serves it (and no longer `old`). The time
+    /// waited on the slowest bastion, in ms.
+    async fn switch_route(
+        &self,
+        ctx: &HostCtx,
+        old: &BTreeMap<String, String>,
+        new: &BTreeMap<String, String>,
+    ) -> Result<u64, DeployError> {
+        let plan = &self.plans[&ctx.host.name];
+        let owner = publish::owner(&ctx.host.name, &self.opts.service);
+        let line = super::services::routes::host_script(&owner, new);
+        let checks = route_checks(old, new);
+        let api = self
+            .opts
+            .traefik_api
+            .clone()
+            .unwrap_or_else(TraefikApi::default_local);
+        let mut slowest = 0;
+        for name in &plan.bastions {
+            let Some(bctx) = self.bastions.get(name) else {
+                return Err(DeployError::Routing(format!(
+                    "bastion {name} is not in this inventory"
+                )));
+            };
+            publish::publish(bctx, std::slice::from_ref(&line))
+                .await
+                .map_err(|e| DeployError::Routing(format!("publishing on {name}: {e}")))?;
+        }
+        for name in &plan.bastions {
+            let bctx = &self.bastions[name];
+            if checks.is_empty() {
+                continue;
+            }
+            let out = bctx
+                .op_ctx()
+                .run(
+                    "wait for traefik",
+                    confirm_script(&api, &checks, CONFIRM_SECONDS).as_str(),
+                    Input::None,
+                )
+                .await
+                .map_err(|e| DeployError::Routing(format!("Traefik on {name}: {e}")))?;
+            let text = out.stdout_str();
+            let ms = |p: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(p))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            match ms("switched ") {
+                Some(t) => slowest = slowest.max(t),
+                None => {
+                    let waited = ms("waited ").unwrap_or(CONFIRM_SECONDS * 1000);
+                    let want: Vec<String> = checks
+                        .iter()
+                        .map(|c| match (&c.want, &c.gone) {
+                            (Some(w), _) => format!("{}@redis → {w}", c.name),
+                            (None, Some(g)) => format!("{}@redis without {g}", c.name),
+                            _ => c.name.clone(),
+                        })
+                        .collect();
+                    return Err(DeployError::Routing(format!(
+                        "Traefik on {name} ({}) did not show {} after {:.1} s",
+                        api.base,
+                        want.join(", "),
+                        waited as f64 / 1000.0
+                    )));
+                }
+            }
+        }
+        Ok(slowest)
+    }
+
+    /// Start a copy and wait until it is healthy; on failure it is removed
+    /// and the reason comes with its last log lines.
     async fn start(
         &self,
         ctx: &HostCtx,
         s: &ServicePlan,
-        slot: Slot,
+        launch: &Launch,
         image: &str,
-    ) -> Result<(), OpFailure> {
-        let ports = s.slot.as_ref().map(|x| x.ports).unwrap_or((0, 0));
-        let port = slot.port(ports);
-        let project = slot.project(&s.name);
-        let compose_file = format!(
-            "{BUILD_DIR}/{}/{}",
-            s.name,
-            super::services::plan::SLOT_COMPOSE
-        );
-        let ip = ctx
-            .vars
-            .get("OVERLAY_IP")
-            .unwrap_or(&ctx.host.address)
-            .to_string();
-        let health = s.options.health.clone();
-        let deadline = health.as_ref().map_or(60, |h| h.deadline);
+    ) -> Result<(), DeployError> {
         let mut sc = Script::new();
         sc.raw(pick_compose());
-        sc.line(
-            "out=$(env {} {} \"$@\" -p {} -f {} up -d --force-recreate 2>&1) || { printf '%s\\n' \"$out\" | tail -n 15; echo 'start failed'; exit 0; }",
-            &[
-                &format!("{}={port}", port_env(&s.name)),
-                &format!("MESH_IMAGE={image}"),
-                &project,
-                &compose_file,
-            ],
-        );
-        sc.line(
-            "id=$(docker ps -aq --filter label=com.docker.compose.project={} | head -n 1)",
-            &[&project],
-        );
-        sc.line("end=$(( $(date +%s) + {} ))", &[&deadline.to_string()]);
-        sc.raw("passes=0");
-        let (path, timeout, need, interval) = match &health {
-            Some(h) => (h.path.clone(), h.timeout, h.passes, h.interval),
-            None => ("/".into(), 2, 1, 1),
-        };
-        let url = format!("http://{ip}:{port}{path}");
-        sc.raw(
-            r#"while :; do
-  st=$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$id" 2>/dev/null)
-  case "$st" in
-    "running healthy") echo healthy; exit 0 ;;
-    "running unhealthy"|exited*|dead*|restarting*) break ;;
-    "running none")"#,
-        );
-        if health.is_some() {
-            sc.line(
-                "      code=$(curl -s -o /dev/null -w '%{http_code}' --max-time {} {} 2>/dev/null || true)",
-                &[&timeout.to_string(), &url],
-            );
-            sc.raw("      case \"$code\" in 2??) passes=$((passes + 1)) ;; *) passes=0 ;; esac");
-            sc.line(
-                "      [ \"$passes\" -ge {} ] && { echo healthy; exit 0; } ;;",
-                &[&need.to_string()],
-            );
-        } else {
-            // No health check at all: running for a moment counts.
-            sc.raw("      passes=$((passes + 1)); [ \"$passes\" -ge 2 ] && { echo healthy; exit 0; } ;;");
-        }
-        sc.raw("  esac");
-        sc.raw("  [ \"$(date +%s)\" -ge \"$end\" ] && break");
-        sc.line("  sleep {}", &[&interval.to_string()]);
-        sc.raw("done");
-        sc.raw("echo \"not healthy: $st\"");
-        sc.raw("docker logs --tail 15 \"$id\" 2>&1 | sed 's/^/log /'");
-        sc.line(
-            "env {} \"$@\" -p {} -f {} down -t 5 >/dev/null 2>&1 || true",
-            &[&format!("MESH_IMAGE={image}"), &project, &compose_file],
-        );
+        let mut cmd: Vec<&str> = vec!["env"];
+        cmd.extend(launch.env.iter().map(String::as_str));
+        let compose: Vec<String> = launch.compose.iter().map(|w| quote(w)).collect();
+        let up: Vec<String> = launch.up.iter().map(|w| quote(w)).collect();
+        let env: Vec<String> = cmd.iter().map(|w| quote(w)).collect();
+        sc.raw(&format!(
+            "out=$({} \"$@\" {} up -d {} 2>&1) || {{ printf '%s\\n' \"$out\" | tail -n 15 | sed 's/^/log /'; echo 'not healthy: compose up failed'; exit 0; }}",
+            env.join(" "),
+            compose.join(" "),
+            up.join(" ")
+        ));
+        let (health, deadline) = health_script(ctx, s, launch);
+        sc.append(&health);
         let out = ctx
             .op_ctx()
             .run(
-                &format!("start {} in slot {slot}", s.name),
+                &format!("start {} ({image})", s.name),
                 sc.as_str(),
                 Input::None,
             )
             .await
-            .map_err(|e| fail("starting", e.to_string()))?;
+            .map_err(remote("starting"))?;
         let text = out.stdout_str();
         if text.lines().any(|l| l == "healthy") {
             return Ok(());
         }
+        // Not healthy: the new copy goes.
+        let _ = ctx
+            .op_ctx()
+            .run(
+                "remove the new copy",
+                stop_script(&launch.filters, 5).as_str(),
+                Input::None,
+            )
+            .await;
         let logs: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("log "))
             .collect();
         let why = text
             .lines()
-            .find(|l| l.starts_with("not healthy") || l.starts_with("start failed"))
+            .find(|l| l.starts_with("not healthy"))
             .unwrap_or("not healthy");
-        Err(fail(
-            "healthy",
-            ctx.log.redact(&format!(
-                "the new copy ({image}, slot {slot}, port {port}) was {why} within {deadline} s and was removed; the old copy keeps serving. Its last log lines:\n{}",
-                logs.join("\n")
-            )),
-        ))
+        Err(DeployError::Unhealthy(ctx.log.redact(&format!(
+            "the new copy ({image}{}) was {why} within {deadline} s and was removed. Its last log lines:\n{}",
+            launch.port.map(|p| format!(", port {p}")).unwrap_or_default(),
+            logs.join("\n")
+        ))))
     }
 
-    /// Point the host's route at `slot` and wait until Traefik serves it.
-    async fn route(&self, ctx: &HostCtx, slot: Slot) -> Result<bool, OpFailure> {
-        let out = ctx
-            .op_ctx()
-            .run("read routes", publish::read_script().as_str(), Input::None)
-            .await
-            .map_err(|e| fail("routing", e.to_string()))?;
-        let text = out.stdout_str();
-        let (manifest, slots) = text.split_once("@@mesh-slots\n").unwrap_or((&text, ""));
-        let (bastion, backends) =
-            publish::parse_manifest(&ctx.host.name, manifest).map_err(|e| fail("routing", e))?;
-        let mine: Vec<_> = backends
-            .into_iter()
-            .filter(|b| b.service == self.opts.service)
-            .collect();
-        let (Some(bastion), false) = (bastion, mine.is_empty()) else {
-            return Ok(false);
-        };
-        let Some(bctx) = self.bastions.get(&bastion) else {
-            return Err(fail(
-                "routing",
-                format!("bastion {bastion} is not in this inventory"),
-            ));
-        };
-        let mut live = publish::parse_slots(slots);
-        let old_urls: Vec<String> = mine
-            .iter()
-            .map(|b| publish::live_url(b, live.get(&b.service).copied().unwrap_or(Slot::A)))
-            .collect();
-        live.insert(self.opts.service.clone(), slot);
-        let all = publish::parse_manifest(&ctx.host.name, manifest)
-            .map(|(_, b)| b)
-            .unwrap_or_default();
-        let keys = publish::host_keys(&ctx.host.name, &all, &live);
-        let per_host = BTreeMap::from([(ctx.host.name.clone(), keys.clone())]);
-        publish::publish(bctx, &per_host)
-            .await
-            .map_err(|e| fail("routing", e))?;
-        // Wait until Traefik's API lists the new backend and not the old.
-        let new_urls: Vec<String> = mine.iter().map(|b| publish::live_url(b, slot)).collect();
-        let services: Vec<String> = keys
-            .keys()
-            .filter_map(|k| k.strip_prefix("traefik/http/services/"))
-            .filter_map(|k| k.split('/').next())
-            .map(str::to_string)
-            .collect();
-        let Some(name) = services.first() else {
-            return Ok(true);
-        };
-        let mut s = Script::new();
-        s.line("for i in $(seq 1 60); do a=$(curl -s --max-time 2 http://127.0.0.1:8080/api/http/services/{}@redis)", &[name]);
-        let mut cond = String::new();
-        for u in &new_urls {
-            cond.push_str(&format!(
-                "echo \"$a\" | grep -qF -- {} && ",
-                crate::quote::quote(&format!("\"{u}\""))
-            ));
-        }
-        for u in old_urls.iter().filter(|u| !new_urls.contains(u)) {
-            cond.push_str(&format!(
-                "! echo \"$a\" | grep -qF -- {} && ",
-                crate::quote::quote(&format!("\"{u}\""))
-            ));
-        }
-        s.raw(&format!("  if {cond}true; then echo switched; exit 0; fi; sleep 0.25; done; echo \"traefik: $a\""));
-        let out = bctx
-            .op_ctx()
-            .run("wait for traefik", s.as_str(), Input::None)
-            .await
-            .map_err(|e| fail("routing", e.to_string()))?;
-        if out.stdout_str().lines().any(|l| l == "switched") {
-            Ok(true)
-        } else {
-            Err(fail(
-                "routing",
-                format!(
-                    "Traefik on {bastion} did not switch {} to {} within 15 s",
-                    self.opts.service,
-                    new_urls.join(", ")
-                ),
-            ))
-        }
-    }
-
-    /// Record the new live slot and image (and the earlier images).
-    async fn record(
-        &self,
-        ctx: &HostCtx,
-        st: &State,
-        slot: Slot,
-        image: &str,
-    ) -> Result<(), OpFailure> {
-        let base = format!("{SLOT_DIR}/{}", self.opts.service);
-        let mut previous: Vec<String> = Vec::new();
-        if let Some(old) = st.image.as_ref().filter(|o| *o != image) {
-            previous.push(old.clone());
-        }
-        previous.extend(st.previous.iter().filter(|p| *p != image).cloned());
-        previous.dedup();
-        previous.truncate(KEEP_PREVIOUS);
-        let mut s = Script::new();
-        s.line("mkdir -p {}", &[SLOT_DIR]);
-        s.write_file(&format!("{base}.slot"), &format!("{slot}\n"));
-        s.write_file(&format!("{base}.image"), &format!("{image}\n"));
-        s.write_file(
-            &format!("{base}.previous"),
-            &previous
-                .iter()
-                .map(|p| format!("{p}\n"))
-                .collect::<String>(),
-        );
+    async fn stop(&self, ctx: &HostCtx, filters: &[String], grace: u64) -> Result<(), DeployError> {
         ctx.op_ctx()
-            .run("record deploy", s.as_str(), Input::None)
-            .await
-            .map_err(|e| fail("recording", e.to_string()))?;
-        Ok(())
-    }
-
-    /// Stop the copy in `slot` (after the drain).
-    async fn stop(&self, ctx: &HostCtx, s: &ServicePlan, slot: Slot) -> Result<(), OpFailure> {
-        let project = slot.project(&s.name);
-        let mut sc = Script::new();
-        // Whichever way the copy was started (its slot project, or the shared
-        // project of an older mesh), it goes.
-        sc.line(
-            "ids=$(docker ps -aq --filter label=com.docker.compose.project={})",
-            &[&project],
-        );
-        sc.raw("[ -z \"$ids\" ] || docker rm -f $ids >/dev/null");
-        sc.line(
-            "ids=$(docker ps -aq --filter label=com.docker.compose.project={} --filter label=com.docker.compose.service={})",
-            &[PROJECT, &s.name],
-        );
-        sc.raw("[ -z \"$ids\" ] || docker rm -f $ids >/dev/null; true");
-        ctx.op_ctx()
-            .run(
-                &format!("stop {} slot {slot}", s.name),
-                sc.as_str(),
+            .run_ok(
+                "stop the old copy",
+                stop_script(filters, grace).as_str(),
                 Input::None,
             )
             .await
-            .map_err(|e| fail("stopping_old", e.to_string()))?;
+            .map_err(remote("stopping the old copy"))?;
+        Ok(())
+    }
+
+    /// Write the host's record of S (one atomic file) and its routes
+    /// manifest with S's new backends; every write is checked.
+    async fn record(
+        &self,
+        ctx: &HostCtx,
+        read: &HostRoutes,
+        state: &State,
+    ) -> Result<(), DeployError> {
+        let plan = &self.plans[&ctx.host.name];
+        let manifest = read
+            .manifest
+            .with_service(&self.opts.service, &self.backends(ctx));
+        let text = publish::manifest(&ctx.host.name, &plan.bastions, &manifest.backends);
+        let mut s = Script::new();
+        s.raw("set -e");
+        s.line("mkdir -p {}", &[SLOT_DIR]);
+        s.write_file(&state_file(&self.opts.service), &state.text());
+        s.write_file(ROUTES_FILE, &text);
+        for old in ["slot", "image", "previous"] {
+            s.line(
+                "rm -f -- {}",
+                &[&format!("{SLOT_DIR}/{}.{old}", self.opts.service)],
+            );
+        }
+        ctx.op_ctx()
+            .run_ok("record deploy", s.as_str(), Input::None)
+            .await
+            .map_err(remote("recording the deploy"))?;
         Ok(())
     }
 
@@ -557,42 +857,89 @@ impl Deploy {
         let Some(s) = self.service(ctx) else {
             return Ok(StepOutcome::default());
         };
+        if ctx.dry_run {
+            let read = publish::read_host(ctx)
+                .await
+                .map_err(|e| DeployError::Ship(e).at("state"))?;
+            let st = read.state(&s.name);
+            let image = match self.target {
+                Target::New => s.tag.clone(),
+                _ => st.previous.first().cloned().unwrap_or_default(),
+            };
+            return Ok(StepOutcome {
+                reports: vec![report(
+                    s,
+                    st.image.as_deref(),
+                    &image,
+                    Outcome::WouldChange,
+                    "would roll",
+                )],
+                output: Some(format!("would start {image} and switch")),
+            });
+        }
+        let note = self.lock(ctx).await.map_err(|e| e.at("lock"))?;
+        let result = self.roll_locked(ctx, s).await;
+        self.unlock(ctx).await;
+        let mut outcome = result?;
+        if let Some(n) = note {
+            outcome.output = Some(match outcome.output {
+                Some(o) => format!("{n}\n{o}"),
+                None => n,
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// The roll itself, with the lock held: state, ship, switch, record.
+    async fn roll_locked(&self, ctx: &HostCtx, s: &ServicePlan) -> Result<StepOutcome, OpFailure> {
         let mut stages = Stages::new();
-        let out = ctx
-            .op_ctx()
-            .run("deploy state", self.state_script().as_str(), Input::None)
+        let read = publish::read_host(ctx)
             .await
-            .map_err(|e| fail("state", e.to_string()))?;
-        let st = parse_state(&out.stdout_str());
-        let live = st.slot.unwrap_or(Slot::A);
+            .map_err(|e| DeployError::Ship(e).at("state"))?;
+        let st = read.state(&s.name);
         let image = match self.target {
             Target::New => s.tag.clone(),
-            Target::Previous => match st.previous.first() {
+            Target::Previous | Target::Undo => match st.previous.first() {
                 Some(p) => p.clone(),
                 None => {
-                    return Err(fail(
-                        "rollback",
-                        format!(
-                            "{} has no previous image of {} to go back to",
-                            ctx.host.name, s.name
-                        ),
-                    ))
+                    return Err(DeployError::NoPrevious {
+                        host: ctx.host.name.clone(),
+                        service: s.name.clone(),
+                    }
+                    .at("rollback"))
                 }
             },
         };
-        if ctx.dry_run {
-            return Ok(StepOutcome {
-                reports: vec![report(s, &st, &image, Outcome::WouldChange, "would roll")],
-                output: Some(format!(
-                    "would start {image} in slot {} and switch",
-                    live.other()
-                )),
-            });
-        }
         let mut reports = Vec::new();
         if self.target == Target::New {
             stages.mark(ctx, "shipping");
             reports.extend(self.ship(ctx, s).await?);
+        } else {
+            let mut check = Script::new();
+            check.line(
+                "docker image inspect {} >/dev/null 2>&1 && echo present",
+                &[&image],
+            );
+            let out = ctx
+                .op_ctx()
+                .run("previous image", check.as_str(), Input::None)
+                .await
+                .map_err(|e| remote("checking the previous image")(e).at("rollback"))?;
+            if !out.stdout_str().contains("present") {
+                return Err(DeployError::PreviousGone {
+                    host: ctx.host.name.clone(),
+                    service: s.name.clone(),
+                    image,
+                }
+                .at("rollback"));
+            }
+        }
+        // A standby copy an interrupted deploy left: routes back to the
+        // record, then it goes.
+        if s.slot.is_some() {
+            self.settle(ctx, s, &read)
+                .await
+                .map_err(|e| e.at("settle"))?;
         }
         if st.image.as_deref() == Some(image.as_str()) && !self.opts.force {
             return Ok(StepOutcome {
@@ -600,25 +947,53 @@ impl Deploy {
                 output: Some(format!("{}: unchanged ({image})", s.name)),
             });
         }
-        self.lock(ctx).await?;
-        let result = self.switch(ctx, s, &st, live, &image, &mut stages).await;
-        self.unlock(ctx).await;
+        let next_state = match self.target {
+            Target::New => |st: &State, slot, image: &str| Some(st.rolled_forward(slot, image)),
+            Target::Previous | Target::Undo => |st: &State, slot, _: &str| st.rolled_back(slot),
+        };
+        let result = match (&s.slot, s.options.strategy) {
+            (Some(_), Strategy::BlueGreen) => {
+                self.blue_green(ctx, s, &read, &image, &mut stages, next_state)
+                    .await
+            }
+            (Some(_), Strategy::Recreate) => {
+                self.recreate_slot(ctx, s, &read, &image, &mut stages, next_state)
+                    .await
+            }
+            (None, _) => {
+                self.recreate_shared(ctx, s, &read, &image, &mut stages, next_state)
+                    .await
+            }
+        };
         let seconds = stages.started.elapsed().as_secs_f64();
         match result {
-            Ok(routed) => {
+            Ok(rolled) => {
+                self.switched
+                    .lock()
+                    .map(|mut h| h.insert(ctx.host.name.clone()))
+                    .ok();
                 self.audit(ctx, st.image.as_deref(), &image, "running", seconds)
                     .await;
+                let how = match (rolled.downtime, rolled.routed) {
+                    (Some(_), _) => "recreated",
+                    (None, true) => "switched",
+                    (None, false) => "handed over",
+                };
                 reports.push(report(
                     s,
-                    &st,
+                    st.image.as_deref(),
                     &image,
                     Outcome::Changed,
-                    if routed { "switched" } else { "handed over" },
+                    how,
                 ));
+                let downtime = rolled
+                    .downtime
+                    .map(|d| format!(", downtime {d:.2} s"))
+                    .unwrap_or_default();
                 Ok(StepOutcome {
                     reports,
                     output: Some(format!(
-                        "{}: {} → {image} ({})",
+                        "{}: {} → {image} ({}{downtime})",
                         s.name,
                         st.image.as_deref().unwrap_or("?"),
                         stages.text()
@@ -628,75 +1003,270 @@ impl Deploy {
             Err(e) => {
                 self.audit(ctx, st.image.as_deref(), &image, "rolled_back", seconds)
                     .await;
-                Err(e)
+                Err(e.at("deploy"))
             }
         }
     }
 
-    async fn switch(
+    /// If the standby slot of S runs (an interrupted deploy), make the
+    /// route follow the record again and stop that copy.
+    async fn settle(
         &self,
         ctx: &HostCtx,
         s: &ServicePlan,
-        st: &State,
+        read: &HostRoutes,
+    ) -> Result<(), DeployError> {
+        let live = read.state(&s.name).live();
+        let standby = live.other().project(&s.name);
+        if !read.running.iter().any(|(_, p, _)| *p == standby) {
+            return Ok(());
+        }
+        if self.routed(ctx, read) {
+            let old = read
+                .manifest
+                .backends
+                .iter()
+                .filter(|b| b.service == s.name)
+                .cloned()
+                .collect::<Vec<_>>();
+            let keys = Self::keys(&old, live);
+            let stale = Self::keys(&old, live.other());
+            self.switch_route(ctx, &stale, &keys).await?;
+        }
+        let filters = vec![format!("label=com.docker.compose.project={standby}")];
+        self.stop(ctx, &filters, s.stop_grace).await?;
+        ctx.log.line(&format!(
+            "stopped the standby copy {standby} an earlier deploy left"
+        ));
+        Ok(())
+    }
+
+    /// The keys S has now (old manifest, live slot) and after the switch.
+    fn route_keys(
+        &self,
+        ctx: &HostCtx,
+        read: &HostRoutes,
         live: Slot,
+        next: Slot,
+    ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+        let old: Vec<Backend> = read
+            .manifest
+            .backends
+            .iter()
+            .filter(|b| b.service == self.opts.service)
+            .cloned()
+            .collect();
+        (
+            Self::keys(&old, live),
+            Self::keys(&self.backends(ctx), next),
+        )
+    }
+
+    async fn blue_green(
+        &self,
+        ctx: &HostCtx,
+        s: &ServicePlan,
+        read: &HostRoutes,
         image: &str,
         stages: &mut Stages,
-    ) -> Result<bool, OpFailure> {
+        next_state: fn(&State, Option<Slot>, &str) -> Option<State>,
+    ) -> Result<Rolled, DeployError> {
+        let st = read.state(&s.name);
+        let live = st.live();
         let next = live.other();
         stages.mark(ctx, "starting");
-        self.start(ctx, s, next, image)
+        self.start(ctx, s, &Launch::slot(s, next, image), image)
             .await
             .inspect_err(|_| stages.mark(ctx, "rolled_back"))?;
         stages.mark(ctx, "healthy");
-        stages.mark(ctx, "routing");
-        let routed = match self.route(ctx, next).await {
-            Ok(r) => r,
-            Err(e) => {
-                // The route may be half-way: point it back, remove the new copy.
-                let _ = self.route(ctx, live).await;
-                let _ = self.stop(ctx, s, next).await;
-                stages.mark(ctx, "rolled_back");
-                return Err(e);
+        let routed = self.routed(ctx, read);
+        let new_filters = Launch::slot(s, next, image).filters;
+        if routed {
+            stages.mark(ctx, "routing");
+            let (old, new) = self.route_keys(ctx, read, live, next);
+            if let Err(e) = self.switch_route(ctx, &old, &new).await {
+                return Err(self
+                    .route_back(ctx, &new, &old, &new_filters, s, e, stages)
+                    .await);
             }
+        }
+        let Some(state) = next_state(&st, Some(next), image) else {
+            return Err(DeployError::NoPrevious {
+                host: ctx.host.name.clone(),
+                service: s.name.clone(),
+            });
         };
-        self.record(ctx, st, next, image).await?;
+        self.record(ctx, read, &state).await?;
         if routed {
             tokio::time::sleep(Duration::from_secs(self.opts.drain)).await;
         }
         stages.mark(ctx, "stopping_old");
-        self.stop(ctx, s, live).await?;
+        self.stop(ctx, &Launch::slot(s, live, image).filters, s.stop_grace)
+            .await?;
         stages.mark(ctx, "running");
-        Ok(routed)
+        Ok(Rolled {
+            routed,
+            downtime: None,
+        })
     }
-}
 
-fn report(s: &ServicePlan, st: &State, image: &str, outcome: Outcome, what: &str) -> OpReport {
-    OpReport {
-        label: format!("deploy {}", s.name),
-        outcome,
-        detail: format!("{what}: {} → {image}", st.image.as_deref().unwrap_or("?")),
+    /// A switch failed: put the route back on the old copy and confirm it;
+    /// only then the new copy stops. Returns the error to report.
+    #[allow(clippy::too_many_arguments)]
+    async fn route_back(
+        &self,
+        ctx: &HostCtx,
+        new: &BTreeMap<String, String>,
+        old: &BTreeMap<String, String>,
+        new_filters: &[String],
+        s: &ServicePlan,
+        error: DeployError,
+        stages: &mut Stages,
+    ) -> DeployError {
+        match self.switch_route(ctx, new, old).await {
+            Ok(_) => {
+                let _ = self.stop(ctx, new_filters, 5).await;
+                stages.mark(ctx, "rolled_back");
+                DeployError::Routing(format!(
+                    "{error}; the route is back on the old copy (confirmed) and the new copy was removed"
+                ))
+            }
+            Err(back) => {
+                stages.mark(ctx, "both_running");
+                DeployError::Routing(format!(
+                    "{error}; putting the route back failed too ({back}), so both copies of {} are left running. Fix: check the bastions, then run mesh deploy --service {} again",
+                    s.name, s.name
+                ))
+            }
+        }
     }
-}
 
-/// `user@hostname` of the controller, for locks and audit lines.
-fn controller_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "controller".into());
-    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
-    format!("{user}@{host}")
+    async fn recreate_slot(
+        &self,
+        ctx: &HostCtx,
+        s: &ServicePlan,
+        read: &HostRoutes,
+        image: &str,
+        stages: &mut Stages,
+        next_state: fn(&State, Option<Slot>, &str) -> Option<State>,
+    ) -> Result<Rolled, DeployError> {
+        let st = read.state(&s.name);
+        let live = st.live();
+        let next = live.other();
+        let old_image = st.image.clone().unwrap_or_else(|| s.tag.clone());
+        stages.mark(ctx, "stopping_old");
+        let down = Instant::now();
+        self.stop(ctx, &Launch::slot(s, live, image).filters, s.stop_grace)
+            .await?;
+        stages.mark(ctx, "starting");
+        if let Err(e) = self
+            .start(ctx, s, &Launch::slot(s, next, image), image)
+            .await
+        {
+            let back = self
+                .start(ctx, s, &Launch::slot(s, live, &old_image), &old_image)
+                .await;
+            stages.mark(ctx, "rolled_back");
+            return Err(match back {
+                Ok(()) => DeployError::Unhealthy(format!(
+                    "{e}\nThe old copy ({old_image}) was started again; downtime {:.2} s",
+                    down.elapsed().as_secs_f64()
+                )),
+                Err(b) => DeployError::Unhealthy(format!(
+                    "{e}\nStarting the old copy again failed too: {b}"
+                )),
+            });
+        }
+        stages.mark(ctx, "healthy");
+        let routed = self.routed(ctx, read);
+        if routed {
+            stages.mark(ctx, "routing");
+            let (old, new) = self.route_keys(ctx, read, live, next);
+            self.switch_route(ctx, &old, &new).await?;
+        }
+        let downtime = down.elapsed().as_secs_f64();
+        let Some(state) = next_state(&st, Some(next), image) else {
+            return Err(DeployError::NoPrevious {
+                host: ctx.host.name.clone(),
+                service: s.name.clone(),
+            });
+        };
+        self.record(ctx, read, &state).await?;
+        stages.mark(ctx, "running");
+        Ok(Rolled {
+            routed,
+            downtime: Some(downtime),
+        })
+    }
+
+    async fn recreate_shared(
+        &self,
+        ctx: &HostCtx,
+        s: &ServicePlan,
+        read: &HostRoutes,
+        image: &str,
+        stages: &mut Stages,
+        next_state: fn(&State, Option<Slot>, &str) -> Option<State>,
+    ) -> Result<Rolled, DeployError> {
+        let st = read.state(&s.name);
+        let port = self
+            .backends(ctx)
+            .first()
+            .and_then(|b| b.url.rsplit(':').next()?.parse().ok());
+        let old_image = st.image.clone().unwrap_or_else(|| s.tag.clone());
+        let launch = Launch::shared(s, image, port);
+        stages.mark(ctx, "stopping_old");
+        let down = Instant::now();
+        self.stop(ctx, &launch.filters, s.stop_grace).await?;
+        stages.mark(ctx, "starting");
+        if let Err(e) = self.start(ctx, s, &launch, image).await {
+            let back = self
+                .start(ctx, s, &Launch::shared(s, &old_image, port), &old_image)
+                .await;
+            stages.mark(ctx, "rolled_back");
+            return Err(match back {
+                Ok(()) => DeployError::Unhealthy(format!(
+                    "{e}\nThe old copy ({old_image}) was started again; downtime {:.2} s",
+                    down.elapsed().as_secs_f64()
+                )),
+                Err(b) => DeployError::Unhealthy(format!(
+                    "{e}\nStarting the old copy again failed too: {b}"
+                )),
+            });
+        }
+        let downtime = down.elapsed().as_secs_f64();
+        stages.mark(ctx, "healthy");
+        let Some(state) = next_state(&st, None, image) else {
+            return Err(DeployError::NoPrevious {
+                host: ctx.host.name.clone(),
+                service: s.name.clone(),
+            });
+        };
+        self.record(ctx, read, &state).await?;
+        stages.mark(ctx, "running");
+        Ok(Rolled {
+            routed: false,
+            downtime: Some(downtime),
+        })
+    }
 }
 
 impl Step for Deploy {
     fn name(&self) -> &'static str {
         match self.target {
             Target::New => "deploy",
-            Target::Previous => "rollback",
+            Target::Previous | Target::Undo => "rollback",
         }
     }
 
     fn wants(&self, ctx: &HostCtx) -> bool {
-        self.plans.contains_key(&ctx.host.name)
+        match self.target {
+            Target::Undo => self
+                .switched
+                .lock()
+                .is_ok_and(|h| h.contains(&ctx.host.name)),
+            _ => self.plans.contains_key(&ctx.host.name),
+        }
     }
 
     fn run<'a>(&'a self, ctx: &'a HostCtx) -> BoxFut<'a, Result<StepOutcome, OpFailure>> {
@@ -708,16 +1278,94 @@ impl Step for Deploy {
 mod tests {
     use super::*;
 
+    fn keys(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     #[test]
-    fn state_reads_back() {
-        let st = parse_state(
-            "slot b\nimage mesh/web:2\nprevious mesh/web:1\nprevious mesh/web:0\nlock \n",
+    fn the_checks_are_the_deployed_services_own() {
+        let old = keys(&[
+            ("traefik/http/routers/web/rule", "Host(`a`)"),
+            (
+                "traefik/http/services/web/loadbalancer/servers/c1/url",
+                "http://10.0.0.2:8000",
+            ),
+        ]);
+        let new = keys(&[
+            ("traefik/http/routers/web/rule", "Host(`a`)"),
+            (
+                "traefik/http/services/web/loadbalancer/servers/c1/url",
+                "http://10.0.0.2:8001",
+            ),
+            (
+                "traefik/tcp/services/db/loadbalancer/servers/c1/address",
+                "10.0.0.2:5433",
+            ),
+        ]);
+        let checks = route_checks(&old, &new);
+        assert_eq!(
+            checks,
+            vec![
+                RouteCheck {
+                    proto: "http".into(),
+                    name: "web".into(),
+                    want: Some("http://10.0.0.2:8001".into()),
+                    gone: Some("http://10.0.0.2:8000".into()),
+                },
+                RouteCheck {
+                    proto: "tcp".into(),
+                    name: "db".into(),
+                    want: Some("10.0.0.2:5433".into()),
+                    gone: None,
+                },
+            ]
         );
-        assert_eq!(st.slot, Some(Slot::B));
-        assert_eq!(st.image.as_deref(), Some("mesh/web:2"));
-        assert_eq!(st.previous, ["mesh/web:1", "mesh/web:0"]);
-        let empty = parse_state("slot \nimage \n");
-        assert_eq!(empty, State::default());
+        let api = TraefikApi::parse("http://127.0.0.1:9090").unwrap();
+        let script = confirm_script(&api, &checks, 15);
+        let text = script.as_str();
+        assert!(
+            text.contains("http://127.0.0.1:9090/api/http/services/web@redis"),
+            "{text}"
+        );
+        assert!(
+            text.contains("http://127.0.0.1:9090/api/tcp/services/db@redis"),
+            "{text}"
+        );
+        crate::quote::assert_valid_sh(&script);
+    }
+
+    #[test]
+    fn slot_commands_keep_the_group_files_relative_paths() {
+        assert_eq!(
+            slot_compose("kv", Slot::B),
+            [
+                "-p",
+                "mesh-kv-b",
+                "--project-directory",
+                "/containers/build",
+                "-f",
+                "/containers/build/kv/.mesh-compose.yml"
+            ]
+        );
         assert_eq!(port_env("web-api"), "MESH_PORT_WEB_API");
+        let stop = stop_script(&["label=com.docker.compose.project=mesh-kv-a".into()], 30);
+        assert!(
+            stop.as_str().contains("docker stop -t 30 $ids"),
+            "{}",
+            stop.as_str()
+        );
+        crate::quote::assert_valid_sh(&stop);
+    }
+
+    #[test]
+    fn a_stale_lock_is_one_of_this_controller_whose_process_is_gone() {
+        assert!(!is_stale(&holder_text(std::process::id())));
+        // pid_max is far below this.
+        assert!(is_stale(&holder_text(4_000_000_000)));
+        assert!(!is_stale("pid 4000000000 on someone@elsewhere since x"));
+        assert!(!is_stale("garbage"));
     }
 }

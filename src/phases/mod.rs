@@ -212,6 +212,22 @@ pub trait ClusterStep: Send + Sync {
     fn name(&self) -> &'static str;
 
     fn run<'a>(&'a self, hosts: &'a [Arc<HostCtx>]) -> BoxFut<'a, ClusterOutcome>;
+
+    /// Whether it runs even when every host of the batch failed before it
+    /// (it has something to do for failed hosts).
+    fn runs_for_failed(&self) -> bool {
+        false
+    }
+
+    /// `run`, also told the hosts of the batch that failed an earlier stage
+    /// (a step that must withdraw them overrides this).
+    fn run_with_failed<'a>(
+        &'a self,
+        hosts: &'a [Arc<HostCtx>],
+        _failed: &'a [Arc<HostCtx>],
+    ) -> BoxFut<'a, ClusterOutcome> {
+        self.run(hosts)
+    }
 }
 
 pub enum Stage {

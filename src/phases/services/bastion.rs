@@ -13,6 +13,10 @@ use crate::quote::Script;
 use crate::template::render_builtin;
 use std::path::Path;
 
+/// The port CrowdSec's local API listens on (templates/crowdsec/config.yaml.local:
+/// moved off 8080, which is Traefik's API).
+pub(crate) const CROWDSEC_LAPI_PORT: u16 = 8081;
+
 /// Where redis-cli on the bastion reads the password from (never argv).
 pub(crate) const REDIS_AUTH_FILE: &str = "/etc/redis/mesh-auth";
 

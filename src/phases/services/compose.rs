@@ -101,9 +101,107 @@ pub(crate) fn service<'a>(doc: &'a Map<String, Value>, name: &str) -> Option<&'a
     doc.get("services")?.get(name)
 }
 
+/// Compose project of the services a host's `docker-compose.yml` runs;
+/// named volumes and networks are named after it (`mesh_<name>`), as
+/// compose itself names them in this project.
+pub(crate) const PROJECT: &str = "mesh";
+
+/// A named volume or network mesh creates on the host and every compose
+/// file of the host refers to as `external` by its fixed name: both slots
+/// of a service and the shared project see the same volume (never
+/// `mesh-<svc>-a_<vol>` beside `mesh-<svc>-b_<vol>`), and `compose down`
+/// never removes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Shared {
+    /// `volume` or `network`.
+    pub kind: &'static str,
+    /// The Docker name: the user's `name:`, else `mesh_<key>`.
+    pub name: String,
+    pub driver: Option<String>,
+    pub driver_opts: Vec<(String, String)>,
+}
+
+/// The volumes and networks of a compose file that mesh creates: every
+/// top-level one not marked `external` by the user.
+pub(crate) fn shared(doc: &Map<String, Value>) -> Vec<Shared> {
+    let mut out = Vec::new();
+    for (top, kind) in [("volumes", "volume"), ("networks", "network")] {
+        let Some(Value::Object(items)) = doc.get(top) else {
+            continue;
+        };
+        for (key, def) in items {
+            if def.get("external").is_some_and(is_true) {
+                continue;
+            }
+            let name = def
+                .get("name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{PROJECT}_{key}"));
+            let driver = def
+                .get("driver")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let driver_opts = match def.get("driver_opts") {
+                Some(Value::Object(o)) => o.iter().map(|(k, v)| (k.clone(), scalar(v))).collect(),
+                _ => Vec::new(),
+            };
+            out.push(Shared {
+                kind,
+                name,
+                driver,
+                driver_opts,
+            });
+        }
+    }
+    out
+}
+
+fn is_true(v: &Value) -> bool {
+    matches!(v, Value::Bool(true)) || v.is_object()
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Top-level volumes and networks as mesh creates them: `external`, by
+/// their fixed name.
+fn externalize(doc: &mut Map<String, Value>) {
+    for top in ["volumes", "networks"] {
+        let Some(Value::Object(items)) = doc.get_mut(top) else {
+            continue;
+        };
+        for (key, def) in items.iter_mut() {
+            if def.get("external").is_some_and(is_true) {
+                continue;
+            }
+            let name = def
+                .get("name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{PROJECT}_{key}"));
+            let mut ext = Map::new();
+            ext.insert("external".into(), Value::Bool(true));
+            ext.insert("name".into(), Value::String(name));
+            *def = Value::Object(ext);
+        }
+    }
+}
+
+/// The environment variable that names a built service's image in the
+/// host's compose file (`MESH_IMAGE_WEB_API`): `services-up` and `deploy`
+/// set it from the host's record, so a rolled-back service stays back.
+pub(crate) fn image_var(service: &str) -> String {
+    format!("MESH_IMAGE_{}", super::plan::var_suffix(service))
+}
+
 /// The host's compose file: only the services in `images` or `keep`, each
 /// built one with `image:` set (and `build:` dropped: hosts never build
-/// from compose).
+/// from compose, nor pull what mesh ships).
 pub(crate) fn finalize(
     mut doc: Map<String, Value>,
     images: &BTreeMap<String, String>,
@@ -117,10 +215,15 @@ pub(crate) fn finalize(
         for (name, def) in services.iter_mut() {
             if let (Some(tag), Value::Object(def)) = (images.get(name), def) {
                 def.remove("build");
-                def.insert("image".into(), Value::String(tag.clone()));
+                def.insert(
+                    "image".into(),
+                    Value::String(format!("${{{}:-{tag}}}", image_var(name))),
+                );
+                def.insert("pull_policy".into(), Value::String("never".into()));
             }
         }
     }
+    externalize(&mut doc);
     to_text(doc)
 }
 
@@ -130,22 +233,93 @@ fn to_text(doc: Map<String, Value>) -> String {
     format!("# Written by mesh from the dockerfiles folder's group files; edits are overwritten.\n{body}")
 }
 
+/// The names a service's `volumes:` entries refer to (short `vol:/path`
+/// and long `{ type: volume, source: vol }` syntax).
+fn volume_refs(def: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in def
+        .get("volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let source = match v {
+            Value::String(s) => s.split(':').next().map(str::to_string),
+            Value::Object(o) => o.get("source").and_then(Value::as_str).map(str::to_string),
+            _ => None,
+        };
+        if let Some(src) = source.filter(|s| !s.is_empty() && !s.starts_with(['/', '.', '~', '$']))
+        {
+            out.push(src);
+        }
+    }
+    out
+}
+
+/// The networks a service joins (list or mapping).
+fn network_refs(def: &Value) -> Vec<String> {
+    match def.get("networks") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect(),
+        Some(Value::Object(o)) => o.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The file reduced to the services `names` and the volumes and networks
+/// they use.
+pub(crate) fn only_services(doc: &Map<String, Value>, names: &[String]) -> Map<String, Value> {
+    let mut out = doc.clone();
+    let mut vols = Vec::new();
+    let mut nets = Vec::new();
+    if let Some(Value::Object(services)) = out.get_mut("services") {
+        services.retain(|n, _| names.contains(n));
+        for def in services.values() {
+            vols.extend(volume_refs(def));
+            nets.extend(network_refs(def));
+        }
+    }
+    for (top, used) in [("volumes", &vols), ("networks", &nets)] {
+        if let Some(Value::Object(items)) = out.get_mut(top) {
+            items.retain(|k, _| used.contains(k));
+        }
+    }
+    out
+}
+
 /// The compose file of one service that runs in slots: only that service,
 /// its image `${MESH_IMAGE:-<tag>}` (deploy names the image of each slot),
-/// and the file's other top-level keys (volumes, networks).
+/// the volumes and networks it uses (external, so both slots share them),
+/// and its `depends_on` reduced to itself: the services it depends on run
+/// in the host's project, started first by `services-up`. Relative paths
+/// mean what they meant in the group file because every slot command runs
+/// with `--project-directory /containers/build`.
 pub(crate) fn slot_file(doc: &Map<String, Value>, name: &str, tag: &str) -> String {
-    let mut one = doc.clone();
+    let mut one = only_services(doc, &[name.to_string()]);
     if let Some(Value::Object(services)) = one.get_mut("services") {
-        services.retain(|n, _| n == name);
         if let Some(Value::Object(def)) = services.get_mut(name) {
             def.remove("build");
             def.remove("container_name");
+            def.remove("depends_on");
             def.insert(
                 "image".into(),
                 Value::String(format!("${{MESH_IMAGE:-{tag}}}")),
             );
+            def.insert("pull_policy".into(), Value::String("never".into()));
         }
     }
+    for top in ["volumes", "networks"] {
+        if one
+            .get(top)
+            .and_then(Value::as_object)
+            .is_some_and(Map::is_empty)
+        {
+            one.remove(top);
+        }
+    }
+    externalize(&mut one);
     to_text(one)
 }
 
@@ -179,7 +353,11 @@ mod tests {
         let text = finalize(d.clone(), &images, &[], &[]);
         let back = doc(&text);
         assert_eq!(service_names(&back), ["web"]);
-        assert_eq!(back["services"]["web"]["image"], "mesh/web:abc");
+        assert_eq!(
+            back["services"]["web"]["image"],
+            "${MESH_IMAGE_WEB:-mesh/web:abc}"
+        );
+        assert_eq!(back["services"]["web"]["pull_policy"], "never");
         assert!(back["services"]["web"].get("build").is_none());
         assert_eq!(back["services"]["web"]["labels"][0], "a=b");
         // A slotted service leaves the shared file for its own.
@@ -191,6 +369,58 @@ mod tests {
             own["services"]["web"]["image"],
             "${MESH_IMAGE:-mesh/web:abc}"
         );
+    }
+
+    #[test]
+    fn both_slots_and_the_shared_project_see_one_volume() {
+        let d = doc("services:
+  kv:
+    volumes: [\"kvdata:/data\", \"./kv/conf:/conf:ro\", \"/containers/log/kv:/log\"]
+    env_file: ./kv/env
+    depends_on: [db]
+  db:
+    volumes: [{ type: volume, source: pgdata, target: /var/lib/postgresql }]
+  web: { image: x }
+volumes:
+  kvdata: {}
+  pgdata: { driver: local, driver_opts: { type: tmpfs, device: tmpfs } }
+  theirs: { external: true, name: keep-me }
+");
+        let shared_vols = shared(&d);
+        assert_eq!(
+            shared_vols
+                .iter()
+                .map(|v| v.name.as_str())
+                .collect::<Vec<_>>(),
+            ["mesh_kvdata", "mesh_pgdata"]
+        );
+        assert_eq!(shared_vols[1].driver.as_deref(), Some("local"));
+        assert_eq!(shared_vols[1].driver_opts.len(), 2);
+        // The slot file: only kv, its own volume external by the fixed name,
+        // no depends_on across projects, relative paths untouched (the slot
+        // runs with --project-directory /containers/build).
+        let slot = doc(&slot_file(&d, "kv", "mesh/kv:1"));
+        assert_eq!(service_names(&slot), ["kv"]);
+        assert!(slot["services"]["kv"].get("depends_on").is_none());
+        assert_eq!(slot["services"]["kv"]["env_file"], "./kv/env");
+        assert_eq!(slot["services"]["kv"]["pull_policy"], "never");
+        let vols = slot["volumes"].as_object().unwrap();
+        assert_eq!(vols.keys().collect::<Vec<_>>(), ["kvdata"]);
+        assert_eq!(vols["kvdata"]["external"], true);
+        assert_eq!(vols["kvdata"]["name"], "mesh_kvdata");
+        // The host's file names the same volume; the user's external one stays.
+        let images = BTreeMap::from([("db".to_string(), "mesh/db:1".to_string())]);
+        let host = doc(&finalize(
+            d.clone(),
+            &images,
+            &["web".into()],
+            &["kv".into()],
+        ));
+        assert_eq!(host["volumes"]["pgdata"]["name"], "mesh_pgdata");
+        assert_eq!(host["volumes"]["theirs"]["name"], "keep-me");
+        // Only what the kept services use is created.
+        let web_only = only_services(&d, &["web".into()]);
+        assert!(shared(&web_only).is_empty());
     }
 
     #[test]

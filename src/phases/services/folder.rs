@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Keys of a service's `mesh.yml`.
-pub(crate) const OPTION_KEYS: &[&str] = &["ports", "health", "data", "logs"];
+pub(crate) const OPTION_KEYS: &[&str] = &["ports", "health", "data", "logs", "strategy"];
 const HEALTH_KEYS: &[&str] = &["path", "timeout", "passes", "deadline", "interval"];
 const DATA_KEYS: &[&str] = &["path", "owner", "mode"];
 
@@ -78,11 +78,26 @@ pub(crate) struct DataDir {
     pub mode: u32,
 }
 
+/// How `deploy` replaces a service's running copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Strategy {
+    /// The new copy starts beside the old one (other port), traffic
+    /// switches, then the old one stops: no downtime.
+    #[default]
+    BlueGreen,
+    /// The old copy stops, then the new one starts: for services that must
+    /// never run twice (a database's data directory lock, a queue consumer).
+    Recreate,
+}
+
 /// A service's `mesh.yml`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct ServiceOptions {
     /// Live and standby port (deploy switches between them); `PORT` is the first.
     pub ports: Option<(u16, u16)>,
+    /// Where `ports:` is written (`line:col` in mesh.yml), for clash errors.
+    pub ports_at: Option<(u64, u64)>,
+    pub strategy: Strategy,
     pub health: Option<Health>,
     pub data: Vec<DataDir>,
     /// Log files created under `/containers/log/<service>/`.
@@ -295,7 +310,20 @@ pub(crate) fn parse_options(path: &Path, text: &str) -> Result<ServiceOptions, V
     for e in entries(&root, "mesh.yml", &mut d) {
         let v = e.value;
         match e.key.as_str() {
-            "ports" => o.ports = read_ports(v, &mut d),
+            "ports" => {
+                o.ports = read_ports(v, &mut d);
+                o.ports_at = Some((v.loc.line, v.loc.col));
+            }
+            "strategy" => match read_string(v, "mesh.yml", "strategy", &mut d).as_deref() {
+                Some("blue-green") => o.strategy = Strategy::BlueGreen,
+                Some("recreate") => o.strategy = Strategy::Recreate,
+                Some(other) => d.push(
+                    v.loc,
+                    format!("mesh.yml: strategy \"{other}\" is not known (allowed: blue-green, recreate)"),
+                    "write strategy: blue-green (new copy beside the old, no downtime) or strategy: recreate (stop the old copy first).",
+                ),
+                None => {}
+            },
             "health" => o.health = Some(read_health(v, &mut d)),
             "data" => o.data = read_data(v, &mut d),
             "logs" => {
@@ -318,6 +346,37 @@ pub(crate) fn parse_options(path: &Path, text: &str) -> Result<ServiceOptions, V
         Ok(o)
     } else {
         Err(d.into_lines(path))
+    }
+}
+
+/// Where Traefik's API answers on a bastion, from the `traefik` service's
+/// static configuration (`traefik.yml`/`traefik.yaml`): its `traefik` entry
+/// point (Traefik's default `:8080`). `None` when that file has no `api:`.
+/// A folder without one: Traefik's defaults.
+pub(crate) fn traefik_api(folder: &Folder) -> Option<crate::inventory::TraefikApi> {
+    use crate::inventory::TraefikApi;
+    let Some(def) = folder.services.get(crate::inventory::TRAEFIK_SERVICE) else {
+        return Some(TraefikApi::default_local());
+    };
+    let Some(file) = def
+        .files
+        .iter()
+        .find(|f| f.rel == "traefik.yml" || f.rel == "traefik.yaml")
+    else {
+        return Some(TraefikApi::default_local());
+    };
+    let doc: serde_json::Value =
+        serde_saphyr::from_str(&String::from_utf8_lossy(&file.bytes)).ok()?;
+    doc.get("api")?;
+    let entry = doc
+        .get("entryPoints")
+        .or_else(|| doc.get("entrypoints"))
+        .and_then(|e| e.get("traefik"))
+        .and_then(|t| t.get("address"))
+        .and_then(serde_json::Value::as_str);
+    match entry {
+        Some(address) => TraefikApi::from_entrypoint(address),
+        None => Some(TraefikApi::default_local()),
     }
 }
 

@@ -14,11 +14,11 @@
 
 mod bastion;
 pub(crate) mod build;
-mod compose;
-mod folder;
+pub(crate) mod compose;
+pub(crate) mod folder;
 pub(crate) mod plan;
 pub(crate) mod publish;
-mod routes;
+pub(crate) mod routes;
 pub(crate) mod slots;
 pub(crate) mod up;
 
@@ -58,6 +58,8 @@ pub struct ServicesOptions {
     pub assets: PathBuf,
     /// `deploy --service S`: only S, only on the hosts that run it.
     pub only: Option<String>,
+    /// Remove the services that vanished from the folder.
+    pub prune: bool,
 }
 
 /// Why `services` stopped before touching any host.
@@ -76,6 +78,8 @@ pub struct Prepared {
     plans: BTreeMap<String, HostPlan>,
     images: BTreeMap<String, Arc<Image>>,
     report: build::BuildReport,
+    /// Where each bastion's Traefik API answers (`None`: it has none).
+    traefik_api: Option<crate::inventory::TraefikApi>,
 }
 
 impl Prepared {
@@ -124,6 +128,17 @@ pub async fn prepare(
     let folder = folder::Folder::load(&opts.dockerfiles)?;
     let mut plans = BTreeMap::new();
     let mut problems = Vec::new();
+    if folder.services.is_empty() && folder.compose.is_empty() {
+        // Never plan "remove everything" from a wrong --dockerfiles.
+        return Err(ServicesError::Plan(vec![format!(
+            "{}: no service folder (with a Dockerfile) and no <group>.yml compose file: nothing to deploy, and every host would lose its services. Fix: pass --dockerfiles with the folder that holds your services",
+            folder.root.display()
+        )]));
+    }
+    let traefik_api = match &inv.ingress.traefik_api {
+        Some(api) => Some(api.clone()),
+        None => folder::traefik_api(&folder),
+    };
     for ctx in ctxs {
         match plan::plan_host(&folder, inv, &ctx.host, &ctx.vars) {
             Ok(p) => {
@@ -158,6 +173,7 @@ pub async fn prepare(
         plans,
         images,
         report,
+        traefik_api,
     })
 }
 
@@ -173,7 +189,7 @@ fn narrow(
         p.services.retain(|s| s.name == only);
         p.backends.retain(|b| b.service == only);
     }
-    let Some(def) = folder.services.get(only) else {
+    if !folder.services.contains_key(only) {
         problems.push(format!(
             "no service \"{only}\" in {}. Fix: use one of: {}",
             folder.root.display(),
@@ -186,13 +202,6 @@ fn narrow(
         ));
         return;
     };
-    if def.options.ports.is_none() {
-        problems.push(format!(
-            "{}: deploy starts the new copy beside the live one, on the other port of a pair. Fix: add `ports: [LIVE, STANDBY]` (e.g. [8000, 8001]) to {}",
-            only,
-            def.dir.join("mesh.yml").display()
-        ));
-    }
     if plans.is_empty() && problems.is_empty() {
         problems.push(format!(
             "no selected host runs \"{only}\". Fix: check --limit and the hosts' services"
@@ -202,8 +211,14 @@ fn narrow(
 
 /// Hosts, plans and images settled by [`prepare`], for deploy.
 impl Prepared {
-    pub(crate) fn into_parts(self) -> (BTreeMap<String, HostPlan>, BTreeMap<String, Arc<Image>>) {
-        (self.plans, self.images)
+    pub(crate) fn into_parts(
+        self,
+    ) -> (
+        BTreeMap<String, HostPlan>,
+        BTreeMap<String, Arc<Image>>,
+        Option<crate::inventory::TraefikApi>,
+    ) {
+        (self.plans, self.images, self.traefik_api)
     }
 }
 
@@ -222,13 +237,18 @@ pub fn phase(
         crowdsec: inv.ingress.crowdsec,
         publisher: inv.ingress.publisher,
         assets: opts.assets.clone(),
+        prune: opts.prune,
     };
-    with_routes("services", Box::new(step), inv, bastions)
+    with_routes("services", Box::new(step), inv, bastions, false)
 }
 
-/// The `services-up` phase: compose up on every host, then the routes.
+/// The `services-up` phase: compose up on every host, then the routes
+/// (a host whose containers did not come up is withdrawn), then the
+/// standby copies a deploy left behind stop.
 pub fn up_phase(inv: &Inventory, bastions: BTreeMap<String, Arc<HostCtx>>) -> Phase {
-    with_routes("services-up", Box::new(up::Up), inv, bastions)
+    let mut phase = with_routes("services-up", Box::new(up::Up), inv, bastions, true);
+    phase.stages.push(Stage::Hosts(Box::new(up::Settle)));
+    phase
 }
 
 /// A phase of one host step, then (mesh publisher) the routes of its hosts.
@@ -237,6 +257,7 @@ fn with_routes(
     step: Box<dyn Step>,
     inv: &Inventory,
     bastions: BTreeMap<String, Arc<HostCtx>>,
+    withdraw_failed: bool,
 ) -> Phase {
     let routes_step = step.name();
     let mut stages = vec![Stage::Hosts(step)];
@@ -244,6 +265,8 @@ fn with_routes(
         stages.push(Stage::Cluster(Box::new(publish::Routes {
             step: routes_step,
             bastions,
+            inventory_hosts: inv.hosts.iter().map(|h| h.name.clone()).collect(),
+            withdraw_failed,
         })));
     }
     Phase { name, stages }
@@ -256,7 +279,7 @@ pub fn bastions_for<'a>(
 ) -> Vec<&'a crate::inventory::Host> {
     let mut out: Vec<&crate::inventory::Host> = Vec::new();
     for h in hosts {
-        if let Some(b) = inv.bastion_of(h) {
+        for b in inv.bastions_of(h) {
             if !out.iter().any(|o| o.name == b.name) {
                 out.push(b);
             }
@@ -278,6 +301,7 @@ struct Services {
     crowdsec: bool,
     publisher: Publisher,
     assets: PathBuf,
+    prune: bool,
 }
 
 /// An op and the service it belongs to (its hooks see its changes).
@@ -307,7 +331,12 @@ impl Services {
             "/etc/logrotate.d/mesh-containers",
             logrotate,
         )));
-        common(Box::new(remove_vanished(&plan.service_names())));
+        if self.prune {
+            common(Box::new(remove_vanished(&plan.service_names())));
+        }
+        for op in shared_ops(plan) {
+            common(Box::new(op));
+        }
         if ctx.host.is_bastion() {
             for op in bastion::ops(ctx, self.crowdsec)? {
                 common(op);
@@ -365,7 +394,7 @@ impl Services {
         for op in firewall_ops(ctx, plan) {
             ops.push((None, Box::new(op)));
         }
-        let routes = publish::manifest(&ctx.host.name, plan);
+        let routes = publish::plan_manifest(&ctx.host.name, plan);
         ops.push((None, Box::new(FileOp::from_bytes(ROUTES_FILE, routes))));
         Ok(ops)
     }
@@ -443,12 +472,49 @@ pub(crate) fn service_ops(
     Ok(ops)
 }
 
-/// The host firewall (when ufw is on) lets the bastion, and only it, reach
-/// the ports of the services it routes to: the live and standby port.
-fn firewall_ops(ctx: &HostCtx, plan: &HostPlan) -> Vec<CommandOp> {
-    let Some(bastion_ip) = ctx.vars.get("TRAEFIK_IP") else {
+/// The named volumes and networks of the host's compose files, created by
+/// mesh (once) so every compose project of the host shares them.
+pub(crate) fn shared_ops(plan: &HostPlan) -> Vec<CommandOp> {
+    plan.shared
+        .iter()
+        .map(|v| {
+            let mut check = Script::new();
+            check.line("docker {} inspect {} >/dev/null 2>&1", &[v.kind, &v.name]);
+            let mut run = Script::new();
+            let mut args: Vec<String> = vec![v.kind.to_string(), "create".into()];
+            if let Some(d) = &v.driver {
+                args.push("--driver".into());
+                args.push(d.clone());
+            }
+            for (k, val) in &v.driver_opts {
+                args.push("--opt".into());
+                args.push(format!("{k}={val}"));
+            }
+            args.push(v.name.clone());
+            let words: Vec<&str> = args.iter().map(String::as_str).collect();
+            run.line(
+                &format!("docker{} >/dev/null", " {}".repeat(words.len())),
+                &words,
+            );
+            CommandOp::new(format!("{} {}", v.kind, v.name), run).unless(check)
+        })
+        .collect()
+}
+
+/// The host firewall (when ufw is on) lets the bastions, and only them,
+/// reach the ports of the services they route to: the live and standby port.
+pub(crate) fn firewall_ops(ctx: &HostCtx, plan: &HostPlan) -> Vec<CommandOp> {
+    let Some(ips) = ctx.vars.get("TRAEFIK_IPS") else {
         return Vec::new();
     };
+    let mut ops = Vec::new();
+    for bastion_ip in ips.split(',').filter(|s| !s.is_empty()) {
+        ops.extend(firewall_ops_from(plan, bastion_ip));
+    }
+    ops
+}
+
+fn firewall_ops_from(plan: &HostPlan, bastion_ip: &str) -> Vec<CommandOp> {
     let mut ops = Vec::new();
     for b in &plan.backends {
         let ports = match plan
@@ -515,7 +581,7 @@ fn remove_vanished(wanted: &[String]) -> CommandOp {
   imgs=$(docker images -q "mesh/$n" 2>/dev/null | sort -u)
   [ -z "$imgs" ] || docker rmi -f $imgs >/dev/null 2>&1 || true
   rm -rf -- "$d"
-  rm -f -- "/var/lib/mesh/deploy/$n.slot" "/var/lib/mesh/deploy/$n.image"
+  rm -f -- "/var/lib/mesh/deploy/$n.state" "/var/lib/mesh/deploy/$n.slot" "/var/lib/mesh/deploy/$n.image" "/var/lib/mesh/deploy/$n.previous"
   echo "removed service $n"
 done"#,
     );
@@ -525,7 +591,7 @@ done"#,
 /// A service hook (`hooks/before.sh`, `hooks/after.sh`), run on the host in
 /// the service's folder with its rendered text on stdin (never in argv: it
 /// may hold secrets).
-struct Hook {
+pub(crate) struct Hook {
     label: String,
     dir: String,
     script: Arc<Vec<u8>>,
@@ -533,7 +599,7 @@ struct Hook {
 }
 
 impl Hook {
-    fn new(s: &ServicePlan, file: &str, script: &[u8], triggers: &[String]) -> Self {
+    pub(crate) fn new(s: &ServicePlan, file: &str, script: &[u8], triggers: &[String]) -> Self {
         Hook {
             label: format!("hook {}/hooks/{file}", s.name),
             dir: format!("{BUILD_DIR}/{}", s.name),
@@ -729,6 +795,7 @@ mod tests {
             crowdsec: true,
             publisher: Publisher::TraefikKop,
             assets,
+            prune: true,
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()

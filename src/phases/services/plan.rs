@@ -41,6 +41,9 @@ pub(crate) struct ServicePlan {
     pub after: Option<Vec<u8>>,
     /// A service with a port pair: its own compose file, one project per slot.
     pub slot: Option<Slotted>,
+    /// Seconds its container gets to stop after SIGTERM (compose
+    /// `stop_grace_period`, default 10).
+    pub stop_grace: u64,
 }
 
 /// How a service with a port pair runs: slot `a` on the first port, `b`
@@ -74,8 +77,10 @@ pub(crate) struct HostPlan {
     /// The rendered compose file; `None` when the host runs nothing.
     pub compose: Option<RenderedFile>,
     pub backends: Vec<Backend>,
-    /// The bastion its routes go to.
-    pub bastion: Option<String>,
+    /// The bastions its routes go to (each gets every route).
+    pub bastions: Vec<String>,
+    /// Named volumes and networks mesh creates for its compose files.
+    pub shared: Vec<compose::Shared>,
 }
 
 impl HostPlan {
@@ -84,9 +89,9 @@ impl HostPlan {
     }
 }
 
-/// `PORT_<SERVICE>` as offered to compose files (`web-api` -> `PORT_WEB_API`).
-pub(crate) fn port_var(service: &str) -> String {
-    let up: String = service
+/// A service name as part of a variable name (`web-api` -> `WEB_API`).
+pub(crate) fn var_suffix(service: &str) -> String {
+    service
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -95,8 +100,74 @@ pub(crate) fn port_var(service: &str) -> String {
                 '_'
             }
         })
+        .collect()
+}
+
+/// `PORT_<SERVICE>` as offered to compose files (`web-api` -> `PORT_WEB_API`).
+pub(crate) fn port_var(service: &str) -> String {
+    format!("PORT_{}", var_suffix(service))
+}
+
+/// Ports mesh itself listens on, on every host: garage (S3, RPC, web,
+/// admin) and wesher's gossip.
+const MESH_PORTS: &[(u16, &str)] = &[
+    (3900, "garage S3"),
+    (3901, "garage RPC"),
+    (3902, "garage web"),
+    (3903, "garage admin"),
+    (7946, "wesher gossip"),
+];
+
+/// Ports a bastion uses besides: Traefik's entry points and API, Redis,
+/// CrowdSec's local API (moved off 8080 by mesh).
+const BASTION_PORTS: &[(u16, &str)] = &[
+    (80, "Traefik http"),
+    (443, "Traefik https"),
+    (8080, "Traefik's API"),
+    (6379, "Redis"),
+    (super::bastion::CROWDSEC_LAPI_PORT, "CrowdSec's local API"),
+];
+
+/// Every clash of a port pair with another service's pair on the host or
+/// with a port mesh uses there, as `mesh.yml:line:col: ... Fix:` lines.
+fn port_clashes(folder: &Folder, host: &Host, run: &[String]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut taken: Vec<(u16, String)> = MESH_PORTS
+        .iter()
+        .chain(if host.is_bastion() {
+            BASTION_PORTS
+        } else {
+            &[]
+        })
+        .map(|(p, what)| (*p, format!("{what} (mesh)")))
         .collect();
-    format!("PORT_{up}")
+    for name in run {
+        let Some(def) = folder.services.get(name) else {
+            continue;
+        };
+        let Some((a, b)) = def.options.ports else {
+            continue;
+        };
+        let (line, col) = def.options.ports_at.unwrap_or((1, 1));
+        for port in [a, b] {
+            if let Some((_, other)) = taken.iter().find(|(p, _)| *p == port) {
+                problems.push(format!(
+                    "{}:{line}:{col}: host {}: port {port} of service \"{name}\" is also {other}. Fix: give {name} two ports no other service of the host and none of mesh's own ({}) use",
+                    def.dir.join("mesh.yml").display(),
+                    host.name,
+                    taken
+                        .iter()
+                        .filter(|(_, w)| w.ends_with("(mesh)"))
+                        .map(|(p, _)| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        taken.push((a, format!("the live port of service \"{name}\"")));
+        taken.push((b, format!("the standby port of service \"{name}\"")));
+    }
+    problems
 }
 
 /// Plan one host. `vars` are the host's variables (facts, inventory,
@@ -165,8 +236,13 @@ pub(crate) fn plan_host(
             )
         }
     };
+    problems.extend(port_clashes(folder, host, &run));
     let mut plan = HostPlan {
-        bastion: inv.bastion_of(host).map(|b| b.name.clone()),
+        bastions: inv
+            .bastions_of(host)
+            .into_iter()
+            .map(|b| b.name.clone())
+            .collect(),
         ..HostPlan::default()
     };
     let mut images = BTreeMap::new();
@@ -203,7 +279,7 @@ pub(crate) fn plan_host(
             )),
         }
     }
-    if !plan.backends.is_empty() && plan.bastion.is_none() {
+    if !plan.backends.is_empty() && plan.bastions.is_empty() {
         problems.push(format!(
             "host {}: its services have Traefik labels but it has no bastion to publish them to. Fix: set traefik_host: <a host with traefik in its services>",
             host.name
@@ -226,6 +302,12 @@ pub(crate) fn plan_host(
                 &vars,
             );
             s.slot = Some(Slotted { ports, compose });
+        }
+    }
+    plan.shared = compose::shared(&compose::only_services(&doc, &run));
+    for s in &mut plan.services {
+        if let Some(def) = compose::service(&doc, &s.name) {
+            s.stop_grace = grace_seconds(def.get("stop_grace_period"));
         }
     }
     let slotted: Vec<String> = plan
@@ -264,7 +346,11 @@ fn backend(
     let Some(labels) = def.get("labels") else {
         return Ok(None);
     };
-    let labels = routes::traefik_labels(labels)
+    // `<< PORT_WEB >>` in a label (as traefik-kop users write the port)
+    // renders to compose's `${MESH_PORT_WEB:-8000}`: the live port here,
+    // since mesh writes each route's server URL itself.
+    let labels = settle_port_refs(labels);
+    let labels = routes::traefik_labels(&labels)
         .map_err(|e| format!("host {}: service \"{name}\": {e}", host.name))?;
     if !labels
         .iter()
@@ -286,6 +372,90 @@ fn backend(
         url: format!("http://{ip}:{port}"),
         ports,
     }))
+}
+
+/// Docker's own default grace before SIGKILL.
+const DEFAULT_GRACE: u64 = 10;
+
+/// A compose `stop_grace_period` (`30`, `10s`, `1m30s`, `500ms`) in whole
+/// seconds, rounded up.
+pub(crate) fn grace_seconds(v: Option<&serde_json::Value>) -> u64 {
+    let Some(v) = v else {
+        return DEFAULT_GRACE;
+    };
+    if let Some(n) = v.as_u64() {
+        return n;
+    }
+    let Some(text) = v.as_str() else {
+        return DEFAULT_GRACE;
+    };
+    if let Ok(n) = text.trim().parse::<u64>() {
+        return n;
+    }
+    let mut total_ms: u64 = 0;
+    let mut num = String::new();
+    let mut chars = text.trim().chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        if c == 'm' && chars.peek() == Some(&'s') {
+            unit.push(chars.next().unwrap_or('s'));
+        }
+        let n: f64 = num.parse().unwrap_or(0.0);
+        num.clear();
+        let ms = match unit.as_str() {
+            "h" => n * 3_600_000.0,
+            "m" => n * 60_000.0,
+            "s" => n * 1000.0,
+            "ms" => n,
+            _ => return DEFAULT_GRACE,
+        };
+        total_ms += ms as u64;
+    }
+    total_ms.div_ceil(1000)
+}
+
+/// Every `${MESH_PORT_<SVC>:-<port>}` in label values replaced by `<port>`.
+fn settle_port_refs(labels: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    fn settle(s: &str) -> String {
+        let mut out = String::new();
+        let mut rest = s;
+        while let Some(i) = rest.find("${MESH_PORT_") {
+            out.push_str(&rest[..i]);
+            let tail = &rest[i..];
+            let parsed = tail.find('}').and_then(|end| {
+                let inner = &tail[2..end];
+                let (_, port) = inner.split_once(":-")?;
+                port.parse::<u16>().ok().map(|p| (p, end))
+            });
+            match parsed {
+                Some((port, end)) => {
+                    out.push_str(&port.to_string());
+                    rest = &tail[end + 1..];
+                }
+                None => {
+                    out.push_str("${");
+                    rest = &tail[2..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+    match labels {
+        Value::String(s) => Value::String(settle(s)),
+        Value::Array(a) => Value::Array(a.iter().map(settle_port_refs).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), settle_port_refs(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// Render a service folder for one host and hash the result.
@@ -339,6 +509,7 @@ fn render_service(def: &ServiceDef, vars: &VarSet, arch: Arch) -> Result<Service
         before,
         after,
         slot: None,
+        stop_grace: DEFAULT_GRACE,
     })
 }
 
@@ -484,7 +655,7 @@ mod tests {
         assert!(own.contains("${MESH_PORT_WEB:-8000}"), "{own}");
         // Routes: overlay IP and live port; w1's bastion is the only one.
         assert_eq!(p1.backends[0].url, "http://10.9.0.2:8000");
-        assert_eq!(p1.bastion.as_deref(), Some("edge"));
+        assert_eq!(p1.bastions, ["edge"]);
         // A different rendered context, a different image.
         let p3 = plan_host(
             &f,
@@ -558,6 +729,68 @@ mod tests {
             .unwrap();
         assert_eq!(app.mode, 0o644);
         drop(f);
+    }
+
+    #[test]
+    fn port_refs_in_labels_and_clashing_ports() {
+        let dir = tempfile::tempdir().unwrap();
+        folder(dir.path());
+        // traefik-kop style: the port label names << PORT_WEB >>.
+        std::fs::write(
+            dir.path().join("web.yml"),
+            "services:\n  web:\n    labels:\n      traefik.http.routers.web.rule: Host(`a`)\n      traefik.http.services.web.loadbalancer.server.port: \"<< PORT_WEB >>\"\n  api:\n    labels: { traefik.http.routers.api.rule: Host(`b`) }\n",
+        )
+        .unwrap();
+        let api = dir.path().join("api");
+        std::fs::create_dir_all(&api).unwrap();
+        std::fs::write(api.join("Dockerfile"), "FROM x\n").unwrap();
+        std::fs::write(api.join("mesh.yml"), "# api\nports: [8001, 8002]\n").unwrap();
+        let f = Folder::load(dir.path()).unwrap();
+        let inv = Inventory::parse(Path::new("i.yml"), INV).unwrap();
+        let err = plan_host(
+            &f,
+            &inv,
+            inv.host("w1").unwrap(),
+            &vars(&inv, "w1", Some("d")),
+        )
+        .unwrap_err()
+        .join("\n");
+        assert!(
+            err.contains("web/mesh.yml:1:8: host w1: port 8001 of service \"web\" is also the live port of service \"api\""),
+            "{err}"
+        );
+        assert!(!err.contains("MESH_PORT"), "{err}");
+        std::fs::write(api.join("mesh.yml"), "ports: [3900, 9001]\n").unwrap();
+        let f = Folder::load(dir.path()).unwrap();
+        let err = plan_host(
+            &f,
+            &inv,
+            inv.host("w1").unwrap(),
+            &vars(&inv, "w1", Some("d")),
+        )
+        .unwrap_err()
+        .join("\n");
+        assert!(
+            err.contains("garage S3 (mesh)") && err.contains("Fix:"),
+            "{err}"
+        );
+        std::fs::write(api.join("mesh.yml"), "ports: [9000, 9001]\n").unwrap();
+        let f = Folder::load(dir.path()).unwrap();
+        let p = plan_host(
+            &f,
+            &inv,
+            inv.host("w1").unwrap(),
+            &vars(&inv, "w1", Some("d")),
+        )
+        .unwrap();
+        let web = p.backends.iter().find(|b| b.service == "web").unwrap();
+        assert_eq!(web.url, "http://10.9.0.2:8000");
+        // Both bastions of an inventory get a worker's routes by default.
+        assert_eq!(p.bastions, ["edge"]);
+        assert_eq!(grace_seconds(None), 10);
+        assert_eq!(grace_seconds(Some(&serde_json::json!("1m30s"))), 90);
+        assert_eq!(grace_seconds(Some(&serde_json::json!("500ms"))), 1);
+        assert_eq!(grace_seconds(Some(&serde_json::json!(3))), 3);
     }
 
     #[test]

@@ -1,19 +1,23 @@
-//! Routes into the bastion's Redis (`ingress.publisher: mesh`).
+//! Routes into the bastions' Redis (`ingress.publisher: mesh`).
 //!
 //! Each host's routes are recorded on the host itself
-//! (`/var/lib/mesh/routes.json`, written by `services`), so they are read
-//! back over the host's own connection and nothing depends on the local
-//! dockerfiles folder. The controller then writes each host's keys on its
-//! bastion with one atomic Lua call per host (`redis-cli` fed on stdin, the
-//! password read there from a 0600 file): keys the host no longer wants
-//! are deleted unless another host still publishes them, changed keys are
-//! set, and the call returns how many keys changed, so a converged run
-//! reports "unchanged". Hosts outside this run keep their keys untouched.
+//! (`/var/lib/mesh/routes.json`, written by `services` and `deploy`), so they
+//! are read back over the host's own connection and nothing depends on the
+//! local dockerfiles folder. The keys of one service on one host have one
+//! owner in Redis, `<host>/<service>`: a deploy of `web` rewrites only
+//! `c1/web`, never `c1/api` (two deploys on one host cannot revert each
+//! other's routes). Only copies that run enter Traefik: a route is
+//! published while its service's live copy is running (and healthy, when it
+//! has a health check) and withdrawn otherwise. Each bastion gets one
+//! `redis-cli` call of atomic Lua `EVAL`s (fed on stdin, the password read
+//! there from a 0600 file); each returns how many keys it changed, so a
+//! converged run reports "unchanged". Hosts outside this run keep their
+//! keys untouched; hosts no longer in the inventory lose theirs.
 
 use super::bastion::REDIS_AUTH_FILE;
 use super::plan::{Backend, HostPlan};
 use super::routes;
-use super::slots::{Slot, SLOT_DIR};
+use super::slots::{recorded_services, state_fn, Slot, State};
 use super::ROUTES_FILE;
 use crate::phases::{on_each_host, ClusterOutcome, ClusterStep, HostCtx};
 use crate::quote::Script;
@@ -22,9 +26,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The host's route manifest (what `services` records on the host).
-pub(crate) fn manifest(host: &str, plan: &HostPlan) -> String {
-    let backends: Vec<serde_json::Value> = plan
-        .backends
+pub(crate) fn manifest(host: &str, bastions: &[String], backends: &[Backend]) -> String {
+    let backends: Vec<serde_json::Value> = backends
         .iter()
         .map(|b| {
             serde_json::json!({
@@ -35,20 +38,47 @@ pub(crate) fn manifest(host: &str, plan: &HostPlan) -> String {
             })
         })
         .collect();
-    let doc = serde_json::json!({ "host": host, "bastion": plan.bastion, "backends": backends });
+    let doc = serde_json::json!({ "host": host, "bastions": bastions, "backends": backends });
     format!("{doc:#}\n")
 }
 
-/// A manifest read back: the bastion and the backends.
-pub(crate) fn parse_manifest(
-    host: &str,
-    text: &str,
-) -> Result<(Option<String>, Vec<Backend>), String> {
+/// The manifest of a host plan.
+pub(crate) fn plan_manifest(host: &str, plan: &HostPlan) -> String {
+    manifest(host, &plan.bastions, &plan.backends)
+}
+
+/// A manifest read back: the bastions and the backends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Manifest {
+    pub bastions: Vec<String>,
+    pub backends: Vec<Backend>,
+}
+
+impl Manifest {
+    /// This manifest with `service`'s backends replaced by `backends` (deploy).
+    pub fn with_service(&self, service: &str, backends: &[Backend]) -> Manifest {
+        let mut out = self.clone();
+        out.backends.retain(|b| b.service != service);
+        out.backends.extend(backends.iter().cloned());
+        out.backends.sort_by(|a, b| a.service.cmp(&b.service));
+        out
+    }
+}
+
+pub(crate) fn parse_manifest(host: &str, text: &str) -> Result<Manifest, String> {
     let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| {
         format!("{ROUTES_FILE} is not valid JSON ({e}). Fix: run `mesh services` again")
     })?;
-    let bastion = doc["bastion"].as_str().map(str::to_string);
-    let mut out = Vec::new();
+    // `bastion` (one name) is what mesh wrote before routes went to several.
+    let bastions = match (&doc["bastions"], doc["bastion"].as_str()) {
+        (serde_json::Value::Array(a), _) => a
+            .iter()
+            .filter_map(|b| b.as_str().map(str::to_string))
+            .collect(),
+        (_, Some(one)) => vec![one.to_string()],
+        _ => Vec::new(),
+    };
+    let mut backends = Vec::new();
     for b in doc["backends"].as_array().into_iter().flatten() {
         let labels = b["labels"]
             .as_array()
@@ -56,7 +86,7 @@ pub(crate) fn parse_manifest(
             .flatten()
             .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
             .collect();
-        out.push(Backend {
+        backends.push(Backend {
             host: host.to_string(),
             service: b["service"].as_str().unwrap_or_default().to_string(),
             labels,
@@ -67,22 +97,19 @@ pub(crate) fn parse_manifest(
             },
         });
     }
-    Ok((bastion, out))
+    Ok(Manifest { bastions, backends })
 }
 
-/// A host's desired keys: every backend's router/service keys, the URL on
-/// the port of the slot `slots` says is live (the first port by default).
-pub(crate) fn host_keys(
-    host: &str,
-    backends: &[Backend],
-    slots: &BTreeMap<String, Slot>,
-) -> BTreeMap<String, String> {
-    let mut keys = BTreeMap::new();
-    for b in backends {
-        let url = live_url(b, slots.get(&b.service).copied().unwrap_or(Slot::A));
-        keys.extend(routes::backend_keys(&b.service, &b.labels, host, &url));
-    }
-    keys
+/// The Redis owner of one service's keys on one host.
+pub(crate) fn owner(host: &str, service: &str) -> String {
+    format!("{host}/{service}")
+}
+
+/// The keys one backend publishes with its URL on the port of `slot`.
+pub(crate) fn service_keys(b: &Backend, slot: Slot) -> BTreeMap<String, String> {
+    routes::backend_keys(&b.service, &b.labels, &b.host, &live_url(b, slot))
+        .into_iter()
+        .collect()
 }
 
 /// The backend's URL with the port of `slot`.
@@ -93,22 +120,134 @@ pub(crate) fn live_url(b: &Backend, slot: Slot) -> String {
     }
 }
 
-/// The live slots a host recorded, from `<service> <a|b>` lines.
-pub(crate) fn parse_slots(text: &str) -> BTreeMap<String, Slot> {
-    text.lines()
-        .filter_map(|l| {
-            let (svc, slot) = l.trim().split_once(' ')?;
-            Some((svc.to_string(), slot.trim().parse().ok()?))
-        })
-        .collect()
+/// What one round trip to a host reads: its manifest, its services'
+/// records, and which compose services run.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HostRoutes {
+    pub manifest: Manifest,
+    pub states: BTreeMap<String, State>,
+    /// (compose service, compose project, `docker ps` status text).
+    pub running: Vec<(String, String, String)>,
 }
 
-/// redis-cli stdin: one EVAL line per host.
-pub(crate) fn redis_input(per_host: &BTreeMap<String, BTreeMap<String, String>>) -> String {
-    per_host
+impl HostRoutes {
+    pub fn state(&self, service: &str) -> State {
+        self.states.get(service).cloned().unwrap_or_default()
+    }
+
+    /// Whether `service`'s live copy runs and is not unhealthy or starting.
+    pub fn is_up(&self, service: &str) -> bool {
+        let live = self.state(service).live().project(service);
+        self.running.iter().any(|(svc, project, status)| {
+            svc == service
+                && (project == super::compose::PROJECT || *project == live)
+                && !status.contains("unhealthy")
+                && !status.contains("health: starting")
+        })
+    }
+
+    /// The keys of every backend whose copy runs, by owner.
+    pub fn live_keys(&self, host: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+        self.manifest
+            .backends
+            .iter()
+            .filter(|b| self.is_up(&b.service))
+            .map(|b| {
+                (
+                    owner(host, &b.service),
+                    service_keys(b, self.state(&b.service).live()),
+                )
+            })
+            .collect()
+    }
+}
+
+const STATES_MARK: &str = "@@mesh-states";
+const RUNNING_MARK: &str = "@@mesh-running";
+
+/// Reads a host's routes, records and running containers in one round trip.
+pub(crate) fn read_script() -> Script {
+    let mut s = Script::new();
+    s.line("cat {} 2>/dev/null || echo '{}'", &[ROUTES_FILE, "{}"]);
+    s.raw(&state_fn());
+    s.line("echo {}", &[STATES_MARK]);
+    s.raw(&format!(
+        "for n in $({}); do echo \"@@svc $n\"; mesh_state \"$n\"; done",
+        recorded_services()
+    ));
+    s.line("echo {}", &[RUNNING_MARK]);
+    s.raw("docker ps --filter status=running --format '{{.Label \"com.docker.compose.service\"}} {{.Label \"com.docker.compose.project\"}} {{.Status}}' 2>/dev/null; true");
+    s
+}
+
+/// What [`read_script`] printed.
+pub(crate) fn parse_read(host: &str, text: &str) -> Result<HostRoutes, String> {
+    let (manifest, rest) = text
+        .split_once(&format!("{STATES_MARK}\n"))
+        .unwrap_or((text, ""));
+    let (states, running) = rest
+        .split_once(&format!("{RUNNING_MARK}\n"))
+        .unwrap_or((rest, ""));
+    let mut by_service: BTreeMap<String, String> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in states.lines() {
+        if let Some(name) = line.strip_prefix("@@svc ") {
+            current = Some(name.trim().to_string());
+            by_service.entry(name.trim().to_string()).or_default();
+        } else if let Some(name) = &current {
+            let text = by_service.entry(name.clone()).or_default();
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    Ok(HostRoutes {
+        manifest: parse_manifest(host, manifest)?,
+        states: by_service
+            .into_iter()
+            .map(|(k, v)| (k, State::parse(&v)))
+            .collect(),
+        running: running
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.splitn(3, ' ');
+                let svc = w.next()?.trim();
+                let project = w.next()?.trim();
+                (!svc.is_empty()).then(|| {
+                    (
+                        svc.to_string(),
+                        project.to_string(),
+                        w.next().unwrap_or("").to_string(),
+                    )
+                })
+            })
+            .collect(),
+    })
+}
+
+/// Read one host's routes over its own connection.
+pub(crate) async fn read_host(ctx: &HostCtx) -> Result<HostRoutes, String> {
+    let out = ctx
+        .op_ctx()
+        .run("read routes", read_script().as_str(), Input::None)
+        .await
+        .map_err(|e| e.to_string())?;
+    parse_read(&ctx.host.name, &out.stdout_str())
+}
+
+/// The redis-cli lines a bastion runs for one host: its live services'
+/// keys, then the withdrawal of every other owner of that host (services
+/// that stopped or vanished, and the single owner older mesh versions used).
+fn host_lines(host: &str, live: &BTreeMap<String, BTreeMap<String, String>>) -> Vec<String> {
+    let mut lines: Vec<String> = live
         .iter()
-        .map(|(host, keys)| routes::host_script(host, keys))
-        .collect()
+        .map(|(owner, keys)| routes::host_script(owner, keys))
+        .collect();
+    let keep: Vec<String> = live
+        .keys()
+        .filter_map(|o| o.split_once('/').map(|(_, s)| s.to_string()))
+        .collect();
+    lines.push(routes::prune_host_script(host, &keep));
+    lines
 }
 
 /// The cluster stage that publishes the routes of the run's hosts.
@@ -116,6 +255,11 @@ pub(crate) struct Routes {
     /// The step name it reports under (`services` or `up`).
     pub step: &'static str,
     pub bastions: BTreeMap<String, Arc<HostCtx>>,
+    /// Every host of the inventory: keys of any other host are removed.
+    pub inventory_hosts: Vec<String>,
+    /// Withdraw the routes of hosts that failed the run's host step
+    /// (`services-up`: a host whose containers did not come up).
+    pub withdraw_failed: bool,
 }
 
 impl ClusterStep for Routes {
@@ -124,45 +268,62 @@ impl ClusterStep for Routes {
     }
 
     fn run<'a>(&'a self, hosts: &'a [Arc<HostCtx>]) -> BoxFut<'a, ClusterOutcome> {
+        self.run_with_failed(hosts, &[])
+    }
+
+    fn runs_for_failed(&self) -> bool {
+        self.withdraw_failed
+    }
+
+    fn run_with_failed<'a>(
+        &'a self,
+        hosts: &'a [Arc<HostCtx>],
+        failed: &'a [Arc<HostCtx>],
+    ) -> BoxFut<'a, ClusterOutcome> {
         Box::pin(async move {
             let mut outcome = ClusterOutcome::default();
-            let read = on_each_host(hosts, |ctx| async move {
-                let out = ctx
-                    .op_ctx()
-                    .run("read routes", read_script().as_str(), Input::None)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let text = out.stdout_str();
-                let (manifest, slots) = text.split_once(SLOTS_MARK).unwrap_or((&text, ""));
-                let (bastion, backends) = parse_manifest(&ctx.host.name, manifest)?;
-                Ok((bastion, backends, parse_slots(slots)))
-            })
-            .await;
+            let read = on_each_host(hosts, |ctx| async move { read_host(&ctx).await }).await;
             let read = match read {
                 Ok(r) => r,
                 Err(e) => return ClusterOutcome::failed(e),
             };
-            // bastion -> host -> keys
-            let mut by_bastion: BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>> =
-                BTreeMap::new();
+            // bastion -> (host, its lines)
+            let mut by_bastion: BTreeMap<String, Vec<(String, Vec<String>)>> = BTreeMap::new();
             for (ctx, result) in read {
+                let name = ctx.host.name.clone();
                 match result {
-                    Ok((Some(bastion), backends, slots)) => {
-                        by_bastion.entry(bastion).or_default().insert(
-                            ctx.host.name.clone(),
-                            host_keys(&ctx.host.name, &backends, &slots),
-                        );
+                    Ok(r) => {
+                        let live = r.live_keys(&name);
+                        for b in &r.manifest.bastions {
+                            by_bastion
+                                .entry(b.clone())
+                                .or_default()
+                                .push((name.clone(), host_lines(&name, &live)));
+                        }
+                        if r.manifest.bastions.is_empty() {
+                            continue;
+                        }
                     }
-                    Ok((None, _, _)) => {}
-                    Err(e) => outcome
-                        .host_failures
-                        .push((ctx.host.name.clone(), format!("routes: {e}"))),
+                    Err(e) => outcome.host_failures.push((name, format!("routes: {e}"))),
                 }
             }
+            let mut withdrawn = Vec::new();
+            if self.withdraw_failed {
+                for ctx in failed {
+                    withdrawn.push(ctx.host.name.clone());
+                    for b in self.bastions.keys() {
+                        by_bastion.entry(b.clone()).or_default().push((
+                            ctx.host.name.clone(),
+                            vec![routes::prune_host_script(&ctx.host.name, &[])],
+                        ));
+                    }
+                }
+            }
+            let in_run = |h: &str| hosts.iter().any(|c| c.host.name == h);
             let mut messages = Vec::new();
-            for (bastion, per_host) in &by_bastion {
+            for (bastion, entries) in &by_bastion {
                 let Some(bctx) = self.bastions.get(bastion) else {
-                    for h in per_host.keys() {
+                    for (h, _) in entries {
                         outcome.host_failures.push((
                             h.clone(),
                             format!("routes: its bastion {bastion} is not in this inventory run. Fix: check traefik_host"),
@@ -173,27 +334,40 @@ impl ClusterStep for Routes {
                 if bctx.dry_run {
                     messages.push(format!(
                         "{bastion}: would publish the routes of {} host(s)",
-                        per_host.len()
+                        entries.len()
                     ));
                     continue;
                 }
-                match publish(bctx, per_host).await {
+                let mut lines: Vec<String> = entries.iter().flat_map(|(_, l)| l.clone()).collect();
+                lines.push(routes::forget_hosts_script(&self.inventory_hosts));
+                match publish(bctx, &lines).await {
                     Ok(changed) => {
                         let n: i64 = changed.iter().sum();
                         outcome.changed |= n > 0;
                         messages.push(format!(
                             "{bastion}: routes of {} host(s), {n} key(s) changed",
-                            per_host.len()
+                            entries.len()
                         ));
                     }
+                    // A bastion that cannot be reached fails itself, not
+                    // the workers whose routes its peers still serve.
+                    Err(e) if in_run(bastion) => outcome
+                        .host_failures
+                        .push((bastion.clone(), format!("publishing routes: {e}"))),
                     Err(e) => {
-                        for h in per_host.keys() {
+                        for (h, _) in entries {
                             outcome
                                 .host_failures
                                 .push((h.clone(), format!("publishing routes on {bastion}: {e}")));
                         }
                     }
                 }
+            }
+            if !withdrawn.is_empty() {
+                messages.push(format!(
+                    "withdrawn from the load balancer (failed): {}",
+                    withdrawn.join(", ")
+                ));
             }
             if !messages.is_empty() {
                 outcome.message = Some(messages.join("\n"));
@@ -203,25 +377,8 @@ impl ClusterStep for Routes {
     }
 }
 
-const SLOTS_MARK: &str = "@@mesh-slots\n";
-
-/// Reads a host's routes and its services' live slots in one round trip.
-pub(crate) fn read_script() -> Script {
-    let mut s = Script::new();
-    s.line("cat {} 2>/dev/null || echo '{}'", &[ROUTES_FILE, "{}"]);
-    s.raw("echo '@@mesh-slots'");
-    s.line(
-        "for f in {}/*.slot; do [ -f \"$f\" ] && echo \"$(basename \"$f\" .slot) $(cat \"$f\")\"; done; true",
-        &[SLOT_DIR],
-    );
-    s
-}
-
-/// Run the EVALs on the bastion; the number of keys changed per host.
-pub(crate) async fn publish(
-    bastion: &HostCtx,
-    per_host: &BTreeMap<String, BTreeMap<String, String>>,
-) -> Result<Vec<i64>, String> {
+/// Run redis-cli `lines` (EVALs) on the bastion; the number of keys each changed.
+pub(crate) async fn publish(bastion: &HostCtx, lines: &[String]) -> Result<Vec<i64>, String> {
     let ip = bastion
         .vars
         .get("OVERLAY_IP")
@@ -232,7 +389,7 @@ pub(crate) async fn publish(
     s.line("REDISCLI_AUTH=$(cat {})", &[REDIS_AUTH_FILE]);
     s.raw("export REDISCLI_AUTH");
     s.line("redis-cli --no-auth-warning -h {} -p 6379", &[&ip]);
-    let input = redis_input(per_host);
+    let input: String = lines.concat();
     let out = bastion
         .op_ctx()
         .run_ok(
@@ -253,7 +410,7 @@ pub(crate) async fn publish(
                 bastion.log.redact(text.trim())
             )
         })?;
-    if counts.len() != per_host.len() {
+    if counts.len() != lines.len() {
         return Err(format!(
             "unexpected answer from Redis: {}",
             bastion.log.redact(text.trim())
@@ -266,45 +423,59 @@ pub(crate) async fn publish(
 mod tests {
     use super::*;
 
-    fn plan() -> HostPlan {
-        HostPlan {
-            bastion: Some("edge".into()),
-            backends: vec![Backend {
-                host: "w1".into(),
-                service: "web".into(),
-                labels: vec![(
-                    "traefik.http.routers.web.rule".into(),
-                    "Host(`a.test`)".into(),
-                )],
-                url: "http://10.0.0.2:8000".into(),
-                ports: Some((8000, 8001)),
-            }],
-            ..HostPlan::default()
+    fn backend() -> Backend {
+        Backend {
+            host: "w1".into(),
+            service: "web".into(),
+            labels: vec![(
+                "traefik.http.routers.web.rule".into(),
+                "Host(`a.test`)".into(),
+            )],
+            url: "http://10.0.0.2:8000".into(),
+            ports: Some((8000, 8001)),
         }
     }
 
     #[test]
     fn a_manifest_reads_back_as_written() {
-        let text = manifest("w1", &plan());
-        let (bastion, backends) = parse_manifest("w1", &text).unwrap();
-        assert_eq!(bastion.as_deref(), Some("edge"));
-        assert_eq!(backends, plan().backends);
-        assert!(parse_manifest("w1", "{}").unwrap().1.is_empty());
+        let text = manifest("w1", &["edge".into(), "edge2".into()], &[backend()]);
+        let m = parse_manifest("w1", &text).unwrap();
+        assert_eq!(m.bastions, ["edge", "edge2"]);
+        assert_eq!(m.backends, vec![backend()]);
+        assert!(parse_manifest("w1", "{}").unwrap().backends.is_empty());
         assert!(parse_manifest("w1", "nope").unwrap_err().contains("Fix:"));
+        // What older mesh versions wrote: one bastion.
+        let old = parse_manifest("w1", r#"{"bastion": "edge", "backends": []}"#).unwrap();
+        assert_eq!(old.bastions, ["edge"]);
     }
 
     #[test]
-    fn one_eval_line_per_host() {
-        let mut per = BTreeMap::new();
-        let slots = parse_slots("web b\nother a\n");
-        per.insert("w1".to_string(), host_keys("w1", &plan().backends, &slots));
-        per.insert("w2".to_string(), BTreeMap::new());
-        let input = redis_input(&per);
-        assert_eq!(input.lines().count(), 2);
-        assert!(input
-            .lines()
-            .all(|l| l.starts_with("\"EVAL\"") || l.starts_with("EVAL")));
-        // web's live slot is b: its second port.
-        assert!(input.contains("http://10.0.0.2:8001"), "{input}");
+    fn only_running_live_copies_are_published_each_under_its_own_owner() {
+        let m = manifest("w1", &["edge".into()], &[backend()]);
+        let text = format!(
+            "{m}@@mesh-states\n@@svc web\nslot b\nimage mesh/web:2\n@@mesh-running\nweb mesh-web-b Up 3 minutes (healthy)\nother mesh Up 1 second\n"
+        );
+        let r = parse_read("w1", &text).unwrap();
+        assert_eq!(r.state("web").slot, Some(Slot::B));
+        assert!(r.is_up("web"));
+        let keys = r.live_keys("w1");
+        let web = &keys["w1/web"];
+        assert!(web.values().any(|v| v == "http://10.0.0.2:8001"), "{web:?}");
+        // Only the standby slot runs, or the copy is unhealthy: no route.
+        for running in [
+            "web mesh-web-a Up 3 minutes",
+            "web mesh-web-b Up 1 minute (unhealthy)",
+        ] {
+            let text = format!("{m}@@mesh-states\n@@svc web\nslot b\n@@mesh-running\n{running}\n");
+            assert!(parse_read("w1", &text).unwrap().live_keys("w1").is_empty());
+        }
+        let lines = host_lines("w1", &keys);
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].contains("\"w1/web\""), "{}", lines[0]);
+    }
+
+    #[test]
+    fn the_read_script_is_valid_shell() {
+        crate::quote::assert_valid_sh(&read_script());
     }
 }

@@ -970,6 +970,70 @@ pub(crate) fn host_script(host: &str, desired: &BTreeMap<String, String>) -> Str
     out
 }
 
+/// Drops owners and their keys (a key stays while another owner kept
+/// here still publishes it). ARGV[1] is the mode: `host` drops the owners
+/// of host ARGV[2] (`<host>` alone, as older mesh versions wrote, and
+/// `<host>/<service>` for a service not in ARGV[3..]); `fleet` drops every
+/// owner whose host is not in ARGV[2..]. Returns the number of keys deleted.
+const PRUNE_LUA: &str = r#"local mode = ARGV[1]
+local keep = {}
+local first = 3
+if mode ~= 'host' then first = 2 end
+for i = first, #ARGV do keep[ARGV[i]] = true end
+local drop, stay = {}, {}
+for _, o in ipairs(redis.call('SMEMBERS', 'mesh:hosts')) do
+  local h, s = string.match(o, '^([^/]*)/(.*)$')
+  if h == nil then h = o end
+  local gone
+  if mode == 'host' then
+    gone = (h == ARGV[2]) and (s == nil or not keep[s])
+  else
+    gone = not keep[h]
+  end
+  if gone then drop[#drop + 1] = o else stay[#stay + 1] = o end
+end
+local changed = 0
+for _, o in ipairs(drop) do
+  for _, k in ipairs(redis.call('SMEMBERS', 'mesh:routes:' .. o)) do
+    local shared = false
+    for _, s in ipairs(stay) do
+      if redis.call('SISMEMBER', 'mesh:routes:' .. s, k) == 1 then shared = true; break end
+    end
+    if not shared then changed = changed + redis.call('DEL', k) end
+  end
+  redis.call('DEL', 'mesh:routes:' .. o)
+  redis.call('SREM', 'mesh:hosts', o)
+end
+return changed"#;
+
+fn eval_line(lua: &str, args: &[&str]) -> String {
+    let mut out = String::from("EVAL ");
+    out.push_str(&redis_quote(lua));
+    out.push_str(" 0");
+    for a in args {
+        out.push(' ');
+        out.push_str(&redis_quote(a));
+    }
+    out.push('\n');
+    out
+}
+
+/// `redis-cli` stdin that withdraws every owner of `host` except its
+/// services `keep` (an empty `keep`: the whole host leaves the load balancer).
+pub(crate) fn prune_host_script(host: &str, keep: &[String]) -> String {
+    let mut args = vec!["host", host];
+    args.extend(keep.iter().map(String::as_str));
+    eval_line(PRUNE_LUA, &args)
+}
+
+/// `redis-cli` stdin that removes the keys of every host not in `hosts`
+/// (hosts removed from the inventory).
+pub(crate) fn forget_hosts_script(hosts: &[String]) -> String {
+    let mut args = vec!["fleet"];
+    args.extend(hosts.iter().map(String::as_str));
+    eval_line(PRUNE_LUA, &args)
+}
+
 /// The number of keys changed, from what `redis-cli` printed for
 /// [`host_script`] (stdin not a terminal: a bare integer, or an error).
 pub(crate) fn parse_changes(stdout: &str) -> Result<u64, RouteError> {

@@ -4,7 +4,7 @@
 //! healthy when it has a health check. One round trip.
 
 use super::plan::SLOT_COMPOSE;
-use super::slots::SLOT_DIR;
+use super::slots::{recorded_services, state_fn, SLOT_DIR};
 use super::BUILD_DIR;
 use crate::ops::{fmt_code, OpError, OpFailure, OpReport, Outcome};
 use crate::phases::{HostCtx, Step, StepOutcome};
@@ -12,7 +12,7 @@ use crate::quote::Script;
 use crate::ssh::{BoxFut, Input};
 
 /// Compose project name: containers are `mesh_<service>_1` (v1) or `mesh-<service>-1` (v2).
-pub(crate) const PROJECT: &str = "mesh";
+pub(crate) use super::compose::PROJECT;
 /// Seconds to wait for containers to run and be healthy.
 const WAIT_SECONDS: u64 = 90;
 /// Log lines shown for a container that failed.
@@ -50,31 +50,55 @@ fn script() -> Script {
   [ "$rc" = 0 ] || { printf '%s\n' "$out" | tail -n 15 >&2; exit 4; }
 }"#,
     );
+    s.raw(&state_fn());
+    // A service a deploy moved to another image (or back) stays on it: its
+    // record names the image, compose only offers the newest build as default.
+    s.raw(&format!(
+        r#"for n in $({}); do
+  st=$(mesh_state "$n"); img=$(printf '%s\n' "$st" | sed -n 's/^image //p')
+  if [ -n "$img" ] && ! printf '%s\n' "$st" | grep -q '^slot ' && docker image inspect "$img" >/dev/null 2>&1; then
+    export "MESH_IMAGE_$(echo "$n" | tr 'a-z-' 'A-Z_')=$img"
+  fi
+done"#,
+        recorded_services()
+    ));
     s.line("projects={}", &[PROJECT]);
     s.line(
         "if [ -f docker-compose.yml ]; then up \"$@\" -p {} up -d --remove-orphans; else ids=$(docker ps -aq --filter label=com.docker.compose.project={}); [ -z \"$ids\" ] || docker rm -f $ids >/dev/null; fi",
         &[PROJECT, PROJECT],
     );
-    // Services with a port pair: their live slot, on that slot's port.
+    // Services with a port pair: their live slot, on that slot's port, with
+    // the image their record names.
     s.line("mkdir -p {}", &[SLOT_DIR]);
-    // Slot records are replaced atomically, as deploy writes them.
-    s.raw(r#"put() { w=$(mktemp -p "$(dirname "$2")" .mesh-tmp.XXXXXXXX) && printf '%s\n' "$1" > "$w" && mv -f -- "$w" "$2"; }"#);
     s.line("for f in {}/*/{}; do", &[BUILD_DIR, SLOT_COMPOSE]);
     s.raw(
         r#"  [ -f "$f" ] || continue
-  d=$(dirname "$f"); svc=$(basename "$d")"#,
-    );
-    s.line("  state={}/$svc.slot", &[SLOT_DIR]);
-    s.raw(
-        r#"  slot=$(cat "$state" 2>/dev/null || echo a)
+  d=$(dirname "$f"); svc=$(basename "$d")
+  st=$(mesh_state "$svc")
+  slot=$(printf '%s\n' "$st" | sed -n 's/^slot //p'); slot=${slot:-a}
+  img=$(printf '%s\n' "$st" | sed -n 's/^image //p')
   read -r pa pb < "$d/.mesh-ports"
   if [ "$slot" = b ]; then port=$pb; else port=$pa; fi
   var=MESH_PORT_$(echo "$svc" | tr 'a-z-' 'A-Z_')
-  up env "$var=$port" "$@" -p "mesh-$svc-$slot" -f "$f" up -d
-  [ -f "$state" ] || put "$slot" "$state"
-  # What now runs live, for deploy's "unchanged" and its way back.
-  id=$(docker ps -aq --filter "label=com.docker.compose.project=mesh-$svc-$slot" | head -n 1)
-  [ -z "$id" ] || put "$(docker inspect --format '{{.Config.Image}}' "$id")" "${state%.slot}.image"
+  pin=MESH_IMAGE_UNSET=1
+  if [ -n "$img" ] && docker image inspect "$img" >/dev/null 2>&1; then pin="MESH_IMAGE=$img"; fi"#,
+    );
+    s.line(
+        "  up env \"$var=$port\" \"$pin\" \"$@\" -p \"mesh-$svc-$slot\" --project-directory {} -f \"$f\" up -d",
+        &[BUILD_DIR],
+    );
+    s.line("  state={}/$svc.state", &[SLOT_DIR]);
+    s.raw(
+        r#"  # What now runs live, for deploy's "unchanged" and its way back.
+  if [ -z "$img" ]; then
+    id=$(docker ps -aq --filter "label=com.docker.compose.project=mesh-$svc-$slot" | head -n 1)
+    if [ -n "$id" ]; then
+      live=$(docker inspect --format '{{.Config.Image}}' "$id")
+      w=$(mktemp -p "$(dirname "$state")" .mesh-tmp.XXXXXXXX) \
+        && printf 'slot %s\nimage %s\n' "$slot" "$live" > "$w" \
+        && mv -f -- "$w" "$state" || { echo "cannot write $state" >&2; exit 4; }
+    fi
+  fi
   projects="$projects mesh-$svc-$slot"
 done"#,
     );
@@ -112,6 +136,78 @@ done"#
         .replace("LOG_LINES", &LOG_LINES.to_string()),
     );
     s
+}
+
+/// After the routes follow the records: the standby copy of a slotted
+/// service (left running by an interrupted deploy) stops, gracefully, so
+/// one copy runs. It waits a moment first, for Traefik to apply the routes.
+pub(crate) struct Settle;
+
+fn settle_script() -> Script {
+    let mut s = Script::new();
+    s.raw(&state_fn());
+    s.raw("stale=''");
+    s.line("for f in {}/*/{}; do", &[BUILD_DIR, SLOT_COMPOSE]);
+    s.raw(
+        r#"  [ -f "$f" ] || continue
+  svc=$(basename "$(dirname "$f")")
+  slot=$(mesh_state "$svc" | sed -n 's/^slot //p')
+  if [ "$slot" = b ]; then other=a; else other=b; fi
+  ids=$(docker ps -aq --filter "label=com.docker.compose.project=mesh-$svc-$other")
+  [ -z "$ids" ] || stale="$stale mesh-$svc-$other"
+done
+[ -n "$stale" ] || exit 0
+sleep 3
+for p in $stale; do
+  ids=$(docker ps -aq --filter "label=com.docker.compose.project=$p")
+  [ -z "$ids" ] && continue
+  docker stop -t 10 $ids >/dev/null 2>&1 || true
+  docker rm -f $ids >/dev/null 2>&1 || true
+  echo "stopped $p"
+done"#,
+    );
+    s
+}
+
+impl Step for Settle {
+    fn name(&self) -> &'static str {
+        "up"
+    }
+
+    fn run<'a>(&'a self, ctx: &'a HostCtx) -> BoxFut<'a, Result<StepOutcome, OpFailure>> {
+        Box::pin(async move {
+            if ctx.dry_run {
+                return Ok(StepOutcome::default());
+            }
+            let out = ctx
+                .op_ctx()
+                .run_ok("stop standby copies", settle_script().as_str(), Input::None)
+                .await
+                .map_err(|error| OpFailure {
+                    label: "stop standby copies".into(),
+                    error,
+                    done: Vec::new(),
+                })?;
+            let stopped: Vec<String> = out
+                .stdout_str()
+                .lines()
+                .filter_map(|l| l.strip_prefix("stopped "))
+                .map(str::to_string)
+                .collect();
+            Ok(StepOutcome {
+                reports: stopped
+                    .iter()
+                    .map(|p| OpReport {
+                        label: format!("stop standby copy {p}"),
+                        outcome: Outcome::Changed,
+                        detail: "not the live slot".into(),
+                    })
+                    .collect(),
+                output: (!stopped.is_empty())
+                    .then(|| format!("stopped standby copies: {}", stopped.join(", "))),
+            })
+        })
+    }
 }
 
 /// One container's state as the script reported it.
@@ -281,5 +377,6 @@ mod tests {
     #[test]
     fn the_script_is_valid_shell() {
         crate::quote::assert_valid_sh(&script());
+        crate::quote::assert_valid_sh(&settle_script());
     }
 }
