@@ -1135,10 +1135,16 @@ fn services_build_once_ship_route_through_the_bastion_and_clean_up() {
         "--limit kept host 3 out"
     );
 
-    // A service removed from the folder leaves its hosts and Redis.
+    // A service removed from the folder stays until --prune, which
+    // removes it from its hosts and Redis.
     std::fs::remove_dir_all(df.path().join("web")).unwrap();
     std::fs::write(df.path().join("web.yml"), "services: {}\n").unwrap();
     mesh().args(["services", "--dockerfiles", &dir]).run().ok();
+    assert_eq!(lab.on(2, "test -d /containers/build/web").code, 0, "removed without --prune");
+    mesh()
+        .args(["services", "--prune", "--dockerfiles", &dir])
+        .run()
+        .ok();
     for i in 2..=3 {
         assert_ne!(lab.on(i, "test -e /containers/build/web").code, 0);
         let ctrs = lab
@@ -1264,10 +1270,7 @@ fn deploy_switches_without_a_failed_request_and_rolls_back_a_bad_build() {
     eprintln!("deploy of web on 2 hosts: {deploy_seconds:.1} s, {ok} requests, 0 failed");
     // Recorded on the hosts: the live slot, and an audit line.
     for i in 2..=3 {
-        assert_eq!(
-            lab.on(i, "cat /var/lib/mesh/deploy/web.slot").stdout.trim(),
-            "b"
-        );
+        assert_eq!(live_slot(&lab, i, "web"), "b");
         let audit = lab.on(i, "tail -n 1 /var/log/mesh/deploy.log").stdout;
         assert!(audit.contains("\"result\":\"running\""), "{audit}");
     }
@@ -1292,10 +1295,7 @@ fn deploy_switches_without_a_failed_request_and_rolls_back_a_bad_build() {
         .run()
         .ok();
     for i in 2..=3 {
-        assert_eq!(
-            lab.on(i, "cat /var/lib/mesh/deploy/web.slot").stdout.trim(),
-            "a"
-        );
+        assert_eq!(live_slot(&lab, i, "web"), "a");
     }
     for _ in 0..4 {
         let body = util::http_get(&bastion, "web.example.test").unwrap().1;
@@ -1418,6 +1418,17 @@ fn deploy_switches_without_a_failed_request_and_rolls_back_a_bad_build() {
         second.stdout
     );
     assert!(first.wait().unwrap().success());
+}
+
+/// The live slot host `i` records for `service`.
+fn live_slot(lab: &Lab, i: usize, service: &str) -> String {
+    lab.on(
+        i,
+        &format!("sed -n 's/^slot //p' /var/lib/mesh/deploy/{service}.state"),
+    )
+    .stdout
+    .trim()
+    .to_string()
 }
 
 /// A Debian package `mesh-care-probe` of `version`, built here with dpkg-deb.
@@ -1607,4 +1618,439 @@ fn care_upgrades_matching_hosts_in_batches_runs_hooks_and_waits_out_a_reboot() {
         1,
         "/run is new after a boot"
     );
+}
+
+/// The app of the fleet tests' extra services (python3, like the example's
+/// web): on PORT it serves its page, the first-start stamp of its data dir
+/// (`DATA`) and its host's name; without PORT it only keeps running.
+const FLEET_APP: &str = r#"import http.server, os, socket, sys, time, urllib.request
+BIND = os.environ.get("BIND", "0.0.0.0")
+PORT = int(os.environ.get("PORT", "0") or "0")
+DATA = os.environ.get("DATA", "")
+if "--check" in sys.argv:
+    urllib.request.urlopen(f"http://{BIND}:{PORT}/up", timeout=2)
+    sys.exit(0)
+stamp = ""
+if DATA:
+    path = os.path.join(DATA, "stamp")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write(f"{time.time_ns()}\n")
+    stamp = open(path).read().strip()
+page = open("/app/index.html").read().strip()
+if not PORT:
+    while True:
+        time.sleep(3600)
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/up":
+            body = b"ok\n"
+        else:
+            body = f"{page} stamp={stamp} served by {socket.gethostname()}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer((BIND, PORT), Handler).serve_forever()
+"#;
+
+/// The Dockerfile of those services: the example web's first lines, so the
+/// python3 layer is built once and shared.
+const FLEET_DOCKERFILE: &str = "FROM << BASE_IMAGE >>
+RUN apt-get update \\
+ && apt-get install -y --no-install-recommends python3 \\
+ && rm -rf /var/lib/apt/lists/*
+COPY app.py index.html /app/
+CMD [\"python3\", \"/app/app.py\"]
+";
+
+/// The example dockerfiles folder plus `services` (name, mesh.yml, page),
+/// with `compose` as the web group's file.
+fn fleet_dockerfiles(services: &[(&str, &str, &str)], compose: &str) -> tempfile::TempDir {
+    let df = util::example_dockerfiles();
+    for (name, mesh_yml, page) in services {
+        let dir = df.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("Dockerfile"), FLEET_DOCKERFILE).unwrap();
+        std::fs::write(dir.join("app.py"), FLEET_APP).unwrap();
+        std::fs::write(dir.join("index.html"), format!("{page}\n")).unwrap();
+        std::fs::write(dir.join("mesh.yml"), mesh_yml).unwrap();
+    }
+    std::fs::write(df.path().join("web.yml"), compose).unwrap();
+    df
+}
+
+/// An inventory of `bastions` bastions (hosts 1..) and the other hosts in
+/// group `web` (no traefik_host: their routes go to every bastion).
+fn fleet_inventory(lab: &Lab, bastions: usize, head: &str) -> std::path::PathBuf {
+    let ssh: String = std::fs::read_to_string(lab.inventory())
+        .unwrap()
+        .lines()
+        .take_while(|l| !l.starts_with("groups:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut text = format!("{head}\n{ssh}groups:\n  bastion:\n    hosts:\n");
+    for i in 1..=lab.count {
+        if i == bastions + 1 {
+            text.push_str("  web:\n    hosts:\n");
+        }
+        let services = if i <= bastions {
+            ", services: [traefik, redis]"
+        } else {
+            ""
+        };
+        text.push_str(&format!(
+            "      {}: {{ address: {ip}, overlay_ip: {ip}{services} }}\n",
+            lab.host(i),
+            ip = lab.ip(i)
+        ));
+    }
+    let path = lab.dir.join("fleet.yml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The container ids host `i` runs for compose service `service`.
+fn containers(lab: &Lab, i: usize, service: &str) -> String {
+    lab.on(
+        i,
+        &format!("docker ps -q --filter label=com.docker.compose.service={service} | sort"),
+    )
+    .stdout
+    .trim()
+    .to_string()
+}
+
+/// Every request loop's failures, asserted empty; the last bodies.
+fn no_failures(loops: Vec<(String, RequestLoop)>, during: &str) -> Vec<String> {
+    let mut last = Vec::new();
+    for (what, l) in loops {
+        let (ok, failed, body) = l.finish();
+        assert!(
+            failed.is_empty(),
+            "{what} during {during}: {} of {} requests failed: {:?}",
+            failed.len(),
+            ok + failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        assert!(ok > 5, "{what}: only {ok} requests");
+        eprintln!("{during}: {what}: {ok} requests answered, 0 failed");
+        last.push(body);
+    }
+    last
+}
+
+#[test]
+fn two_bastions_several_services_per_host_each_deployed_without_a_failed_request() {
+    let lab = Lab::start("fleet", 4, 31);
+    lab.install_docker();
+    let compose = "services:
+  web:
+    network_mode: host
+    restart: unless-stopped
+    environment: { BIND: \"<< OVERLAY_IP >>\", PORT: \"<< PORT_WEB >>\" }
+    labels:
+      traefik.http.routers.web.rule: \"Host(`web.example.test`)\"
+      traefik.http.routers.web.entrypoints: web
+  api:
+    network_mode: host
+    restart: unless-stopped
+    environment: { BIND: \"<< OVERLAY_IP >>\", PORT: \"<< PORT_API >>\" }
+    labels:
+      traefik.http.routers.api.rule: \"Host(`api.example.test`)\"
+      traefik.http.routers.api.entrypoints: web
+      traefik.http.services.api.loadbalancer.server.port: \"<< PORT_API >>\"
+  worker:
+    network_mode: host
+    restart: unless-stopped
+";
+    let df = fleet_dockerfiles(
+        &[
+            ("api", "ports: [8100, 8101]\nhealth: { path: /up }\n", "api one"),
+            ("worker", "# no ports: recreated on deploy\n", "worker"),
+        ],
+        compose,
+    );
+    let dir = df.path().to_str().unwrap().to_string();
+    let inv = fleet_inventory(
+        &lab,
+        2,
+        &services_vars(&lab, "web.example.test").replace("crowdsec: true", "crowdsec: false"),
+    );
+    let mesh = || Mesh::new(&inv);
+
+    // A wrong (empty) folder: input error, nothing touched.
+    let empty = tempfile::tempdir().unwrap();
+    let bad = mesh()
+        .args(["services", "--dockerfiles", empty.path().to_str().unwrap()])
+        .run()
+        .expect_code(2);
+    assert!(bad.stderr.contains("no service folder"), "{}", bad.stderr);
+    assert_ne!(lab.on(3, "test -d /containers/build").code, 0);
+
+    mesh().args(["services", "--dockerfiles", &dir]).run().ok();
+    // Nothing is routed before services-up started it.
+    assert_eq!(lab.redis("--scan --pattern 'traefik/*services*'").trim(), "");
+    mesh().args(["services-up"]).run().ok();
+    let (b1, b2) = (lab.ip(1), lab.ip(2));
+    for addr in [&b1, &b2] {
+        for domain in ["web.example.test", "api.example.test"] {
+            let mut seen = std::collections::BTreeSet::new();
+            util::eventually(|| {
+                let (status, body) = util::http_get(addr, domain)?;
+                if status != 200 {
+                    return Err(format!("{addr} {domain}: {status} {body}"));
+                }
+                for i in 3..=4 {
+                    if body.contains(&format!("served by {}", lab.host(i))) {
+                        seen.insert(i);
+                    }
+                }
+                (seen.len() == 2)
+                    .then_some(())
+                    .ok_or(format!("{addr} {domain}: backends so far {seen:?}"))
+            });
+        }
+    }
+
+    // Deploy each routed service in turn under request loops through both
+    // bastions for both domains: no request fails, the other services keep
+    // their containers.
+    let mut ids: Vec<(usize, &str, String)> = Vec::new();
+    for i in 3..=4 {
+        for svc in ["api", "worker", "web"] {
+            ids.push((i, svc, containers(&lab, i, svc)));
+        }
+    }
+    let loops = || {
+        let mut v = Vec::new();
+        for addr in [&b1, &b2] {
+            for domain in ["web.example.test", "api.example.test"] {
+                v.push((
+                    format!("{domain} via {addr}"),
+                    RequestLoop::start(addr.clone(), domain),
+                ));
+            }
+        }
+        v
+    };
+    std::fs::write(df.path().join("web/index.html"), "web two\n").unwrap();
+    let running = loops();
+    let run = mesh()
+        .args(["deploy", "--service", "web", "--dockerfiles", &dir])
+        .run()
+        .ok();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let last = no_failures(running, "deploy web");
+    assert!(last[0].contains("web two") && last[2].contains("web two"), "{last:?}\n{}", run.stdout);
+    for (i, svc, id) in &ids {
+        if *svc != "web" {
+            assert_eq!(&containers(&lab, *i, svc), id, "{svc} on host {i} was touched");
+        }
+    }
+    std::fs::write(df.path().join("api/index.html"), "api two\n").unwrap();
+    let running = loops();
+    mesh()
+        .args(["deploy", "--service", "api", "--dockerfiles", &dir])
+        .run()
+        .ok();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let last = no_failures(running, "deploy api");
+    assert!(last[1].contains("api two") && last[3].contains("api two"), "{last:?}");
+    for addr in [&b1, &b2] {
+        let body = util::http_get(addr, "web.example.test").unwrap().1;
+        assert!(body.contains("web two"), "the api deploy reverted web: {body}");
+    }
+    for i in 3..=4 {
+        assert_eq!(containers(&lab, i, "worker"), ids.iter().find(|x| x.0 == i && x.1 == "worker").unwrap().2);
+        assert_eq!(live_slot(&lab, i, "web"), "b");
+        assert_eq!(live_slot(&lab, i, "api"), "b");
+    }
+
+    // A service without ports deploys by recreate, its downtime printed.
+    std::fs::write(df.path().join("worker/index.html"), "worker two\n").unwrap();
+    let run = mesh()
+        .args(["deploy", "--service", "worker", "--dockerfiles", &dir])
+        .run()
+        .ok();
+    assert!(run.stdout.contains("downtime"), "{}", run.stdout);
+
+    // One bastion down: the other keeps serving both domains, and
+    // `services` fails only the stopped bastion.
+    lab.docker(&["stop", &lab.host(2)]);
+    for domain in ["web.example.test", "api.example.test"] {
+        assert_eq!(util::http_get(&b1, domain).unwrap().0, 200, "{domain}");
+    }
+    let down = mesh()
+        .args(["--json", "services", "--dockerfiles", &dir])
+        .run()
+        .expect_code(1);
+    util::assert_only_failed(&down.summary(), &lab.host(2), "");
+    for domain in ["web.example.test", "api.example.test"] {
+        assert_eq!(util::http_get(&b1, domain).unwrap().0, 200, "{domain}");
+    }
+}
+
+/// The first-start stamp `kv` serves through the bastion, and its page.
+fn kv_page(bastion: &str) -> (String, String) {
+    let body = util::eventually(|| match util::http_get(bastion, "kv.example.test")? {
+        (200, body) => Ok(body),
+        other => Err(format!("{other:?}")),
+    });
+    let stamp = body
+        .split("stamp=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string();
+    (stamp, body)
+}
+
+#[test]
+fn stateful_services_keep_their_volume_across_deploys_rollbacks_and_interrupts() {
+    let lab = Lab::start("state", 2, 32);
+    lab.install_docker();
+    let compose = "services:
+  kv:
+    network_mode: host
+    restart: unless-stopped
+    environment: { BIND: \"<< OVERLAY_IP >>\", PORT: \"<< PORT_KV >>\", DATA: /data }
+    volumes: [\"kvdata:/data\"]
+    labels:
+      traefik.http.routers.kv.rule: \"Host(`kv.example.test`)\"
+      traefik.http.routers.kv.entrypoints: web
+  db:
+    network_mode: host
+    restart: unless-stopped
+    environment: { DATA: /data }
+    volumes: [\"dbdata:/data\"]
+    stop_grace_period: 3s
+volumes:
+  kvdata: {}
+  dbdata: {}
+";
+    let df = fleet_dockerfiles(
+        &[
+            ("kv", "ports: [8200, 8201]\nhealth: { path: /up }\n", "kv build 1"),
+            ("db", "strategy: recreate\n", "db build 1"),
+        ],
+        compose,
+    );
+    std::fs::remove_dir_all(df.path().join("web")).unwrap();
+    let dir = df.path().to_str().unwrap().to_string();
+    let inv = lab.services_inventory(
+        "state.yml",
+        &services_vars(&lab, "web.example.test").replace("crowdsec: true", "crowdsec: false"),
+    );
+    let mesh = || Mesh::new(&inv);
+    mesh().args(["services", "--dockerfiles", &dir]).run().ok();
+    mesh().args(["services-up"]).run().ok();
+    let bastion = lab.ip(1);
+    let (stamp, _) = kv_page(&bastion);
+    assert!(!stamp.is_empty());
+    let db_stamp = || lab.on(2, "cat /var/lib/docker/volumes/mesh_dbdata/_data/stamp").stdout;
+    let db0 = db_stamp();
+    assert!(!db0.trim().is_empty());
+
+    // Three deploys and a rollback: the stamp (the volume) never changes.
+    for n in 2..=4 {
+        std::fs::write(df.path().join("kv/index.html"), format!("kv build {n}\n")).unwrap();
+        let requests = RequestLoop::start(bastion.clone(), "kv.example.test");
+        mesh()
+            .args(["deploy", "--service", "kv", "--dockerfiles", &dir])
+            .run()
+            .ok();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        no_failures(vec![(format!("kv deploy {n}"), requests)], "deploy kv");
+        let (now, body) = kv_page(&bastion);
+        assert_eq!(now, stamp, "deploy {n} lost the volume: {body}");
+        assert!(body.contains(&format!("kv build {n}")), "{body}");
+    }
+    let vols = lab.on(2, "docker volume ls -q | sort").stdout;
+    assert!(!vols.contains("mesh-kv-"), "a volume per slot: {vols}");
+    mesh()
+        .args(["deploy", "--service", "kv", "--rollback", "--dockerfiles", &dir])
+        .run()
+        .ok();
+    let (now, body) = kv_page(&bastion);
+    assert_eq!(now, stamp, "{body}");
+    assert!(body.contains("kv build 3"), "rollback: {body}");
+    // A second rollback goes further back, not to the build just left.
+    mesh()
+        .args(["deploy", "--service", "kv", "--rollback", "--dockerfiles", &dir])
+        .run()
+        .ok();
+    assert!(kv_page(&bastion).1.contains("kv build 2"));
+    // services-up leaves the rolled-back live copy as it is.
+    let before = containers(&lab, 2, "kv");
+    mesh().args(["services-up"]).run().ok();
+    assert_eq!(containers(&lab, 2, "kv"), before, "services-up touched kv");
+    assert!(kv_page(&bastion).1.contains("kv build 2"), "services-up rolled forward");
+
+    // strategy: recreate, with a volume: data kept, downtime printed.
+    std::fs::write(df.path().join("db/index.html"), "db build 2\n").unwrap();
+    let run = mesh()
+        .args(["deploy", "--service", "db", "--dockerfiles", &dir])
+        .run()
+        .ok();
+    assert!(run.stdout.contains("downtime"), "{}", run.stdout);
+    let downtime = run
+        .stdout
+        .split("downtime ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or("?")
+        .to_string();
+    eprintln!("recreate deploy of db: downtime {downtime} s");
+    assert_eq!(db_stamp(), db0, "recreate lost db's data");
+
+    // Interrupted during routing (Traefik paused, so the confirmation
+    // waits), then during the drain: afterwards a plain re-run deploys,
+    // without --break-lock, and one copy serves.
+    let log = lab.dir.join(".mesh/logs/latest").join(format!("{}.log", lab.host(2)));
+    let interrupt = |drain: &str, at: &dyn Fn() -> bool| {
+        let child = mesh()
+            .args(["deploy", "--service", "kv", "--drain", drain, "--dockerfiles", &dir])
+            .spawn();
+        util::eventually_within(120, || at().then_some(()).ok_or("not there yet".to_string()));
+        let pid = child.id().to_string();
+        std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        let mut child = child;
+        child.wait().unwrap();
+    };
+    std::fs::write(df.path().join("kv/index.html"), "kv build 5\n").unwrap();
+    let traefik = lab
+        .on(1, "docker ps -q --filter label=com.docker.compose.service=traefik")
+        .stdout
+        .trim()
+        .to_string();
+    assert_eq!(lab.on(1, &format!("docker pause {traefik}")).code, 0);
+    interrupt("2", &|| {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("deploy stage routing"))
+    });
+    lab.on(1, &format!("docker unpause {traefik}"));
+    mesh()
+        .args(["deploy", "--service", "kv", "--dockerfiles", &dir])
+        .run()
+        .ok();
+    let (now, body) = kv_page(&bastion);
+    assert_eq!(now, stamp);
+    assert!(body.contains("kv build 5"), "{body}");
+    assert_eq!(containers(&lab, 2, "kv").lines().count(), 1, "one copy");
+
+    std::fs::write(df.path().join("kv/index.html"), "kv build 6\n").unwrap();
+    let slot = live_slot(&lab, 2, "kv");
+    interrupt("30", &|| live_slot(&lab, 2, "kv") != slot);
+    assert_eq!(containers(&lab, 2, "kv").lines().count(), 2, "drain: both copies");
+    let again = mesh()
+        .args(["deploy", "--service", "kv", "--dockerfiles", &dir])
+        .run()
+        .ok();
+    assert!(again.stdout.contains("stale lock"), "{}", again.stdout);
+    assert_eq!(containers(&lab, 2, "kv").lines().count(), 1, "one copy");
+    let (now, body) = kv_page(&bastion);
+    assert_eq!(now, stamp);
+    assert!(body.contains("kv build 6"), "{body}");
 }

@@ -320,6 +320,7 @@ impl ClusterStep for Routes {
                 }
             }
             let in_run = |h: &str| hosts.iter().any(|c| c.host.name == h);
+            let failed_before = |h: &str| failed.iter().any(|c| c.host.name == h);
             let mut messages = Vec::new();
             for (bastion, entries) in &by_bastion {
                 let Some(bctx) = self.bastions.get(bastion) else {
@@ -354,6 +355,9 @@ impl ClusterStep for Routes {
                     Err(e) if in_run(bastion) => outcome
                         .host_failures
                         .push((bastion.clone(), format!("publishing routes: {e}"))),
+                    Err(e) if failed_before(bastion) => messages.push(format!(
+                        "{bastion}: routes not published (the bastion failed): {e}"
+                    )),
                     Err(e) => {
                         for (h, _) in entries {
                             outcome
