@@ -1623,7 +1623,8 @@ fn care_upgrades_matching_hosts_in_batches_runs_hooks_and_waits_out_a_reboot() {
 /// The app of the fleet tests' extra services (python3, like the example's
 /// web): on PORT it serves its page, the first-start stamp of its data dir
 /// (`DATA`) and its host's name; without PORT it only keeps running.
-const FLEET_APP: &str = r#"import http.server, os, socket, sys, time, urllib.request
+const FLEET_APP: &str = r#"import http.server, os, signal, socket, sys, time, urllib.request
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 BIND = os.environ.get("BIND", "0.0.0.0")
 PORT = int(os.environ.get("PORT", "0") or "0")
 DATA = os.environ.get("DATA", "")
@@ -2053,4 +2054,89 @@ volumes:
     let (now, body) = kv_page(&bastion);
     assert_eq!(now, stamp);
     assert!(body.contains("kv build 6"), "{body}");
+}
+
+#[test]
+fn ctrl_c_stops_the_remote_commands_but_not_a_package_install() {
+    let lab = Lab::start("intr", 2, 47);
+    let sleeping = |i: usize| lab.on(i, "pgrep -af 'sleep 4[7]' || true").stdout;
+    // Ctrl-C ends what the run started on the hosts too (closing an ssh
+    // channel does not): TERM to each command's process group, KILL after
+    // the grace. Exit 130 within 2 s plus that grace.
+    let mut child = lab.mesh().args(["exec", "--", "sleep", "47"]).spawn();
+    util::eventually_within(10, || {
+        let n = lab.hosts().len();
+        let up = (1..=n).filter(|&i| !sleeping(i).trim().is_empty()).count();
+        (up == n)
+            .then_some(())
+            .ok_or(format!("sleep 47 on {up}/{n} hosts"))
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let pid = child.id().to_string();
+    let t0 = std::time::Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "still running 5 s after SIGINT"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    eprintln!(
+        "exec -- sleep 47: exit {status} {:?} after SIGINT",
+        t0.elapsed()
+    );
+    assert_eq!(status.code(), Some(130));
+    util::eventually_within(5, || {
+        let left: Vec<String> = (1..=lab.hosts().len()).map(sleeping).collect();
+        left.iter()
+            .all(|s| s.trim().is_empty())
+            .then_some(())
+            .ok_or(format!("sleep 47 left on the hosts: {left:?}"))
+    });
+    let ssh = std::process::Command::new("pgrep")
+        .args(["-af", &format!("mesh-{pid}-[0-9a-f]")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ssh.stdout).trim(), "");
+
+    // A package install is left to finish, and the output says where.
+    let host = lab.host(2);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .arg("-i")
+        .arg(lab.inventory())
+        .args(["--progress", "never", "--limit", &host, "exec", "--"])
+        .arg("cp /bin/sleep /tmp/dpkg && /tmp/dpkg 46")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let installing = || lab.on(2, "pgrep -x dpkg || true").stdout;
+    util::eventually_within(10, || {
+        (!installing().trim().is_empty())
+            .then_some(())
+            .ok_or("no dpkg yet".to_string())
+    });
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains(&format!("left running to finish: dpkg on {host}")),
+        "{stderr}"
+    );
+    assert!(!installing().trim().is_empty(), "dpkg was stopped");
+    lab.on(2, "pkill -x dpkg; rm -f /tmp/dpkg");
 }
