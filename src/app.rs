@@ -319,23 +319,53 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
         verbose: cli.verbose,
         dry_run: cli.dry_run,
     };
-    let conns: Vec<Arc<dyn Transport>> =
-        ctxs.iter().chain(&extra).map(|c| c.conn.clone()).collect();
+    let conns: Vec<(String, Arc<dyn Transport>)> = ctxs
+        .iter()
+        .chain(&extra)
+        .map(|c| (c.host.name.clone(), c.conn.clone()))
+        .collect();
     let rollout = rollout.unwrap_or_else(|| crate::run::Rollout::all(ctxs.len()));
     let code = tokio::select! {
         summary = run_rollout(Arc::new(phase), ctxs, &opts, &rollout) => summary.exit_code(),
         _ = tokio::signal::ctrl_c() => {
-            // The run is dropped here, which aborts its host tasks. Leave no
-            // ssh masters behind; hosts keep whatever finished.
-            eprintln!("\ninterrupted: closing connections (steps already applied stay applied; Ctrl-C again to quit at once)");
+            // The run is dropped here, which aborts its host tasks. Stop the
+            // commands they left running on the hosts, then leave no ssh
+            // masters behind; hosts keep whatever finished.
+            let grace = crate::ssh::mux::KILL_GRACE;
+            eprintln!("\ninterrupted: stopping the commands still running on the hosts (TERM, KILL after {} s; a package install is left to finish) and closing connections (steps already applied stay applied; Ctrl-C again to quit at once)", grace.as_secs());
             tokio::spawn(async {
                 if tokio::signal::ctrl_c().await.is_ok() {
                     std::process::exit(i32::from(EXIT_INTERRUPTED));
                 }
             });
+            let stopping: Vec<_> = conns
+                .iter()
+                .map(|(host, c)| {
+                    let (host, c) = (host.clone(), c.clone());
+                    tokio::spawn(async move { (host, c.interrupt().await) })
+                })
+                .collect();
+            let mut left: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+            let _ = tokio::time::timeout(grace + Duration::from_secs(2), async {
+                for s in stopping {
+                    if let Ok((host, tools)) = s.await {
+                        for tool in tools {
+                            left.entry(tool).or_default().push(host.clone());
+                        }
+                    }
+                }
+            })
+            .await;
+            if !left.is_empty() {
+                let what: Vec<String> = left
+                    .iter()
+                    .map(|(tool, hosts)| format!("{tool} on {}", hosts.join(", ")))
+                    .collect();
+                eprintln!("left running to finish: {}", what.join("; "));
+            }
             let closing: Vec<_> = conns
                 .iter()
-                .map(|c| {
+                .map(|(_, c)| {
                     let c = c.clone();
                     tokio::spawn(async move { c.close().await })
                 })

@@ -140,6 +140,15 @@ pub trait Transport: Send + Sync {
     /// Close the connection; later calls reconnect.
     fn close(&self) -> BoxFut<'_, ()>;
 
+    /// After Ctrl-C, once the commands' futures are dropped: stop what they
+    /// started on the host (closing a channel does not), TERM then KILL
+    /// after a grace of a few seconds. A package install is left to
+    /// finish: the names of the tools left running (e.g. `dpkg`) are
+    /// returned.
+    fn interrupt(&self) -> BoxFut<'_, Vec<String>> {
+        Box::pin(async { Vec::new() })
+    }
+
     /// What the user should learn about this connection, each notice once
     /// (later calls return only new ones): e.g. `trusting new host key
     /// SHA256:…` when a host's key was accepted for the first time.

@@ -5,6 +5,12 @@
 //! mesh starts the master itself with the system `ssh`, so `~/.ssh/config`,
 //! ssh-agent, ProxyJump and known_hosts behave as operators expect, and the
 //! inventory's `ssh.options` pass straight through as `-o Key=Value`.
+//!
+//! Closing a mux channel does not stop the remote command (sshd hangs up
+//! only on a pty), so every command first tells its process group on
+//! stderr (a line mesh strips), and [`Transport::interrupt`] (Ctrl-C)
+//! ends the groups still running through the same master: TERM, then KILL
+//! after [`KILL_GRACE`]. A package install (dpkg, apt) is left to finish.
 
 use super::{BoxFut, CommandKind, CommandTimeouts, Input, Output, SshError, Transport};
 use crate::quote::quote;
@@ -12,9 +18,10 @@ use openssh::{Session, Stdio};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio as StdStdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Mutex, Semaphore};
 
 /// How to reach one host; every field left `None` is left to `~/.ssh/config`.
@@ -110,6 +117,10 @@ pub struct SshTransport {
     conn: Mutex<Option<Arc<Conn>>>,
     /// For [`Transport::notices`]: host keys trusted on first use.
     notices: std::sync::Mutex<Vec<String>>,
+    /// Process groups of the commands started and not seen to finish, by
+    /// command number: what [`Transport::interrupt`] stops.
+    running: std::sync::Mutex<BTreeMap<u64, u32>>,
+    next_command: AtomicU64,
 }
 
 impl SshTransport {
@@ -125,7 +136,13 @@ impl SshTransport {
             log,
             conn: Mutex::new(None),
             notices: std::sync::Mutex::default(),
+            running: std::sync::Mutex::default(),
+            next_command: AtomicU64::new(0),
         }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, u32>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn connection(&self) -> Result<Arc<Conn>, SshError> {
@@ -261,7 +278,13 @@ impl SshTransport {
         let limit = self.limits.commands.of(kind);
         let started = std::time::Instant::now();
         let local = limit + Duration::from_secs(15);
-        match tokio::time::timeout(local, self.run_limited(conn, script, input, limit)).await {
+        let id = self.next_command.fetch_add(1, Ordering::Relaxed);
+        let res =
+            tokio::time::timeout(local, self.run_limited(conn, script, input, limit, id)).await;
+        // Finished (or given up on): nothing to stop any more. A command whose
+        // future is dropped (Ctrl-C) stays listed for `interrupt`.
+        self.running().remove(&id);
+        match res {
             Ok(Ok(out)) if matches!(out.code, Some(124 | 137)) && started.elapsed() >= limit => {
                 Err(SshError::Timeout {
                     dest: self.dest.clone(),
@@ -282,61 +305,213 @@ impl SshTransport {
         script: &str,
         input: Input,
         limit: Duration,
+        id: u64,
     ) -> Result<Output, SshError> {
-        let deadline = format!("timeout -k 5 {}", limit.as_secs().max(1));
-        let wrapped = if conn.sudo {
-            // sudo resets the environment; keep SSH_CONNECTION for the facts probe.
-            format!(
-                "sudo -n env MESH_SSH_CONNECTION=\"$SSH_CONNECTION\" {deadline} sh -c {}",
-                quote(script)
-            )
-        } else {
-            format!("{deadline} sh -c {}", quote(script))
-        };
+        let wrapped = wrap(script, limit, conn.sudo);
         let channel_err = |e: openssh::Error| SshError::Channel {
             dest: self.dest.clone(),
             reason: e.to_string(),
         };
         let mut command = conn.session.raw_command(wrapped);
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let out = match input {
+        let fed = match input {
             Input::None => {
                 command.stdin(Stdio::null());
-                command.output().await.map_err(channel_err)?
+                None
             }
             Input::File(path) => {
                 // Hand the file itself to ssh as stdin: no copy through mesh.
                 let file = std::fs::File::open(&path)
                     .map_err(|source| SshError::LocalFile { path, source })?;
                 command.stdin(Stdio::from(std::os::fd::OwnedFd::from(file)));
-                command.output().await.map_err(channel_err)?
+                None
             }
             input => {
                 command.stdin(Stdio::piped());
-                let mut child = command.spawn().await.map_err(channel_err)?;
-                let mut stdin = child.stdin().take().expect("piped stdin");
-                // Feed stdin while the command runs, so neither side blocks.
-                let feed = async move {
-                    // A broken pipe shows up as the remote command's failure.
-                    let fed = feed(&mut stdin, input).await;
-                    let _ = stdin.shutdown().await;
-                    drop(stdin);
-                    match fed {
-                        Err(e @ SshError::LocalFile { .. }) => Err(e),
-                        _ => Ok(()),
-                    }
-                };
-                let (fed, out) = tokio::join!(feed, child.wait_with_output());
-                fed?;
-                out.map_err(channel_err)?
+                Some(input)
             }
         };
+        let mut child = command.spawn().await.map_err(channel_err)?;
+        let stdin = child.stdin().take();
+        // Feed stdin while the command runs, so neither side blocks.
+        let feed = async move {
+            let (Some(input), Some(mut stdin)) = (fed, stdin) else {
+                return Ok(());
+            };
+            // A broken pipe shows up as the remote command's failure.
+            let fed = feed(&mut stdin, input).await;
+            let _ = stdin.shutdown().await;
+            drop(stdin);
+            match fed {
+                Err(e @ SshError::LocalFile { .. }) => Err(e),
+                _ => Ok(()),
+            }
+        };
+        let stdout = child.stdout().take();
+        let stdout = async move {
+            let mut buf = Vec::new();
+            if let Some(mut r) = stdout {
+                r.read_to_end(&mut buf).await?;
+            }
+            Ok::<_, std::io::Error>(buf)
+        };
+        let stderr = child.stderr().take();
+        let stderr = async move {
+            match stderr {
+                Some(mut r) => {
+                    read_stderr(&mut r, |pgid| {
+                        self.running().insert(id, pgid);
+                    })
+                    .await
+                }
+                None => Ok(Vec::new()),
+            }
+        };
+        let (fed, stdout, stderr) = tokio::join!(feed, stdout, stderr);
+        fed?;
+        let io_err = |e: std::io::Error| SshError::Channel {
+            dest: self.dest.clone(),
+            reason: e.to_string(),
+        };
+        let (stdout, stderr) = (stdout.map_err(io_err)?, stderr.map_err(io_err)?);
+        // The streams are read to their end before waiting (waiting first
+        // would cut output still in flight).
+        let status = child.wait().await.map_err(channel_err)?;
         Ok(Output {
-            code: out.status.code(),
-            stdout: out.stdout,
-            stderr: out.stderr,
+            code: status.code(),
+            stdout,
+            stderr,
         })
     }
+}
+
+/// What a command says first on stderr: `mesh-pgid <its process group>`.
+const PGID_MARK: &str = "mesh-pgid ";
+
+/// How long interrupted commands get between TERM and KILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(3);
+
+/// What names a package install in a process group: it is left to finish.
+const PACKAGE_TOOLS: &[&str] = &["dpkg", "apt", "apt-get", "aptitude", "unattended-upgr"];
+
+/// The command line sent for `script`: `timeout` on the host bounds it and
+/// kills its whole process group past `limit`. The shell first prints its
+/// pid, which `exec timeout` keeps and makes its process group's id
+/// (`timeout` leads a group of its own), then is replaced by it: exit codes
+/// and signals are the command's own.
+fn wrap(script: &str, limit: Duration, sudo: bool) -> String {
+    let inner = format!(
+        "printf '{PGID_MARK}%s\\n' \"$$\" >&2; exec timeout -k 5 {} sh -c {}",
+        limit.as_secs().max(1),
+        quote(script)
+    );
+    if sudo {
+        // sudo resets the environment; keep SSH_CONNECTION for the facts probe.
+        format!(
+            "sudo -n env MESH_SSH_CONNECTION=\"$SSH_CONNECTION\" sh -c {}",
+            quote(&inner)
+        )
+    } else {
+        inner
+    }
+}
+
+/// The command's process group from the first `mesh-pgid N` line of
+/// `stderr` (sudo may warn before it), and the byte range of that line.
+/// Only the start of stderr is looked at: later output is the command's.
+fn find_pgid(stderr: &[u8]) -> Option<(u32, std::ops::Range<usize>)> {
+    let mut at = 0;
+    while at < stderr.len() && at < 4096 {
+        let line_end = stderr[at..].iter().position(|&b| b == b'\n')? + at;
+        let line = &stderr[at..line_end];
+        if let Some(num) = line.strip_prefix(PGID_MARK.as_bytes()) {
+            let pgid = std::str::from_utf8(num).ok()?.trim().parse().ok()?;
+            return Some((pgid, at..line_end + 1));
+        }
+        at = line_end + 1;
+    }
+    None
+}
+
+/// Read the command's stderr to its end, telling `pgid` the process group
+/// as soon as its line arrives; that line is not part of the result.
+async fn read_stderr<R: AsyncRead + Unpin>(
+    r: &mut R,
+    mut pgid: impl FnMut(u32),
+) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut looking = true;
+    loop {
+        let n = r.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if looking {
+            if let Some((id, line)) = find_pgid(&buf) {
+                pgid(id);
+                buf.drain(line);
+                looking = false;
+            } else if buf.len() > 4096 {
+                looking = false;
+            }
+        }
+    }
+    Ok(buf)
+}
+
+/// The script that stops interrupted commands by process group: every
+/// group still there gets TERM (its leader too, in case the group is not
+/// made yet), except one running a package tool (`left <pgid> <tool>`,
+/// left to finish); after up to `grace` of polling, KILL for the groups
+/// that are still there (`killed <pgid>`).
+fn stop_script(pgids: &[u32], grace: Duration) -> String {
+    let list: Vec<String> = pgids.iter().map(u32::to_string).collect();
+    let polls = (grace.as_millis() / 100).max(1);
+    format!(
+        r#"t=
+for p in {list}; do
+  kill -0 -$p 2>/dev/null || kill -0 $p 2>/dev/null || continue
+  k=
+  for s in /proc/[0-9]*/stat; do
+    {{ read -r l < "$s"; }} 2>/dev/null || continue
+    c=${{l#*\(}}; c=${{c%\)*}}; r=${{l##*\) }}
+    set -- $r
+    [ "$3" = "$p" ] || continue
+    case $c in {tools}) k=$c; break;; esac
+  done
+  if [ -n "$k" ]; then echo "left $p $k"; continue; fi
+  kill -TERM -$p 2>/dev/null || kill -TERM $p 2>/dev/null
+  t="$t $p"
+done
+i=0
+while [ -n "$t" ] && [ $i -lt {polls} ]; do
+  a=
+  for p in $t; do kill -0 -$p 2>/dev/null && a="$a $p"; done
+  t=$a
+  [ -n "$t" ] && sleep 0.1
+  i=$((i+1))
+done
+for p in $t; do kill -KILL -$p 2>/dev/null; kill -KILL $p 2>/dev/null; echo "killed $p"; done
+exit 0
+"#,
+        list = list.join(" "),
+        tools = PACKAGE_TOOLS.join("|"),
+    )
+}
+
+/// The package tools [`stop_script`] left running, each once.
+fn left_running(report: &str) -> Vec<String> {
+    let mut tools: Vec<String> = report
+        .lines()
+        .filter_map(|l| l.strip_prefix("left "))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(str::to_string)
+        .collect();
+    tools.sort();
+    tools.dedup();
+    tools
 }
 
 /// Large chunks: every read of a tokio file is a hop to the blocking pool.
@@ -498,6 +673,33 @@ impl Transport for SshTransport {
         std::mem::take(&mut *self.notices.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    fn interrupt(&self) -> BoxFut<'_, Vec<String>> {
+        Box::pin(async move {
+            let pgids: Vec<u32> = {
+                let mut running = self.running();
+                let mut pgids: Vec<u32> = std::mem::take(&mut *running).into_values().collect();
+                pgids.sort_unstable();
+                pgids.dedup();
+                pgids
+            };
+            if pgids.is_empty() {
+                return Vec::new();
+            }
+            // Only over the master that is open: nothing ran on one not made.
+            let Some(conn) = self.conn.lock().await.clone() else {
+                return Vec::new();
+            };
+            let script = stop_script(&pgids, KILL_GRACE);
+            match self
+                .run(&conn, &script, Input::None, CommandKind::Normal)
+                .await
+            {
+                Ok(out) => left_running(&out.stdout_str()),
+                Err(_) => Vec::new(),
+            }
+        })
+    }
+
     fn close(&self) -> BoxFut<'_, ()> {
         Box::pin(async move {
             let conn = self.conn.lock().await.take();
@@ -562,6 +764,133 @@ mod tests {
         );
         assert_eq!(fingerprint(out, "ECDSA"), None, "ambiguous");
         assert_eq!(fingerprint("", "ED25519"), None);
+    }
+
+    #[test]
+    fn every_command_tells_its_process_group_first() {
+        assert_eq!(
+            wrap("echo 'hi'", Duration::from_secs(600), false),
+            r#"printf 'mesh-pgid %s\n' "$$" >&2; exec timeout -k 5 600 sh -c 'echo '\''hi'\'''"#
+        );
+        assert_eq!(
+            wrap("true", Duration::from_millis(10), true),
+            r#"sudo -n env MESH_SSH_CONNECTION="$SSH_CONNECTION" sh -c 'printf '\''mesh-pgid %s\n'\'' "$$" >&2; exec timeout -k 5 1 sh -c true'"#
+        );
+    }
+
+    #[test]
+    fn the_process_group_line_is_found_and_cut_from_stderr() {
+        assert_eq!(find_pgid(b"mesh-pgid 4242\nboom\n"), Some((4242, 0..15)));
+        // sudo may warn first.
+        let warned = b"sudo: unable to resolve host x\nmesh-pgid 7\n";
+        assert_eq!(find_pgid(warned), Some((7, 31..43)));
+        assert_eq!(find_pgid(b"mesh-pgid 12"), None, "not a whole line yet");
+        assert_eq!(find_pgid(b"mesh-pgid x\n"), None);
+        assert_eq!(find_pgid(b""), None);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut input: &[u8] = b"mesh-pgid 99\nE: failed\nmesh-pgid 5\n";
+        let rest = rt
+            .block_on(read_stderr(&mut input, |p| seen.push(p)))
+            .unwrap();
+        assert_eq!(seen, [99]);
+        assert_eq!(rest, b"E: failed\nmesh-pgid 5\n");
+        // A command that never says it: its stderr as it is.
+        let mut seen = Vec::new();
+        let mut input: &[u8] = b"plain\n";
+        let rest = rt
+            .block_on(read_stderr(&mut input, |p| seen.push(p)))
+            .unwrap();
+        assert!(seen.is_empty());
+        assert_eq!(rest, b"plain\n");
+    }
+
+    #[test]
+    fn the_stop_script_terms_then_kills_and_leaves_package_installs() {
+        let script = stop_script(&[10, 20], Duration::from_secs(3));
+        assert!(script.starts_with("t=\nfor p in 10 20; do\n"), "{script}");
+        assert!(
+            script.contains("case $c in dpkg|apt|apt-get|aptitude|unattended-upgr) k=$c"),
+            "{script}"
+        );
+        assert!(script.contains("[ $i -lt 30 ]"), "{script}");
+        assert_eq!(
+            left_running("left 10 dpkg\nkilled 20\nleft 30 apt-get\nleft 40 dpkg\n"),
+            ["apt-get", "dpkg"]
+        );
+        assert!(left_running("killed 20\n").is_empty());
+    }
+
+    /// A process group of its own (`setsid`), reaped by a thread as soon
+    /// as it ends (as sshd reaps a command); `exe` runs as `name`.
+    fn group(dir: &Path, name: &str, exe: &str, args: &[&str]) -> u32 {
+        let link = dir.join(name);
+        if !link.exists() {
+            std::os::unix::fs::symlink(exe, &link).unwrap();
+        }
+        let mut child = std::process::Command::new("setsid")
+            .arg(&link)
+            .args(args)
+            .stdin(StdStdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        std::thread::spawn(move || child.wait());
+        pid
+    }
+
+    fn alive(pgid: u32) -> bool {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -0 -{pgid} 2>/dev/null"))
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    #[test]
+    fn the_stop_script_stops_real_process_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let sleeper = group(dir.path(), "sleep", "/bin/sleep", &["47"]);
+        let stubborn = group(
+            dir.path(),
+            "sh",
+            "/bin/sh",
+            // One process (the ignored TERM stays ignored across exec): no
+            // orphan for an init that may be slow to reap.
+            &["-c", "trap '' TERM; exec sleep 48"],
+        );
+        let install = group(dir.path(), "dpkg", "/bin/sleep", &["49"]);
+        let gone = 999_999;
+        std::thread::sleep(Duration::from_millis(200));
+        let t0 = std::time::Instant::now();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(stop_script(
+                &[sleeper, stubborn, install, gone],
+                Duration::from_millis(600),
+            ))
+            .output()
+            .unwrap();
+        let elapsed = t0.elapsed();
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{report}");
+        assert_eq!(left_running(&report), ["dpkg"], "{report}");
+        assert!(report.contains(&format!("left {install} dpkg")), "{report}");
+        assert!(report.contains(&format!("killed {stubborn}")), "{report}");
+        assert!(!report.contains(&format!("killed {sleeper}")), "{report}");
+        assert!(
+            elapsed >= Duration::from_millis(500) && elapsed < Duration::from_secs(3),
+            "{elapsed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!alive(sleeper) && !alive(stubborn));
+        assert!(alive(install), "the package install was left running");
+        let _ = std::process::Command::new("kill")
+            .arg(install.to_string())
+            .status();
     }
 
     #[test]

@@ -4,12 +4,20 @@
 //! number of hosts that run it; a tag the local Docker already has is not
 //! rebuilt. An image is saved and compressed (`docker save | zstd`) only
 //! when a host turns out to lack it, once, into a cache shared by later runs.
+//!
+//! With `docker buildx` on the controller (looked for once per run) images
+//! are built by BuildKit (`docker buildx build --load`), so Dockerfiles can
+//! use `RUN --mount=type=cache`, multi-stage targets and (Docker 23+)
+//! heredocs; without it the classic builder is the fallback, and the run
+//! says so once.
 
 use super::plan::{HostPlan, RenderedFile};
 use crate::inventory::Arch;
 use crate::ops::image::ImageSource;
 use crate::ssh::BoxFut;
+use crate::template::Redactor;
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -52,6 +60,116 @@ pub(crate) struct ImageSpec {
     pub files: Vec<RenderedFile>,
     /// Hosts that run it.
     pub hosts: Vec<String>,
+    /// The Dockerfile stage to build (`--target`); `None`: the last stage.
+    /// Part of the image's identity: a tag built for a target carries
+    /// [`tag_suffix`] of it.
+    pub target: Option<String>,
+    /// The secret values rendered into the context (any host's redactor
+    /// that runs it will do: one tag is one rendered context). `None`: not
+    /// known, and a failed build of a context holding secret-bearing files
+    /// shows no output at all.
+    pub redactor: Option<Redactor>,
+}
+
+/// What a build target adds to the image tag: `""` without one, else
+/// `-<target>` (lowercased, as BuildKit matches stage names), so
+/// `mesh/web:<hash>` and `mesh/web:<hash>-dev` are different images. A
+/// target with characters a tag cannot hold, or a long one, is shortened
+/// and gets a hash of the original, so two targets never share a suffix.
+pub(crate) fn tag_suffix(target: Option<&str>) -> String {
+    const MAX: usize = 48;
+    let Some(target) = target else {
+        return String::new();
+    };
+    let lower = target.to_ascii_lowercase();
+    let clean: String = lower
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(MAX)
+        .collect();
+    if clean == lower {
+        format!("-{clean}")
+    } else {
+        let hash = crate::ops::file::sha256_hex(target.as_bytes());
+        format!("-{clean}-{}", &hash[..8])
+    }
+}
+
+/// How the controller builds images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Builder {
+    /// BuildKit through `docker buildx build --load`.
+    Buildx,
+    /// `docker build` with `DOCKER_BUILDKIT=0`: no `RUN --mount`, no heredocs.
+    Classic,
+}
+
+/// Said once per run when the classic builder is all there is.
+pub(crate) const CLASSIC_BUILDER: &str = "building with the classic builder: docker buildx is missing. Fix: install docker-buildx (Debian 13) or docker-buildx-plugin";
+
+/// Whether this machine's Docker has buildx: asked once per run.
+async fn builder() -> Builder {
+    static BUILDER: tokio::sync::OnceCell<Builder> = tokio::sync::OnceCell::const_new();
+    *BUILDER
+        .get_or_init(|| async {
+            let ok = Command::new("docker")
+                .args(["buildx", "version"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .is_ok_and(|s| s.success());
+            if ok {
+                Builder::Buildx
+            } else {
+                Builder::Classic
+            }
+        })
+        .await
+}
+
+/// The arguments of `docker` that build `tag` from `context`: BuildKit
+/// (`buildx build --load`, with `--platform` for another architecture) or
+/// the classic builder (run with `DOCKER_BUILDKIT=0`, see [`Builder::env`]).
+pub(crate) fn build_args(
+    builder: Builder,
+    tag: &str,
+    target: Option<&str>,
+    platform: Option<&str>,
+    context: &Path,
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = match builder {
+        Builder::Buildx => vec!["buildx".into(), "build".into(), "--load".into()],
+        Builder::Classic => vec!["build".into()],
+    };
+    if let (Builder::Buildx, Some(p)) = (builder, platform) {
+        args.extend(["--platform".into(), p.into()]);
+    }
+    args.extend(["--tag".into(), tag.into()]);
+    if let Some(t) = target {
+        args.extend(["--target".into(), t.into()]);
+    }
+    args.push(context.into());
+    args
+}
+
+impl Builder {
+    /// The environment the build runs with.
+    pub(crate) fn env(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Builder::Buildx => &[],
+            // Docker 23+ would otherwise hand `docker build` to BuildKit
+            // (and fail without buildx); 20.10 reads it as "classic".
+            Builder::Classic => &[("DOCKER_BUILDKIT", "0")],
+        }
+    }
 }
 
 /// Distinct images across host plans, by tag.
@@ -67,6 +185,8 @@ pub(crate) fn specs(folder_root: &Path, plans: &BTreeMap<String, HostPlan>) -> V
                     dir: folder_root.join(&s.name),
                     files: s.files.clone(),
                     hosts: Vec::new(),
+                    target: None,
+                    redactor: None,
                 })
                 .hosts
                 .push(host.clone());
@@ -124,6 +244,9 @@ pub(crate) struct BuildReport {
     pub up_to_date: Vec<String>,
     /// `--dry-run`: would be built.
     pub would_build: Vec<String>,
+    /// What the user should know about how they were built (e.g.
+    /// [`CLASSIC_BUILDER`]), each once.
+    pub notes: Vec<String>,
 }
 
 /// The local image id of `tag`, if Docker has it.
@@ -162,8 +285,15 @@ pub(crate) async fn build_all(
         } else if dry_run {
             report.would_build.push(spec.tag.clone());
         } else {
-            if spec.arch != Arch::native() {
+            let builder = if spec.arch != Arch::native() {
                 check_buildx(spec).await?;
+                Builder::Buildx
+            } else {
+                builder().await
+            };
+            if builder == Builder::Classic && report.notes.is_empty() {
+                progress(CLASSIC_BUILDER);
+                report.notes.push(CLASSIC_BUILDER.to_string());
             }
             progress(&format!(
                 "building {} for {} host(s): {}",
@@ -171,7 +301,7 @@ pub(crate) async fn build_all(
                 spec.hosts.len(),
                 spec.hosts.join(", ")
             ));
-            build(spec, cache).await?;
+            build(spec, builder, cache).await?;
             id = local_id(&spec.tag).await?;
             report.built.push(spec.tag.clone());
         }
@@ -219,8 +349,8 @@ async fn check_buildx(spec: &ImageSpec) -> Result<(), BuildError> {
     })
 }
 
-/// Write the rendered context to a private temp dir and `docker build` it.
-async fn build(spec: &ImageSpec, cache: &Path) -> Result<(), BuildError> {
+/// Write the rendered context to a private temp dir and build it.
+async fn build(spec: &ImageSpec, builder: Builder, cache: &Path) -> Result<(), BuildError> {
     let local = |what: String| move |source| BuildError::Local { what, source };
     let base = cache.join("build");
     std::fs::create_dir_all(&base).map_err(local(format!("creating {}", base.display())))?;
@@ -238,24 +368,22 @@ async fn build(spec: &ImageSpec, cache: &Path) -> Result<(), BuildError> {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode))
                 .map_err(local(format!("chmod {}", path.display())))?;
         }
-        let mut cmd = Command::new("docker");
-        if spec.arch == Arch::native() {
-            // Debian's dockerd has no buildx: the classic builder is what is there.
-            cmd.args(["build", "--tag", &spec.tag])
-                .env("DOCKER_BUILDKIT", "0");
-        } else {
-            cmd.args([
-                "buildx",
-                "build",
-                "--load",
-                "--platform",
-                spec.arch.docker_platform(),
-                "--tag",
+        debug_assert!(
+            spec.tag.ends_with(&tag_suffix(spec.target.as_deref())),
+            "{} is built for target {:?}: its tag must carry tag_suffix of it",
+            spec.tag,
+            spec.target
+        );
+        let platform = (spec.arch != Arch::native()).then(|| spec.arch.docker_platform());
+        let out = Command::new("docker")
+            .args(build_args(
+                builder,
                 &spec.tag,
-            ]);
-        }
-        let out = cmd
-            .arg(dir.path())
+                spec.target.as_deref(),
+                platform,
+                dir.path(),
+            ))
+            .envs(builder.env().iter().copied())
             .stdin(Stdio::null())
             .output()
             .await
@@ -265,16 +393,30 @@ async fn build(spec: &ImageSpec, cache: &Path) -> Result<(), BuildError> {
         }
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
-        let lines: Vec<&str> = text.trim_end().lines().collect();
         Err(BuildError::Failed {
             tag: spec.tag.clone(),
             dir: spec.dir.display().to_string(),
-            tail: lines[lines.len().saturating_sub(20)..].join("\n"),
+            tail: failure_tail(spec, &text),
         })
     }
     .await;
     drop(dir);
     result
+}
+
+/// The last lines of a failed build's output, secrets redacted. Without a
+/// redactor, a context that holds secret-bearing files (0600/0700: a
+/// secret was rendered into them) shows none of it.
+fn failure_tail(spec: &ImageSpec, output: &str) -> String {
+    let text = match &spec.redactor {
+        Some(r) => r.redact(output),
+        None if spec.files.iter().any(|f| f.mode & 0o077 == 0) => {
+            return "(output withheld: secret values were rendered into this context and no redactor was given)".into();
+        }
+        None => output.to_string(),
+    };
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// A fresh private directory under `base`, removed when dropped.
@@ -358,5 +500,143 @@ fn prune(cache: &Path) {
     archives.sort_by_key(|a| std::cmp::Reverse(a.0));
     for (_, p) in archives.into_iter().skip(KEEP_ARCHIVES) {
         let _ = std::fs::remove_file(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn buildkit_loads_the_image_and_passes_the_target() {
+        let ctx = Path::new("/c/ctx-1");
+        assert_eq!(
+            build_args(Builder::Buildx, "mesh/web:ab", None, None, ctx),
+            os(&[
+                "buildx",
+                "build",
+                "--load",
+                "--tag",
+                "mesh/web:ab",
+                "/c/ctx-1"
+            ])
+        );
+        assert_eq!(
+            build_args(Builder::Buildx, "mesh/web:ab-dev", Some("dev"), None, ctx),
+            os(&[
+                "buildx",
+                "build",
+                "--load",
+                "--tag",
+                "mesh/web:ab-dev",
+                "--target",
+                "dev",
+                "/c/ctx-1"
+            ])
+        );
+        assert_eq!(
+            build_args(
+                Builder::Buildx,
+                "mesh/web:cd",
+                Some("app"),
+                Some("linux/arm64"),
+                ctx
+            ),
+            os(&[
+                "buildx",
+                "build",
+                "--load",
+                "--platform",
+                "linux/arm64",
+                "--tag",
+                "mesh/web:cd",
+                "--target",
+                "app",
+                "/c/ctx-1"
+            ])
+        );
+        assert!(Builder::Buildx.env().is_empty());
+    }
+
+    #[test]
+    fn the_classic_builder_is_docker_build_without_buildkit() {
+        let ctx = Path::new("/c/ctx-2");
+        assert_eq!(
+            build_args(Builder::Classic, "mesh/web:ab", None, None, ctx),
+            os(&["build", "--tag", "mesh/web:ab", "/c/ctx-2"])
+        );
+        assert_eq!(
+            build_args(Builder::Classic, "mesh/web:ab-x", Some("x"), None, ctx),
+            os(&[
+                "build",
+                "--tag",
+                "mesh/web:ab-x",
+                "--target",
+                "x",
+                "/c/ctx-2"
+            ])
+        );
+        assert_eq!(Builder::Classic.env(), &[("DOCKER_BUILDKIT", "0")]);
+        assert!(CLASSIC_BUILDER.contains("docker-buildx (Debian 13) or docker-buildx-plugin"));
+    }
+
+    #[test]
+    fn a_target_is_part_of_the_tag() {
+        assert_eq!(tag_suffix(None), "");
+        assert_eq!(tag_suffix(Some("prod")), "-prod");
+        assert_eq!(tag_suffix(Some("Build.Stage_2")), "-build.stage_2");
+        // Not tag characters, or too long: shortened, and told apart by a hash.
+        let odd = tag_suffix(Some("a b"));
+        assert!(odd.starts_with("-a_b-") && odd.len() == 5 + 8, "{odd}");
+        assert_ne!(odd, tag_suffix(Some("a+b")));
+        assert_ne!(tag_suffix(Some("a_b")), odd);
+        let long = tag_suffix(Some(&"x".repeat(200)));
+        assert_eq!(long.len(), 1 + 48 + 1 + 8);
+        // What a tag may hold after the colon: [A-Za-z0-9_.-], 128 at most.
+        for s in [&odd, &long] {
+            assert!(s
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)));
+            assert!(16 + s.len() <= 128);
+        }
+    }
+
+    fn spec(mode: u32, redactor: Option<Redactor>) -> ImageSpec {
+        ImageSpec {
+            tag: "mesh/web:ab".into(),
+            arch: Arch::native(),
+            dir: PathBuf::from("dockerfiles/web"),
+            files: vec![RenderedFile {
+                rel: "Dockerfile".into(),
+                bytes: std::sync::Arc::new(b"FROM scratch\n".to_vec()),
+                sha256: String::new(),
+                mode,
+            }],
+            hosts: vec!["w1".into()],
+            target: None,
+            redactor,
+        }
+    }
+
+    #[test]
+    fn a_failed_build_shows_its_output_with_secrets_redacted() {
+        let mut r = Redactor::default();
+        r.add("hunter2-secret");
+        let out: String = (1..=30).map(|i| format!("line {i}\n")).collect::<String>()
+            + "#5 [2/2] RUN echo hunter2-secret && false\n";
+        let tail = failure_tail(&spec(0o600, Some(r)), &out);
+        assert!(!tail.contains("hunter2"), "{tail}");
+        assert!(tail.ends_with("RUN echo *** && false"), "{tail}");
+        assert_eq!(tail.lines().count(), 20);
+        assert!(tail.starts_with("line 12\n"), "{tail}");
+        // No redactor: nothing of a secret-bearing context is shown.
+        let hidden = failure_tail(&spec(0o600, None), &out);
+        assert!(!hidden.contains("hunter2") && hidden.contains("withheld"));
+        // No secret in the context: shown as it is.
+        assert!(failure_tail(&spec(0o644, None), &out).contains("line 30"));
     }
 }
