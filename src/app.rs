@@ -271,7 +271,11 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
             if !rollback {
                 prepared.print(cli.json);
             }
-            let (plans, images, traefik_api) = prepared.into_parts();
+            let services::Parts {
+                plans,
+                images,
+                traefik_api,
+            } = prepared.into_parts();
             let deploy = deploy::Deploy::new(
                 deploy::DeployOptions {
                     service: service.clone(),

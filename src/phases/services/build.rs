@@ -185,8 +185,8 @@ pub(crate) fn specs(folder_root: &Path, plans: &BTreeMap<String, HostPlan>) -> V
                     dir: folder_root.join(&s.name),
                     files: s.files.clone(),
                     hosts: Vec::new(),
-                    target: None,
-                    redactor: None,
+                    target: s.target.clone(),
+                    redactor: Some(s.redactor.clone()),
                 })
                 .hosts
                 .push(host.clone());

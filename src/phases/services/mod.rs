@@ -113,7 +113,8 @@ impl Prepared {
     /// The build report as a JSON event.
     fn json(&self) -> serde_json::Value {
         serde_json::json!({ "event": "images", "built": self.report.built,
-            "up_to_date": self.report.up_to_date, "would_build": self.report.would_build })
+            "up_to_date": self.report.up_to_date, "would_build": self.report.would_build,
+            "notes": self.report.notes })
     }
 }
 
@@ -210,15 +211,20 @@ fn narrow(
 }
 
 /// Hosts, plans and images settled by [`prepare`], for deploy.
+/// What deploy takes from [`Prepared`].
+pub(crate) struct Parts {
+    pub plans: BTreeMap<String, HostPlan>,
+    pub images: BTreeMap<String, Arc<Image>>,
+    pub traefik_api: Option<crate::inventory::TraefikApi>,
+}
+
 impl Prepared {
-    pub(crate) fn into_parts(
-        self,
-    ) -> (
-        BTreeMap<String, HostPlan>,
-        BTreeMap<String, Arc<Image>>,
-        Option<crate::inventory::TraefikApi>,
-    ) {
-        (self.plans, self.images, self.traefik_api)
+    pub(crate) fn into_parts(self) -> Parts {
+        Parts {
+            plans: self.plans,
+            images: self.images,
+            traefik_api: self.traefik_api,
+        }
     }
 }
 

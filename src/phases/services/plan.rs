@@ -44,6 +44,10 @@ pub(crate) struct ServicePlan {
     /// Seconds its container gets to stop after SIGTERM (compose
     /// `stop_grace_period`, default 10).
     pub stop_grace: u64,
+    /// The Dockerfile stage to build (compose `build.target`).
+    pub target: Option<String>,
+    /// The secret values rendered into its context (build output is redacted with it).
+    pub redactor: crate::template::Redactor,
 }
 
 /// How a service with a port pair runs: slot `a` on the first port, `b`
@@ -263,7 +267,12 @@ pub(crate) fn plan_host(
             Err(e) => problems.push(e),
         }
         match folder.services.get(name) {
-            Some(sdef) => match render_service(sdef, &vars, host.arch.unwrap_or_else(Arch::native)) {
+            Some(sdef) => match render_service(
+                sdef,
+                &vars,
+                host.arch.unwrap_or_else(Arch::native),
+                build_target(def),
+            ) {
                 Ok(sp) => {
                     images.insert(name.clone(), sp.tag.clone());
                     plan.services.push(sp);
@@ -459,7 +468,21 @@ fn settle_port_refs(labels: &serde_json::Value) -> serde_json::Value {
 }
 
 /// Render a service folder for one host and hash the result.
-fn render_service(def: &ServiceDef, vars: &VarSet, arch: Arch) -> Result<ServicePlan, Vec<String>> {
+/// Compose `build: { target: T }` (a `build:` string names no target).
+fn build_target(def: &serde_json::Value) -> Option<String> {
+    def.get("build")?
+        .get("target")?
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+}
+
+fn render_service(
+    def: &ServiceDef,
+    vars: &VarSet,
+    arch: Arch,
+    target: Option<String>,
+) -> Result<ServicePlan, Vec<String>> {
     let mut vars = vars.clone();
     if let Some((live, _)) = def.options.ports {
         vars.add("PORT", live.to_string(), Source::Fact);
@@ -502,7 +525,12 @@ fn render_service(def: &ServiceDef, vars: &VarSet, arch: Arch) -> Result<Service
     let hash = context_hash(&files, arch);
     Ok(ServicePlan {
         name: def.name.clone(),
-        tag: format!("mesh/{}:{}", def.name, &hash[..16]),
+        tag: format!(
+            "mesh/{}:{}{}",
+            def.name,
+            &hash[..16],
+            super::build::tag_suffix(target.as_deref())
+        ),
         arch,
         files,
         options: def.options.clone(),
@@ -510,6 +538,8 @@ fn render_service(def: &ServiceDef, vars: &VarSet, arch: Arch) -> Result<Service
         after,
         slot: None,
         stop_grace: DEFAULT_GRACE,
+        target,
+        redactor: vars.redactor(),
     })
 }
 
