@@ -1140,7 +1140,11 @@ fn services_build_once_ship_route_through_the_bastion_and_clean_up() {
     std::fs::remove_dir_all(df.path().join("web")).unwrap();
     std::fs::write(df.path().join("web.yml"), "services: {}\n").unwrap();
     mesh().args(["services", "--dockerfiles", &dir]).run().ok();
-    assert_eq!(lab.on(2, "test -d /containers/build/web").code, 0, "removed without --prune");
+    assert_eq!(
+        lab.on(2, "test -d /containers/build/web").code,
+        0,
+        "removed without --prune"
+    );
     mesh()
         .args(["services", "--prune", "--dockerfiles", &dir])
         .run()
@@ -1769,7 +1773,11 @@ fn two_bastions_several_services_per_host_each_deployed_without_a_failed_request
 ";
     let df = fleet_dockerfiles(
         &[
-            ("api", "ports: [8100, 8101]\nhealth: { path: /up }\n", "api one"),
+            (
+                "api",
+                "ports: [8100, 8101]\nhealth: { path: /up }\n",
+                "api one",
+            ),
             ("worker", "# no ports: recreated on deploy\n", "worker"),
         ],
         compose,
@@ -1793,7 +1801,10 @@ fn two_bastions_several_services_per_host_each_deployed_without_a_failed_request
 
     mesh().args(["services", "--dockerfiles", &dir]).run().ok();
     // Nothing is routed before services-up started it.
-    assert_eq!(lab.redis("--scan --pattern 'traefik/*services*'").trim(), "");
+    assert_eq!(
+        lab.redis("--scan --pattern 'traefik/*services*'").trim(),
+        ""
+    );
     mesh().args(["services-up"]).run().ok();
     let (b1, b2) = (lab.ip(1), lab.ip(2));
     for addr in [&b1, &b2] {
@@ -1845,10 +1856,18 @@ fn two_bastions_several_services_per_host_each_deployed_without_a_failed_request
         .ok();
     std::thread::sleep(std::time::Duration::from_secs(1));
     let last = no_failures(running, "deploy web");
-    assert!(last[0].contains("web two") && last[2].contains("web two"), "{last:?}\n{}", run.stdout);
+    assert!(
+        last[0].contains("web two") && last[2].contains("web two"),
+        "{last:?}\n{}",
+        run.stdout
+    );
     for (i, svc, id) in &ids {
         if *svc != "web" {
-            assert_eq!(&containers(&lab, *i, svc), id, "{svc} on host {i} was touched");
+            assert_eq!(
+                &containers(&lab, *i, svc),
+                id,
+                "{svc} on host {i} was touched"
+            );
         }
     }
     std::fs::write(df.path().join("api/index.html"), "api two\n").unwrap();
@@ -1859,13 +1878,22 @@ fn two_bastions_several_services_per_host_each_deployed_without_a_failed_request
         .ok();
     std::thread::sleep(std::time::Duration::from_secs(1));
     let last = no_failures(running, "deploy api");
-    assert!(last[1].contains("api two") && last[3].contains("api two"), "{last:?}");
+    assert!(
+        last[1].contains("api two") && last[3].contains("api two"),
+        "{last:?}"
+    );
     for addr in [&b1, &b2] {
         let body = util::http_get(addr, "web.example.test").unwrap().1;
-        assert!(body.contains("web two"), "the api deploy reverted web: {body}");
+        assert!(
+            body.contains("web two"),
+            "the api deploy reverted web: {body}"
+        );
     }
     for i in 3..=4 {
-        assert_eq!(containers(&lab, i, "worker"), ids.iter().find(|x| x.0 == i && x.1 == "worker").unwrap().2);
+        assert_eq!(
+            containers(&lab, i, "worker"),
+            ids.iter().find(|x| x.0 == i && x.1 == "worker").unwrap().2
+        );
         assert_eq!(live_slot(&lab, i, "web"), "b");
         assert_eq!(live_slot(&lab, i, "api"), "b");
     }
@@ -1934,7 +1962,11 @@ volumes:
 ";
     let df = fleet_dockerfiles(
         &[
-            ("kv", "ports: [8200, 8201]\nhealth: { path: /up }\n", "kv build 1"),
+            (
+                "kv",
+                "ports: [8200, 8201]\nhealth: { path: /up }\n",
+                "kv build 1",
+            ),
             ("db", "strategy: recreate\n", "db build 1"),
         ],
         compose,
@@ -1951,7 +1983,10 @@ volumes:
     let bastion = lab.ip(1);
     let (stamp, _) = kv_page(&bastion);
     assert!(!stamp.is_empty());
-    let db_stamp = || lab.on(2, "cat /var/lib/docker/volumes/mesh_dbdata/_data/stamp").stdout;
+    let db_stamp = || {
+        lab.on(2, "cat /var/lib/docker/volumes/mesh_dbdata/_data/stamp")
+            .stdout
+    };
     let db0 = db_stamp();
     assert!(!db0.trim().is_empty());
 
@@ -1972,7 +2007,14 @@ volumes:
     let vols = lab.on(2, "docker volume ls -q | sort").stdout;
     assert!(!vols.contains("mesh-kv-"), "a volume per slot: {vols}");
     mesh()
-        .args(["deploy", "--service", "kv", "--rollback", "--dockerfiles", &dir])
+        .args([
+            "deploy",
+            "--service",
+            "kv",
+            "--rollback",
+            "--dockerfiles",
+            &dir,
+        ])
         .run()
         .ok();
     let (now, body) = kv_page(&bastion);
@@ -1980,7 +2022,14 @@ volumes:
     assert!(body.contains("kv build 3"), "rollback: {body}");
     // A second rollback goes further back, not to the build just left.
     mesh()
-        .args(["deploy", "--service", "kv", "--rollback", "--dockerfiles", &dir])
+        .args([
+            "deploy",
+            "--service",
+            "kv",
+            "--rollback",
+            "--dockerfiles",
+            &dir,
+        ])
         .run()
         .ok();
     assert!(kv_page(&bastion).1.contains("kv build 2"));
@@ -1988,7 +2037,10 @@ volumes:
     let before = containers(&lab, 2, "kv");
     mesh().args(["services-up"]).run().ok();
     assert_eq!(containers(&lab, 2, "kv"), before, "services-up touched kv");
-    assert!(kv_page(&bastion).1.contains("kv build 2"), "services-up rolled forward");
+    assert!(
+        kv_page(&bastion).1.contains("kv build 2"),
+        "services-up rolled forward"
+    );
 
     // strategy: recreate, with a volume: data kept, downtime printed.
     std::fs::write(df.path().join("db/index.html"), "db build 2\n").unwrap();
@@ -2010,20 +2062,39 @@ volumes:
     // Interrupted during routing (Traefik paused, so the confirmation
     // waits), then during the drain: afterwards a plain re-run deploys,
     // without --break-lock, and one copy serves.
-    let log = lab.dir.join(".mesh/logs/latest").join(format!("{}.log", lab.host(2)));
+    let log = lab
+        .dir
+        .join(".mesh/logs/latest")
+        .join(format!("{}.log", lab.host(2)));
     let interrupt = |drain: &str, at: &dyn Fn() -> bool| {
         let child = mesh()
-            .args(["deploy", "--service", "kv", "--drain", drain, "--dockerfiles", &dir])
+            .args([
+                "deploy",
+                "--service",
+                "kv",
+                "--drain",
+                drain,
+                "--dockerfiles",
+                &dir,
+            ])
             .spawn();
-        util::eventually_within(120, || at().then_some(()).ok_or("not there yet".to_string()));
+        util::eventually_within(120, || {
+            at().then_some(()).ok_or("not there yet".to_string())
+        });
         let pid = child.id().to_string();
-        std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap();
         let mut child = child;
         child.wait().unwrap();
     };
     std::fs::write(df.path().join("kv/index.html"), "kv build 5\n").unwrap();
     let traefik = lab
-        .on(1, "docker ps -q --filter label=com.docker.compose.service=traefik")
+        .on(
+            1,
+            "docker ps -q --filter label=com.docker.compose.service=traefik",
+        )
         .stdout
         .trim()
         .to_string();
@@ -2044,7 +2115,11 @@ volumes:
     std::fs::write(df.path().join("kv/index.html"), "kv build 6\n").unwrap();
     let slot = live_slot(&lab, 2, "kv");
     interrupt("30", &|| live_slot(&lab, 2, "kv") != slot);
-    assert_eq!(containers(&lab, 2, "kv").lines().count(), 2, "drain: both copies");
+    assert_eq!(
+        containers(&lab, 2, "kv").lines().count(),
+        2,
+        "drain: both copies"
+    );
     let again = mesh()
         .args(["deploy", "--service", "kv", "--dockerfiles", &dir])
         .run()
