@@ -1090,13 +1090,8 @@ impl Deploy {
                     .await);
             }
         }
-        let Some(state) = next_state(&st, Some(next), image) else {
-            return Err(DeployError::NoPrevious {
-                host: ctx.host.name.clone(),
-                service: s.name.clone(),
-            });
-        };
-        self.record(ctx, read, &state).await?;
+        self.commit(ctx, read, next_state(&st, Some(next), image))
+            .await?;
         if routed {
             tokio::time::sleep(Duration::from_secs(self.opts.drain)).await;
         }
@@ -1141,6 +1136,46 @@ impl Deploy {
         }
     }
 
+    /// Write the record a successful roll leaves (`None`: a rollback with
+    /// nothing left on the stack, which `roll_locked` rules out first).
+    async fn commit(
+        &self,
+        ctx: &HostCtx,
+        read: &HostRoutes,
+        state: Option<State>,
+    ) -> Result<(), DeployError> {
+        let state = state.ok_or_else(|| DeployError::NoPrevious {
+            host: ctx.host.name.clone(),
+            service: self.opts.service.clone(),
+        })?;
+        self.record(ctx, read, &state).await
+    }
+
+    /// Recreate: the new copy never got healthy; the old one starts again.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_old_again(
+        &self,
+        ctx: &HostCtx,
+        s: &ServicePlan,
+        old: &Launch,
+        old_image: &str,
+        error: DeployError,
+        down: Instant,
+        stages: &mut Stages,
+    ) -> DeployError {
+        let back = self.start(ctx, s, old, old_image).await;
+        stages.mark(ctx, "rolled_back");
+        match back {
+            Ok(()) => DeployError::Unhealthy(format!(
+                "{error}\nThe old copy ({old_image}) was started again; downtime {:.2} s",
+                down.elapsed().as_secs_f64()
+            )),
+            Err(b) => DeployError::Unhealthy(format!(
+                "{error}\nStarting the old copy again failed too: {b}"
+            )),
+        }
+    }
+
     async fn recreate_slot(
         &self,
         ctx: &HostCtx,
@@ -1163,19 +1198,10 @@ impl Deploy {
             .start(ctx, s, &Launch::slot(s, next, image), image)
             .await
         {
-            let back = self
-                .start(ctx, s, &Launch::slot(s, live, &old_image), &old_image)
-                .await;
-            stages.mark(ctx, "rolled_back");
-            return Err(match back {
-                Ok(()) => DeployError::Unhealthy(format!(
-                    "{e}\nThe old copy ({old_image}) was started again; downtime {:.2} s",
-                    down.elapsed().as_secs_f64()
-                )),
-                Err(b) => DeployError::Unhealthy(format!(
-                    "{e}\nStarting the old copy again failed too: {b}"
-                )),
-            });
+            let old = Launch::slot(s, live, &old_image);
+            return Err(self
+                .start_old_again(ctx, s, &old, &old_image, e, down, stages)
+                .await);
         }
         stages.mark(ctx, "healthy");
         let routed = self.routed(ctx, read);
@@ -1185,13 +1211,8 @@ impl Deploy {
             self.switch_route(ctx, &old, &new).await?;
         }
         let downtime = down.elapsed().as_secs_f64();
-        let Some(state) = next_state(&st, Some(next), image) else {
-            return Err(DeployError::NoPrevious {
-                host: ctx.host.name.clone(),
-                service: s.name.clone(),
-            });
-        };
-        self.record(ctx, read, &state).await?;
+        self.commit(ctx, read, next_state(&st, Some(next), image))
+            .await?;
         stages.mark(ctx, "running");
         Ok(Rolled {
             routed,
@@ -1220,29 +1241,14 @@ impl Deploy {
         self.stop(ctx, &launch.filters, s.stop_grace).await?;
         stages.mark(ctx, "starting");
         if let Err(e) = self.start(ctx, s, &launch, image).await {
-            let back = self
-                .start(ctx, s, &Launch::shared(s, &old_image, port), &old_image)
-                .await;
-            stages.mark(ctx, "rolled_back");
-            return Err(match back {
-                Ok(()) => DeployError::Unhealthy(format!(
-                    "{e}\nThe old copy ({old_image}) was started again; downtime {:.2} s",
-                    down.elapsed().as_secs_f64()
-                )),
-                Err(b) => DeployError::Unhealthy(format!(
-                    "{e}\nStarting the old copy again failed too: {b}"
-                )),
-            });
+            let old = Launch::shared(s, &old_image, port);
+            return Err(self
+                .start_old_again(ctx, s, &old, &old_image, e, down, stages)
+                .await);
         }
         let downtime = down.elapsed().as_secs_f64();
         stages.mark(ctx, "healthy");
-        let Some(state) = next_state(&st, None, image) else {
-            return Err(DeployError::NoPrevious {
-                host: ctx.host.name.clone(),
-                service: s.name.clone(),
-            });
-        };
-        self.record(ctx, read, &state).await?;
+        self.commit(ctx, read, next_state(&st, None, image)).await?;
         stages.mark(ctx, "running");
         Ok(Rolled {
             routed: false,

@@ -133,11 +133,7 @@ pub(crate) fn shared(doc: &Map<String, Value>) -> Vec<Shared> {
             if def.get("external").is_some_and(is_true) {
                 continue;
             }
-            let name = def
-                .get("name")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("{PROJECT}_{key}"));
+            let name = fixed_name(key, def);
             let driver = def
                 .get("driver")
                 .and_then(Value::as_str)
@@ -155,6 +151,14 @@ pub(crate) fn shared(doc: &Map<String, Value>) -> Vec<Shared> {
         }
     }
     out
+}
+
+/// The Docker name of a volume or network: the user's `name:`, else `mesh_<key>`.
+fn fixed_name(key: &str, def: &Value) -> String {
+    def.get("name")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{PROJECT}_{key}"))
 }
 
 fn is_true(v: &Value) -> bool {
@@ -179,11 +183,7 @@ fn externalize(doc: &mut Map<String, Value>) {
             if def.get("external").is_some_and(is_true) {
                 continue;
             }
-            let name = def
-                .get("name")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("{PROJECT}_{key}"));
+            let name = fixed_name(key, def);
             let mut ext = Map::new();
             ext.insert("external".into(), Value::Bool(true));
             ext.insert("name".into(), Value::String(name));
