@@ -28,7 +28,7 @@ help: ## List targets and their variables
 prereqs: ## Install/start what the lab needs (docker, debootstrap, ...)
 	tests/lab/prereqs.sh
 
-lab-image: prereqs ## Build the lab image mesh-lab:bookworm-1 (once)
+lab-image: prereqs ## Build the lab image mesh-lab:trixie-1 (once; LAB_SUITE=bookworm for Debian 12)
 	$(LAB) image
 
 lab: prereqs ## Start lab hosts lab-1..lab-N (N=5) in slot 1; writes target/lab/lab/inventory.yml

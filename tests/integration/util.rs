@@ -92,6 +92,27 @@ fn port_open(port: u16) -> bool {
 }
 
 /// `name` is a .deb file of `package` (`<package>_<version>_<arch>.deb`).
+/// The Debian release lab hosts run by default: Debian 13.
+pub const SUITE: &str = "trixie";
+/// Debian 12, kept for the tests of Docker 20.10 and compose v1.
+pub const DEBIAN_12: &str = "bookworm";
+
+/// The Docker packages a host of `suite` gets from the lab's mirror (laid
+/// out like download.docker.com, repacking Debian's own): Debian 13 splits
+/// the CLI from the engine and has compose v2 as the `docker compose` plugin.
+pub fn docker_packages(suite: &str) -> Vec<&'static str> {
+    match suite {
+        DEBIAN_12 => vec!["containerd", "runc", "docker.io"],
+        _ => vec![
+            "containerd",
+            "runc",
+            "docker.io",
+            "docker-cli",
+            "docker-compose",
+        ],
+    }
+}
+
 fn is_deb_of(name: &str, package: &str) -> bool {
     name.starts_with(&format!("{package}_"))
 }
@@ -102,12 +123,19 @@ pub struct Lab {
     pub name: String,
     pub dir: PathBuf,
     pub count: usize,
+    /// The Debian release of its hosts.
+    pub suite: &'static str,
 }
 
 impl Lab {
-    /// Start `count` hosts named `<name>-1..N` at 10.77.<slot>.11.. .
+    /// Start `count` Debian 13 hosts named `<name>-1..N` at 10.77.<slot>.11.. .
     /// Every test uses its own slot so tests can run in parallel.
     pub fn start(name: &str, count: usize, slot: u8) -> Lab {
+        Lab::start_suite(name, count, slot, SUITE)
+    }
+
+    /// The same with hosts of Debian `suite` (`trixie` or `bookworm`).
+    pub fn start_suite(name: &str, count: usize, slot: u8, suite: &'static str) -> Lab {
         prepare();
         let name = format!("mt-{name}");
         let dir = repo_root().join("target/lab").join(&name);
@@ -116,24 +144,32 @@ impl Lab {
             let p = dir.join(stale);
             let _ = std::fs::remove_file(&p).or_else(|_| std::fs::remove_dir_all(&p));
         }
-        let out = sh(Command::new("bash").arg(lab_script()).args([
-            "up",
-            "--name",
-            &name,
-            "--count",
-            &count.to_string(),
-            "--slot",
-            &slot.to_string(),
-            "--dir",
-            dir.to_str().unwrap(),
-        ]));
+        let out = sh(Command::new("bash")
+            .arg(lab_script())
+            .env("LAB_SUITE", suite)
+            .args([
+                "up",
+                "--name",
+                &name,
+                "--count",
+                &count.to_string(),
+                "--slot",
+                &slot.to_string(),
+                "--dir",
+                dir.to_str().unwrap(),
+            ]));
         assert!(
             out.status.success(),
             "lab {name} did not start:\n{}\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        Lab { name, dir, count }
+        Lab {
+            name,
+            dir,
+            count,
+            suite,
+        }
     }
 
     pub fn inventory(&self) -> PathBuf {
@@ -346,56 +382,39 @@ pub struct DebMirror {
     pub dir: tempfile::TempDir,
     pub url: String,
     packages: Vec<String>,
+    suite: &'static str,
     server: std::process::Child,
 }
 
 impl DebMirror {
-    /// `pool/` with `packages` (fetched with `apt-get download`, cached under
-    /// target/), `dists/bookworm/stable/binary-amd64/Packages` made by
-    /// dpkg-scanpackages, and `dists/bookworm/InRelease` listing its size and
-    /// sha256, cleartext-signed with the test-only key in tests/fixtures.
+    /// The Docker packages of Debian 13 in a mirror for Debian 13 hosts.
     pub fn start(packages: &[&str]) -> DebMirror {
+        DebMirror::start_suite(SUITE, packages)
+    }
+
+    /// `pool/` with `packages` of Debian `suite` (`lab.sh debs`: a private
+    /// apt configuration for that suite, cached in ~/.cache/mesh/debs),
+    /// `dists/<suite>/stable/binary-amd64/Packages` made by
+    /// dpkg-scanpackages, and `dists/<suite>/InRelease` listing its size and
+    /// sha256, cleartext-signed with the test-only key in tests/fixtures.
+    pub fn start_suite(suite: &'static str, packages: &[&str]) -> DebMirror {
         prepare();
-        // Tests fill the shared cache one at a time (no half-downloaded .debs).
-        static DOWNLOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _one_at_a_time = DOWNLOAD.lock().unwrap_or_else(|e| e.into_inner());
-        let cache = repo_root().join("target/test-debs");
-        std::fs::create_dir_all(&cache).unwrap();
-        let have = |p: &str| {
-            std::fs::read_dir(&cache)
-                .unwrap()
-                .any(|e| is_deb_of(&e.unwrap().file_name().to_string_lossy(), p))
-        };
-        let missing: Vec<&str> = packages.iter().copied().filter(|p| !have(p)).collect();
-        if !missing.is_empty() {
-            // Download beside the cache, then move in: a cached .deb is always whole.
-            let part = tempfile::tempdir_in(cache.parent().unwrap()).unwrap();
-            let download = || {
-                Run::from(sh(Command::new("apt-get")
-                    .arg("download")
-                    .args(&missing)
-                    .current_dir(part.path())))
-            };
-            if download().code != 0 {
-                sh(Command::new("apt-get").args(["update", "-qq"]));
-                download().ok();
-            }
-            for e in std::fs::read_dir(part.path()).unwrap() {
-                let e = e.unwrap();
-                std::fs::rename(e.path(), cache.join(e.file_name())).unwrap();
-            }
-        }
         let dir = tempfile::tempdir().unwrap();
         let pool = dir.path().join("pool/stable/amd64");
-        std::fs::create_dir_all(&pool).unwrap();
-        for e in std::fs::read_dir(&cache).unwrap() {
-            let e = e.unwrap();
-            let name = e.file_name().to_string_lossy().into_owned();
-            if packages.iter().any(|p| is_deb_of(&name, p)) {
-                std::fs::copy(e.path(), pool.join(&name)).unwrap();
-            }
-        }
-        let dists = dir.path().join("dists/bookworm/stable/binary-amd64");
+        let out = sh(Command::new("bash")
+            .arg(lab_script())
+            .env("LAB_SUITE", suite)
+            .args(["debs", "--dir"])
+            .arg(&pool)
+            .args(packages));
+        assert!(
+            out.status.success(),
+            "lab.sh debs {packages:?} for {suite}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dists = dir
+            .path()
+            .join(format!("dists/{suite}/stable/binary-amd64"));
         std::fs::create_dir_all(&dists).unwrap();
         let scan = sh(Command::new("dpkg-scanpackages")
             .args(["--multiversion", "pool", "/dev/null"])
@@ -407,8 +426,8 @@ impl DebMirror {
         );
         std::fs::write(dists.join("Packages"), &scan.stdout).unwrap();
         std::fs::write(
-            dir.path().join("dists/bookworm/InRelease"),
-            signed_release(&scan.stdout),
+            dir.path().join(format!("dists/{suite}/InRelease")),
+            signed_release(&scan.stdout, suite),
         )
         .unwrap();
 
@@ -433,6 +452,7 @@ impl DebMirror {
             dir,
             url,
             packages: packages.iter().map(|p| p.to_string()).collect(),
+            suite,
             server,
         }
     }
@@ -452,7 +472,7 @@ impl DebMirror {
     pub fn packages_index(&self) -> PathBuf {
         self.dir
             .path()
-            .join("dists/bookworm/stable/binary-amd64/Packages")
+            .join(format!("dists/{}/stable/binary-amd64/Packages", self.suite))
     }
 
     /// The served .deb of `package`.
@@ -481,7 +501,7 @@ pub fn test_public_key() -> PathBuf {
 
 /// A Release file for bookworm listing `packages` as
 /// `stable/binary-amd64/Packages`, cleartext-signed with the test-only key.
-fn signed_release(packages: &[u8]) -> String {
+fn signed_release(packages: &[u8], suite: &str) -> String {
     use pgp::composed::{CleartextSignedMessage, Deserializable, SignedSecretKey};
     use pgp::crypto::hash::HashAlgorithm;
     use pgp::packet::{SignatureConfig, SignatureType, Subpacket, SubpacketData};
@@ -493,7 +513,7 @@ fn signed_release(packages: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect();
     let release = format!(
-        "Origin: mesh-test\nSuite: bookworm\nCodename: bookworm\nArchitectures: amd64\n\
+        "Origin: mesh-test\nSuite: {suite}\nCodename: {suite}\nArchitectures: amd64\n\
          Components: stable\nSHA256:\n {sha} {} stable/binary-amd64/Packages\n",
         packages.len()
     );
@@ -627,7 +647,8 @@ fn script_output(script: &str, once: &'static std::sync::OnceLock<String>) -> St
     .clone()
 }
 
-/// The base image service Dockerfiles start FROM (debootstrap, imported once).
+/// The base image service Dockerfiles start FROM (Debian 13, debootstrap,
+/// imported once).
 pub fn base_image() -> String {
     static ONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     script_output("base-image.sh", &ONCE)
@@ -660,22 +681,33 @@ impl Lab {
     /// Docker, Debian's docker-compose and a ufw firewall that lets in only
     /// SSH and HTTP (as `mesh nodes` leaves a host, minus what the services
     /// tests do not need), on every host in parallel.
+    /// Debian 13 gets Docker 26 and compose v2 (the `docker compose` plugin),
+    /// Debian 12 Docker 20.10 and compose v1 (`docker-compose` only): each
+    /// host is checked to have exactly the compose it stands for.
     pub fn install_docker(&self) {
+        let (packages, compose) = match self.suite {
+            DEBIAN_12 => (
+                "docker.io docker-compose",
+                "docker-compose version >/dev/null && ! docker compose version >/dev/null 2>&1",
+            ),
+            _ => (
+                "docker.io docker-cli docker-compose",
+                "docker compose version >/dev/null",
+            ),
+        };
+        let script = format!(
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+             --no-install-recommends {packages} ufw >/dev/null && \
+             ufw default deny incoming >/dev/null && ufw allow 22/tcp >/dev/null && \
+             ufw allow 80/tcp >/dev/null && ufw --force enable >/dev/null && \
+             systemctl is-active docker && {compose}"
+        );
         let runs: Vec<_> = (1..=self.count)
             .map(|i| {
                 let host = self.host(i);
+                let script = script.clone();
                 std::thread::spawn(move || {
-                    sh(Command::new("docker").args([
-                        "exec",
-                        &host,
-                        "sh",
-                        "-c",
-                        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-                         --no-install-recommends docker.io docker-compose ufw >/dev/null && \
-                         ufw default deny incoming >/dev/null && ufw allow 22/tcp >/dev/null && \
-                         ufw allow 80/tcp >/dev/null && ufw --force enable >/dev/null && \
-                         systemctl is-active docker",
-                    ]))
+                    sh(Command::new("docker").args(["exec", &host, "sh", "-c", &script]))
                 })
             })
             .collect();

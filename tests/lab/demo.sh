@@ -11,7 +11,8 @@
 #
 # Lab stand-ins, because this machine reaches no network but package registries:
 # - Docker's .debs come from a local mirror in download.docker.com's layout,
-#   made from Debian's docker.io, containerd and runc with dpkg-scanpackages,
+#   made from Debian 13's docker.io 26, docker-cli, docker-compose 2.26 (the v2
+#   plugin), containerd and runc (`lab.sh debs`) with dpkg-scanpackages,
 #   its InRelease signed with the TEST-ONLY key in tests/fixtures, and served on
 #   loopback (mesh verifies and pins them in docker.lock as it would the real ones);
 # - wesher is the TEST FIXTURE tests/fixtures/wesher-fixture (the real one needs
@@ -27,24 +28,28 @@ MESH=$ROOT/target/release/mesh
 LAB=$ROOT/target/lab/lab
 DIR=$ROOT/target/demo
 ARCH=$(dpkg --print-architecture)
-PACKAGES=(containerd runc docker.io docker-compose)
+# The lab hosts' Debian release (tests/lab/lab.sh: Debian 13 unless LAB_SUITE says otherwise).
+SUITE=${LAB_SUITE:-trixie}
+if [[ $SUITE == bookworm ]]; then
+    PACKAGES=(containerd runc docker.io docker-compose)
+else
+    PACKAGES=(containerd runc docker.io docker-cli docker-compose)
+fi
 
 [[ -x $MESH ]] || (cd "$ROOT" && cargo build --release --quiet)
 [[ -f $LAB/inventory.yml ]] || { echo "demo: run \`make lab N=3\` first" >&2; exit 1; }
 
 # The local Docker mirror.
 pool=$DIR/mirror/pool/stable/$ARCH
-index=$DIR/mirror/dists/bookworm/stable/binary-$ARCH
+index=$DIR/mirror/dists/$SUITE/stable/binary-$ARCH
+rm -rf "$DIR/mirror"
 mkdir -p "$pool" "$index" "$DIR/assets/$(uname -m)"
-for p in "${PACKAGES[@]}"; do
-    compgen -G "$pool/${p}_*.deb" >/dev/null || (cd "$pool" && { apt-get download "$p" 2>/dev/null ||
-        { apt-get update -qq && apt-get download "$p"; }; })
-done
+LAB_SUITE=$SUITE "$ROOT/tests/lab/lab.sh" debs --dir "$pool" "${PACKAGES[@]}"
 (cd "$DIR/mirror" && dpkg-scanpackages --multiversion pool /dev/null 2>/dev/null > "$index/Packages")
 # mesh trusts the index only through a signed InRelease: list its size and
 # sha256 and clear-sign that with the TEST-ONLY key of tests/fixtures.
-release=$DIR/mirror/dists/bookworm
-{ echo "Origin: mesh-demo"; echo "Codename: bookworm"; echo "SHA256:"
+release=$DIR/mirror/dists/$SUITE
+{ echo "Origin: mesh-demo"; echo "Codename: $SUITE"; echo "SHA256:"
   printf ' %s %s stable/binary-%s/Packages\n' "$(sha256sum < "$index/Packages" | cut -d' ' -f1)" \
       "$(stat -c %s "$index/Packages")" "$ARCH"; } > "$release/Release"
 gnupg=$(mktemp -d)

@@ -1,28 +1,32 @@
 #!/usr/bin/env bash
-# lab.sh — a fleet of real Debian bookworm hosts (systemd + sshd, Docker-capable)
-# as docker containers on the shared network `meshlab` (10.77.0.0/16), for testing mesh.
+# lab.sh — a fleet of real Debian hosts (systemd + sshd, Docker-capable) as docker
+# containers on the shared network `meshlab` (10.77.0.0/16), for testing mesh.
+# Debian 13 (trixie) by default; LAB_SUITE=bookworm for Debian 12.
 #
-#   lab.sh image [--rebuild]                             build mesh-lab:bookworm-1 (once)
-#   lab.sh base-image [--rebuild]                        build local/debian:bookworm-slim (once),
+#   lab.sh image [--rebuild]                             build mesh-lab:<suite>-1 (once)
+#   lab.sh base-image [--rebuild]                        build local/debian:<suite>-slim (once),
 #                                                        a plain minbase image for `docker build`
+#   lab.sh debs --dir DIR PACKAGE...                     put the suite's .debs of PACKAGEs in DIR
+#                                                        (cached in ~/.cache/mesh/debs/<suite>)
 #   lab.sh up --name NAME --count N --slot S [--dir DIR] start NAME-1..NAME-N at 10.77.S.(10+i),
 #                                                        write DIR/inventory.yml
 #   lab.sh down --name NAME                              remove that lab's hosts (the network stays)
 #   lab.sh down-all                                      remove every lab host and the network
 #   lab.sh exec NAME-i [-- CMD...]                       docker exec into a host (default: bash)
 #
-# Environment: LAB_MIRROR (Debian mirror URL), LAB_SECURITY_MIRROR, LAB_PARALLEL
+# Environment: LAB_SUITE (trixie or bookworm), LAB_MIRROR (Debian mirror URL), LAB_SECURITY_MIRROR, LAB_PARALLEL
 # (concurrent docker starts, default 10), LAB_TIMEOUT (seconds to wait for SSH, default 60).
 # Exit status 0 on success; otherwise non-zero with a one-line reason on stderr.
 set -euo pipefail
 
-readonly IMAGE=mesh-lab:bookworm-1
-readonly BASE_IMAGE=local/debian:bookworm-slim
+readonly SUITE=${LAB_SUITE:-trixie}
+case $SUITE in bookworm | trixie) ;; *) echo "lab: LAB_SUITE=$SUITE is not bookworm or trixie" >&2; exit 2 ;; esac
+readonly IMAGE=mesh-lab:$SUITE-1
+readonly BASE_IMAGE=local/debian:$SUITE-slim
 readonly NETWORK=meshlab
 readonly SUBNET=10.77.0.0/16
 readonly SUBNET_PREFIX=10.77
 readonly LABEL=mesh-lab
-readonly SUITE=bookworm
 readonly INCLUDE=openssh-server,systemd,systemd-sysv,dbus,iproute2,ca-certificates,python3,procps,iputils-ping,curl,sudo,kmod,iptables
 readonly LOCK_FILE=/tmp/mesh-lab.lock
 # Units that would grab the apt lock, or that are useless or fail in a container.
@@ -101,7 +105,7 @@ detect_security_mirror() {
 
 image_exists() { docker image inspect "$IMAGE" >/dev/null 2>&1; }
 
-# apt sources in ROOTFS: bookworm, bookworm-updates, bookworm-security.
+# apt sources in ROOTFS: <suite>, <suite>-updates, <suite>-security.
 write_apt_sources() {
     local rootfs=$1 mirror=$2 security=$3
     rm -f "$rootfs/etc/apt/sources.list"
@@ -566,6 +570,45 @@ cmd_exec() {
     exec docker exec "${flags[@]}" "$host" "$@"
 }
 
+# ---------------------------------------------------------------------------
+# debs: Debian packages of the lab's suite, fetched on this (maybe older) machine
+# ---------------------------------------------------------------------------
+
+cmd_debs() {
+    local dest="" p
+    local -a pkgs=()
+    while (($#)); do
+        case $1 in
+            --dir) dest=${2:?}; shift ;;
+            -*) die "debs: unknown argument '$1'" ;;
+            *) pkgs+=("$1") ;;
+        esac
+        shift
+    done
+    [[ -n $dest && ${#pkgs[@]} -gt 0 ]] || die "debs: usage: debs --dir DIR PACKAGE..."
+    local base=${MESH_CACHE:-$HOME/.cache/mesh}
+    local cache=$base/debs/$SUITE apt=$base/apt-$SUITE
+    mkdir -p "$cache" "$apt/lists/partial" "$apt/cache/archives/partial" "$dest"
+    exec 9>"$cache.lock"
+    flock 9
+    have() { compgen -G "$cache/${1}_*.deb" >/dev/null; }
+    local -a missing=()
+    for p in "${pkgs[@]}"; do have "$p" || missing+=("$p"); done
+    if ((${#missing[@]})); then
+        # A private apt configuration for the suite: this machine's own apt is untouched.
+        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(detect_mirror) $SUITE main"             >"$apt/sources.list"
+        local -a opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/nonexistent
+            -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o Dir::State::Status=/dev/null
+            -o APT::Sandbox::User=root -o "APT::Architecture=$(dpkg --print-architecture)")
+        apt-get -qq "${opts[@]}" update >/dev/null || die "debs: apt-get update for $SUITE failed"
+        local part
+        part=$(mktemp -d "$cache.part.XXXXXX")
+        (cd "$part" && apt-get -qq "${opts[@]}" download "${missing[@]}" >/dev/null)             || { rm -rf "$part"; die "debs: downloading ${missing[*]} for $SUITE failed"; }
+        mv "$part"/*.deb "$cache"/ && rmdir "$part"
+    fi
+    for p in "${pkgs[@]}"; do cp "$cache/${p}"_*.deb "$dest"/; done
+}
+
 main() {
     (($#)) || usage
     local cmd=$1
@@ -580,7 +623,8 @@ main() {
         down) cmd_down "$@" ;;
         down-all) cmd_down_all "$@" ;;
         exec) cmd_exec "$@" ;;
-        *) die "unknown command '$cmd' (image, base-image, up, down, down-all, exec)" ;;
+        debs) cmd_debs "$@" ;;
+        *) die "unknown command '$cmd' (image, base-image, up, down, down-all, exec, debs)" ;;
     esac
 }
 

@@ -6,7 +6,10 @@
 #     iproute2 make zstd curl gpg (apt-get update once, only when something is missing;
 #     gpg signs the demo mirror's InRelease);
 #   - starts dockerd in the background when `docker info` fails, waits up to 60 s;
-#   - raises the inotify limits that many systemd containers need.
+#   - raises the inotify limits that many systemd containers need;
+#   - gives the controller BuildKit when `docker buildx version` fails: Debian 13's
+#     docker-buildx plugin, copied out of its .deb (lab.sh debs) into
+#     /usr/local/lib/docker/cli-plugins (Debian 12 has no buildx package).
 # A /usr/local/bin/docker client newer than Debian's daemon is fine and kept.
 set -euo pipefail
 
@@ -14,6 +17,8 @@ PACKAGES=(docker.io debootstrap dpkg-dev openssh-client openssh-server iproute2 
 INOTIFY_INSTANCES=8192
 INOTIFY_WATCHES=1048576
 DOCKERD_LOG=/var/log/mesh-dockerd.log
+# A directory the docker CLI searches for plugins, system-wide.
+BUILDX_DIR=/usr/local/lib/docker/cli-plugins
 
 die() { echo "prereqs: $*" >&2; exit 1; }
 
@@ -54,4 +59,16 @@ if ! docker info >/dev/null 2>&1; then
         sleep 0.5
     done
     docker info >/dev/null 2>&1 || die "dockerd did not come up within 60 s (see $DOCKERD_LOG)"
+fi
+
+# --- buildx (BuildKit) for the controller's builds --------------------------
+if ! docker buildx version >/dev/null 2>&1; then
+    echo "prereqs: installing docker-buildx from Debian 13 into $BUILDX_DIR"
+    tmp=$(mktemp -d)
+    LAB_SUITE=trixie "$(dirname "${BASH_SOURCE[0]}")/lab.sh" debs --dir "$tmp" docker-buildx \
+        || { rm -rf "$tmp"; die "cannot fetch Debian 13's docker-buildx"; }
+    dpkg-deb -x "$tmp"/docker-buildx_*.deb "$tmp/root" || { rm -rf "$tmp"; die "cannot unpack docker-buildx"; }
+    install -D -m 755 "$tmp/root/usr/libexec/docker/cli-plugins/docker-buildx" "$BUILDX_DIR/docker-buildx"
+    rm -rf "$tmp"
+    docker buildx version >/dev/null 2>&1 || die "docker buildx still missing after installing $BUILDX_DIR/docker-buildx"
 fi
