@@ -1479,7 +1479,8 @@ fn care_upgrades_matching_hosts_in_batches_runs_hooks_and_waits_out_a_reboot() {
         lab.docker(&[
             "cp",
             v1.to_str().unwrap(),
-            &format!("{}:/tmp/probe.deb", lab.host(i)),
+            // Not /tmp: Debian 13 mounts a tmpfs there, over what docker cp writes.
+            &format!("{}:/root/probe.deb", lab.host(i)),
         ]);
         lab.docker(&[
             "cp",
@@ -1488,7 +1489,7 @@ fn care_upgrades_matching_hosts_in_batches_runs_hooks_and_waits_out_a_reboot() {
         ]);
         let r = lab.on(
             i,
-            "dpkg -i /tmp/probe.deb >/dev/null && echo 'deb [trusted=yes] file:/opt/care-repo ./' > /etc/apt/sources.list.d/care.list",
+            "dpkg -i /root/probe.deb >/dev/null && echo 'deb [trusted=yes] file:/opt/care-repo ./' > /etc/apt/sources.list.d/care.list",
         );
         assert_eq!(r.code, 0, "{}", r.stderr);
     }

@@ -26,18 +26,24 @@
 //! (unless `--no-rollback`). `--rollback` pops the host's stack of previous
 //! images. Every host gets an audit line.
 
+mod commands;
+
 use super::services::build::Image;
 use super::services::folder::Strategy;
-use super::services::plan::{Backend, HostPlan, ServicePlan, SLOT_COMPOSE};
+use super::services::plan::{Backend, HostPlan, ServicePlan};
 use super::services::publish::{self, HostRoutes};
 use super::services::slots::{state_file, Slot, State, SLOT_DIR};
-use super::services::up::{pick_compose, PROJECT};
+use super::services::up::pick_compose;
 use super::services::{firewall_ops, service_ops, shared_ops, Hook, BUILD_DIR, ROUTES_FILE};
 use super::{HostCtx, Phase, Step, StepOutcome};
 use crate::inventory::{Publisher, TraefikApi};
 use crate::ops::{converge, AptInstall, FileOp, Op, OpError, OpFailure, OpReport, Outcome};
-use crate::quote::{quote, Script};
+use crate::quote::Script;
 use crate::ssh::{BoxFut, Input};
+use commands::{
+    confirm_script, controller_name, health_script, holder_text, is_stale, route_checks,
+    stop_script, Launch,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -221,283 +227,6 @@ fn remote(what: &str) -> impl FnOnce(OpError) -> DeployError + '_ {
         what: what.to_string(),
         error,
     }
-}
-
-/// `MESH_PORT_<SERVICE>`, as the slot compose file reads it.
-fn port_env(service: &str) -> String {
-    format!("MESH_{}", super::services::plan::port_var(service))
-}
-
-/// The compose command line of a slot: project, project directory (the
-/// group file's relative paths), the slot's compose file.
-fn slot_compose(service: &str, slot: Slot) -> Vec<String> {
-    vec![
-        "-p".into(),
-        slot.project(service),
-        "--project-directory".into(),
-        BUILD_DIR.into(),
-        "-f".into(),
-        format!("{BUILD_DIR}/{service}/{SLOT_COMPOSE}"),
-    ]
-}
-
-/// The compose command line of the host's shared project.
-fn shared_compose() -> Vec<String> {
-    vec![
-        "-p".into(),
-        PROJECT.into(),
-        "-f".into(),
-        format!("{BUILD_DIR}/docker-compose.yml"),
-    ]
-}
-
-/// How a copy to start is run.
-struct Launch {
-    /// Compose arguments before the subcommand.
-    compose: Vec<String>,
-    /// `VAR=value` environment for compose.
-    env: Vec<String>,
-    /// `up` arguments after `up -d`.
-    up: Vec<String>,
-    /// Containers of the copy: `docker ps` filters.
-    filters: Vec<String>,
-    /// TCP port it must accept on when it has no health check.
-    port: Option<u16>,
-}
-
-impl Launch {
-    fn slot(s: &ServicePlan, slot: Slot, image: &str) -> Launch {
-        let ports = s.slot.as_ref().map(|x| x.ports).unwrap_or((0, 0));
-        let port = slot.port(ports);
-        Launch {
-            compose: slot_compose(&s.name, slot),
-            env: vec![
-                format!("{}={port}", port_env(&s.name)),
-                format!("MESH_IMAGE={image}"),
-            ],
-            up: vec!["--force-recreate".into()],
-            filters: vec![format!(
-                "label=com.docker.compose.project={}",
-                slot.project(&s.name)
-            )],
-            port: Some(port),
-        }
-    }
-
-    fn shared(s: &ServicePlan, image: &str, port: Option<u16>) -> Launch {
-        Launch {
-            compose: shared_compose(),
-            env: vec![format!(
-                "{}={image}",
-                super::services::compose::image_var(&s.name)
-            )],
-            up: vec![
-                "--no-deps".into(),
-                "--force-recreate".into(),
-                s.name.clone(),
-            ],
-            filters: vec![
-                format!("label=com.docker.compose.project={PROJECT}"),
-                format!("label=com.docker.compose.service={}", s.name),
-            ],
-            port,
-        }
-    }
-}
-
-/// The shell that stops a copy's containers gracefully, then removes them.
-fn stop_script(filters: &[String], grace: u64) -> Script {
-    let mut sc = Script::new();
-    let mut args = String::new();
-    for f in filters {
-        args.push_str(" --filter ");
-        args.push_str(&quote(f));
-    }
-    sc.raw(&format!("ids=$(docker ps -aq{args})"));
-    sc.line(
-        "[ -z \"$ids\" ] || { docker stop -t {} $ids >/dev/null 2>&1; docker rm -f $ids >/dev/null 2>&1; }; true",
-        &[&grace.to_string()],
-    );
-    sc
-}
-
-/// A route check on one bastion: Traefik's service `name` (of `proto`) must
-/// list `want` and not `gone`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RouteCheck {
-    proto: String,
-    name: String,
-    want: Option<String>,
-    gone: Option<String>,
-}
-
-/// The server URLs/addresses of each Traefik service in a key set.
-fn servers(keys: &BTreeMap<String, String>) -> BTreeMap<(String, String), String> {
-    let mut out = BTreeMap::new();
-    for (k, v) in keys {
-        let parts: Vec<&str> = k.split('/').collect();
-        if let ["traefik", proto, "services", name, "loadbalancer", "servers", _, "url" | "address"] =
-            parts[..]
-        {
-            out.insert((proto.to_string(), name.to_string()), v.clone());
-        }
-    }
-    out
-}
-
-/// What to confirm when S's keys go from `old` to `new`.
-fn route_checks(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Vec<RouteCheck> {
-    let (old, new) = (servers(old), servers(new));
-    let mut names: BTreeSet<&(String, String)> = old.keys().collect();
-    names.extend(new.keys());
-    names
-        .into_iter()
-        .filter_map(|key| {
-            let want = new.get(key).cloned();
-            let gone = old.get(key).filter(|o| Some(*o) != want.as_ref()).cloned();
-            (want.is_some() || gone.is_some()).then(|| RouteCheck {
-                proto: key.0.clone(),
-                name: key.1.clone(),
-                want,
-                gone,
-            })
-        })
-        .collect()
-}
-
-/// The bastion-side loop that waits until Traefik's API shows every check.
-fn confirm_script(api: &TraefikApi, checks: &[RouteCheck], seconds: u64) -> Script {
-    let mut s = Script::new();
-    s.line(
-        "end=$(( $(date +%s) + {} )); t0=$(date +%s%N)",
-        &[&seconds.to_string()],
-    );
-    s.raw("while :; do\n  ok=1");
-    for c in checks {
-        let url = format!("{}/api/{}/services/{}@redis", api.base, c.proto, c.name);
-        s.line("  a=$(curl -s --max-time 2 {} 2>/dev/null)", &[&url]);
-        if let Some(w) = &c.want {
-            s.line(
-                "  printf '%s' \"$a\" | grep -qF -- {} || ok=0",
-                &[&format!("\"{w}\"")],
-            );
-        }
-        if let Some(g) = &c.gone {
-            s.line(
-                "  ! printf '%s' \"$a\" | grep -qF -- {} || ok=0",
-                &[&format!("\"{g}\"")],
-            );
-        }
-    }
-    s.raw("  if [ \"$ok\" = 1 ]; then echo \"switched $(( ($(date +%s%N) - t0) / 1000000 ))\"; exit 0; fi");
-    s.raw("  [ \"$(date +%s)\" -ge \"$end\" ] && break\n  sleep 0.2\ndone");
-    s.raw("echo \"waited $(( ($(date +%s%N) - t0) / 1000000 ))\"; printf 'traefik: %s\\n' \"$a\" | head -c 400");
-    s
-}
-
-/// The health wait of a new copy, on the host.
-fn health_script(ctx: &HostCtx, s: &ServicePlan, launch: &Launch) -> (Script, u64) {
-    let health = s.options.health.clone();
-    let deadline = health.as_ref().map_or(60, |h| h.deadline);
-    let ip = ctx
-        .vars
-        .get("OVERLAY_IP")
-        .unwrap_or(&ctx.host.address)
-        .to_string();
-    let mut sc = Script::new();
-    let mut args = String::new();
-    for f in &launch.filters {
-        args.push_str(" --filter ");
-        args.push_str(&quote(f));
-    }
-    sc.raw(&format!("id=$(docker ps -aq{args} | head -n 1)"));
-    sc.raw("[ -n \"$id\" ] || { echo 'not healthy: no container'; exit 0; }");
-    sc.line("end=$(( $(date +%s) + {} ))", &[&deadline.to_string()]);
-    sc.raw("passes=0; up=0");
-    sc.raw(
-        r#"while :; do
-  st=$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$id" 2>/dev/null)
-  case "$st" in
-    "running unhealthy"|exited*|dead*|restarting*|"") break ;;
-    "running healthy"|"running none") docker_ok=1 ;;
-    *) docker_ok=0 ;;
-  esac
-  app_ok=0"#,
-    );
-    match (&health, launch.port) {
-        (Some(h), port) => {
-            let port = port.unwrap_or(0);
-            let url = format!("http://{ip}:{port}{}", h.path);
-            sc.line(
-                "  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time {} {} 2>/dev/null || true)",
-                &[&h.timeout.to_string(), &url],
-            );
-            sc.raw("  case \"$code\" in 2??) passes=$((passes + 1)) ;; *) passes=0 ;; esac");
-            sc.line(
-                "  [ \"$passes\" -ge {} ] && app_ok=1",
-                &[&h.passes.to_string()],
-            );
-        }
-        (None, Some(port)) => {
-            // No health check of mesh's: the port must accept connections
-            // (and Docker's own check, if any, pass).
-            sc.line(
-                "  if [ \"$st\" = 'running healthy' ] || timeout 2 bash -c {} 2>/dev/null; then app_ok=1; fi",
-                &[&format!("exec 3<>/dev/tcp/{ip}/{port}")],
-            );
-        }
-        (None, None) => {
-            // Nothing to probe: running (and healthy, if Docker checks it)
-            // for three polls in a row.
-            sc.raw(
-                "  [ \"$docker_ok\" = 1 ] && up=$((up + 1)) || up=0; [ \"$up\" -ge 3 ] && app_ok=1",
-            );
-        }
-    }
-    sc.raw("  [ \"$docker_ok\" = 1 ] && [ \"$app_ok\" = 1 ] && { echo healthy; exit 0; }");
-    sc.raw("  [ \"$(date +%s)\" -ge \"$end\" ] && break");
-    sc.line(
-        "  sleep {}",
-        &[&health.as_ref().map_or(1, |h| h.interval).to_string()],
-    );
-    sc.raw("done");
-    sc.raw("echo \"not healthy: ${st:-gone}\"");
-    sc.raw("docker logs --tail 15 \"$id\" 2>&1 | sed 's/^/log /'");
-    (sc, deadline)
-}
-
-/// `user@hostname` of the controller, for locks and audit lines.
-fn controller_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "controller".into());
-    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
-    format!("{user}@{host}")
-}
-
-/// The lock holder text a stale lock of this controller is recognised by.
-fn holder_text(pid: u32) -> String {
-    format!(
-        "pid {pid} on {} since {} (mesh {})",
-        controller_name(),
-        crate::log::utc_time(":"),
-        env!("CARGO_PKG_VERSION")
-    )
-}
-
-/// A holder that was a mesh process of this controller that no longer runs.
-fn is_stale(holder: &str) -> bool {
-    let mut w = holder.split_whitespace();
-    let (Some("pid"), Some(pid), Some("on"), Some(who)) = (w.next(), w.next(), w.next(), w.next())
-    else {
-        return false;
-    };
-    let Ok(pid) = pid.parse::<u32>() else {
-        return false;
-    };
-    who == controller_name()
-        && pid != std::process::id()
-        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn report(
@@ -730,17 +459,7 @@ impl Deploy {
     ) -> Result<(), DeployError> {
         let mut sc = Script::new();
         sc.raw(pick_compose());
-        let mut cmd: Vec<&str> = vec!["env"];
-        cmd.extend(launch.env.iter().map(String::as_str));
-        let compose: Vec<String> = launch.compose.iter().map(|w| quote(w)).collect();
-        let up: Vec<String> = launch.up.iter().map(|w| quote(w)).collect();
-        let env: Vec<String> = cmd.iter().map(|w| quote(w)).collect();
-        sc.raw(&format!(
-            "out=$({} \"$@\" {} up -d {} 2>&1) || {{ printf '%s\\n' \"$out\" | tail -n 15 | sed 's/^/log /'; echo 'not healthy: compose up failed'; exit 0; }}",
-            env.join(" "),
-            compose.join(" "),
-            up.join(" ")
-        ));
+        sc.raw(&launch.up_line());
         let (health, deadline) = health_script(ctx, s, launch);
         sc.append(&health);
         let out = ctx
@@ -1277,101 +996,5 @@ impl Step for Deploy {
 
     fn run<'a>(&'a self, ctx: &'a HostCtx) -> BoxFut<'a, Result<StepOutcome, OpFailure>> {
         Box::pin(self.roll(ctx))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn keys(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn the_checks_are_the_deployed_services_own() {
-        let old = keys(&[
-            ("traefik/http/routers/web/rule", "Host(`a`)"),
-            (
-                "traefik/http/services/web/loadbalancer/servers/c1/url",
-                "http://10.0.0.2:8000",
-            ),
-        ]);
-        let new = keys(&[
-            ("traefik/http/routers/web/rule", "Host(`a`)"),
-            (
-                "traefik/http/services/web/loadbalancer/servers/c1/url",
-                "http://10.0.0.2:8001",
-            ),
-            (
-                "traefik/tcp/services/db/loadbalancer/servers/c1/address",
-                "10.0.0.2:5433",
-            ),
-        ]);
-        let checks = route_checks(&old, &new);
-        assert_eq!(
-            checks,
-            vec![
-                RouteCheck {
-                    proto: "http".into(),
-                    name: "web".into(),
-                    want: Some("http://10.0.0.2:8001".into()),
-                    gone: Some("http://10.0.0.2:8000".into()),
-                },
-                RouteCheck {
-                    proto: "tcp".into(),
-                    name: "db".into(),
-                    want: Some("10.0.0.2:5433".into()),
-                    gone: None,
-                },
-            ]
-        );
-        let api = TraefikApi::parse("http://127.0.0.1:9090").unwrap();
-        let script = confirm_script(&api, &checks, 15);
-        let text = script.as_str();
-        assert!(
-            text.contains("http://127.0.0.1:9090/api/http/services/web@redis"),
-            "{text}"
-        );
-        assert!(
-            text.contains("http://127.0.0.1:9090/api/tcp/services/db@redis"),
-            "{text}"
-        );
-        crate::quote::assert_valid_sh(&script);
-    }
-
-    #[test]
-    fn slot_commands_keep_the_group_files_relative_paths() {
-        assert_eq!(
-            slot_compose("kv", Slot::B),
-            [
-                "-p",
-                "mesh-kv-b",
-                "--project-directory",
-                "/containers/build",
-                "-f",
-                "/containers/build/kv/.mesh-compose.yml"
-            ]
-        );
-        assert_eq!(port_env("web-api"), "MESH_PORT_WEB_API");
-        let stop = stop_script(&["label=com.docker.compose.project=mesh-kv-a".into()], 30);
-        assert!(
-            stop.as_str().contains("docker stop -t 30 $ids"),
-            "{}",
-            stop.as_str()
-        );
-        crate::quote::assert_valid_sh(&stop);
-    }
-
-    #[test]
-    fn a_stale_lock_is_one_of_this_controller_whose_process_is_gone() {
-        assert!(!is_stale(&holder_text(std::process::id())));
-        // pid_max is far below this.
-        assert!(is_stale(&holder_text(4_000_000_000)));
-        assert!(!is_stale("pid 4000000000 on someone@elsewhere since x"));
-        assert!(!is_stale("garbage"));
     }
 }
