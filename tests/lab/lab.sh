@@ -1,28 +1,34 @@
 #!/usr/bin/env bash
 # lab.sh — a fleet of real Debian hosts (systemd + sshd, Docker-capable) as docker
 # containers on the shared network `meshlab` (10.77.0.0/16), for testing mesh.
-# Debian 13 (trixie) by default; LAB_SUITE=bookworm for Debian 12.
+# Debian 13 (trixie) by default; `--suite bookworm` (or LAB_SUITE=bookworm) for Debian 12.
 #
-#   lab.sh image [--rebuild]                             build mesh-lab:<suite>-1 (once)
-#   lab.sh base-image [--rebuild]                        build local/debian:<suite>-slim (once),
-#                                                        a plain minbase image for `docker build`
-#   lab.sh debs --dir DIR PACKAGE...                     put the suite's .debs of PACKAGEs in DIR
-#                                                        (cached in ~/.cache/mesh/debs/<suite>)
-#   lab.sh up --name NAME --count N --slot S [--dir DIR] start NAME-1..NAME-N at 10.77.S.(10+i),
+#   lab.sh image [--suite S] [--rebuild]                 build mesh-lab:S-1 (once)
+#   lab.sh base-image [--suite S] [--rebuild]            build local/debian:S-slim (once), a plain
+#                                                        minbase image for `docker build`; print it
+#   lab.sh debs [--suite S] --dir DIR PACKAGE...         put Debian S's .debs of PACKAGEs in DIR
+#                                                        (cached in ~/.cache/mesh/lab-debs/S)
+#   lab.sh up --name NAME --count N --slot S [--dir DIR] [--suite S]
+#                                                        start NAME-1..NAME-N at 10.77.S.(10+i),
 #                                                        write DIR/inventory.yml
 #   lab.sh down --name NAME                              remove that lab's hosts (the network stays)
 #   lab.sh down-all                                      remove every lab host and the network
 #   lab.sh exec NAME-i [-- CMD...]                       docker exec into a host (default: bash)
 #
-# Environment: LAB_SUITE (trixie or bookworm), LAB_MIRROR (Debian mirror URL), LAB_SECURITY_MIRROR, LAB_PARALLEL
-# (concurrent docker starts, default 10), LAB_TIMEOUT (seconds to wait for SSH, default 60).
+# S is trixie (Debian 13, the default) or bookworm (Debian 12); labs of both suites
+# coexist (each on its own --name and --slot). `debs` fetches with a private apt
+# configuration (S, S-updates, S-security from this machine's Debian mirror; lists in
+# ~/.cache/mesh/apt-S), so a Debian 12 controller gets Debian 13's packages.
+#
+# Environment: LAB_SUITE (the default for --suite), LAB_MIRROR (Debian mirror URL),
+# LAB_SECURITY_MIRROR, LAB_PARALLEL (concurrent docker starts, default 10), LAB_TIMEOUT
+# (seconds to wait for SSH, default 60), MESH_CACHE (instead of ~/.cache/mesh).
 # Exit status 0 on success; otherwise non-zero with a one-line reason on stderr.
 set -euo pipefail
 
-readonly SUITE=${LAB_SUITE:-trixie}
-case $SUITE in bookworm | trixie) ;; *) echo "lab: LAB_SUITE=$SUITE is not bookworm or trixie" >&2; exit 2 ;; esac
-readonly IMAGE=mesh-lab:$SUITE-1
-readonly BASE_IMAGE=local/debian:$SUITE-slim
+readonly SUITES="trixie bookworm"
+# The suite and its images, set by set_suite (LAB_SUITE, then --suite).
+SUITE="" IMAGE="" BASE_IMAGE=""
 readonly NETWORK=meshlab
 readonly SUBNET=10.77.0.0/16
 readonly SUBNET_PREFIX=10.77
@@ -67,6 +73,14 @@ cleanup() {
 trap cleanup EXIT
 
 make_tmp() { [[ -n $TMP ]] || TMP=$(mktemp -d "${TMPDIR:-/var/tmp}/mesh-lab.XXXXXX"); }
+
+# Select the Debian suite (codename) and the image names that follow from it.
+set_suite() {
+    [[ " $SUITES " == *" ${1:-} "* ]] || die "suite '${1:-}' is not one of: $SUITES"
+    SUITE=$1
+    IMAGE=mesh-lab:$SUITE-1
+    BASE_IMAGE=local/debian:$SUITE-slim
+}
 
 # ---------------------------------------------------------------------------
 # image
@@ -129,6 +143,7 @@ cmd_image() {
     while (($#)); do
         case $1 in
             --rebuild) rebuild=1 ;;
+            --suite) set_suite "${2:-}"; shift ;;
             *) die "image: unknown argument '$1'" ;;
         esac
         shift
@@ -139,7 +154,7 @@ cmd_image() {
 ensure_image() {
     local rebuild=${1:-0}
     ((rebuild)) || ! image_exists || return 0
-    exec 8>"$LOCK_FILE"
+    exec 8>"$LOCK_FILE.$SUITE"
     flock 8
     # Another lab.sh may have built it while we waited for the lock.
     if ((rebuild)) || ! image_exists; then build_image; fi
@@ -233,12 +248,13 @@ cmd_base_image() {
     while (($#)); do
         case $1 in
             --rebuild) rebuild=1 ;;
+            --suite) set_suite "${2:-}"; shift ;;
             *) die "base-image: unknown argument '$1'" ;;
         esac
         shift
     done
     if ((rebuild)) || ! base_image_exists; then
-        exec 8>"$LOCK_FILE.base"
+        exec 8>"$LOCK_FILE.base.$SUITE"
         flock 8
         # Another caller may have built it while we waited for the lock.
         if ((rebuild)) || ! base_image_exists; then build_base_image; fi
@@ -322,6 +338,7 @@ start_host() {
     local lab=$1 cname=$2 ip=$3
     {
         docker create --name "$cname" --hostname "$cname" --label "$LABEL=$lab" \
+            --label "$LABEL.suite=$SUITE" \
             --network "$NETWORK" --ip "$ip" --stop-signal SIGRTMIN+3 \
             --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock \
             --cap-add ALL --cap-drop SYS_RESOURCE \
@@ -329,6 +346,7 @@ start_host() {
             --device-cgroup-rule 'a *:* rwm' -v /var/lib/docker \
             "$IMAGE" >/dev/null \
             && docker cp "$TMP/authkeys/.ssh" "$cname:/root/" \
+            && docker cp "$TMP/docker.service.d" "$cname:/etc/systemd/system/" \
             && docker start "$cname" >/dev/null \
             && touch "$TMP/started.$cname"
     } >"$TMP/start.$cname.log" 2>&1
@@ -380,7 +398,7 @@ write_inventory() {
     local dir=$1 lab=$2 count=$3 slot=$4 i ip tmpf
     tmpf=$(mktemp "$dir/.inventory.XXXXXX")
     {
-        echo "# mesh test lab '$lab' — generated by tests/lab/lab.sh up; do not edit."
+        echo "# mesh test lab '$lab' (Debian $SUITE hosts) — generated by tests/lab/lab.sh up; do not edit."
         echo "ssh:"
         echo "  user: root"
         echo "  port: 22"
@@ -409,6 +427,7 @@ cmd_up() {
             --count) count=${2:-}; shift ;;
             --slot) slot=${2:-}; shift ;;
             --dir) dir=${2:-}; shift ;;
+            --suite) set_suite "${2:-}"; shift ;;
             *) die "up: unknown argument '$1'" ;;
         esac
         shift
@@ -437,6 +456,13 @@ cmd_up() {
     mkdir -p "$TMP/authkeys/.ssh"
     chmod 700 "$TMP/authkeys/.ssh"
     install -m 600 "$key.pub" "$TMP/authkeys/.ssh/authorized_keys"
+    # For the Docker a host may get later: Docker 23+ fails every bridge-network
+    # container when it cannot disable IPv6 on its eth0, and a lab host's /proc/sys
+    # is read-only (a real machine's is not). Docker 20.10 ignores the variable.
+    mkdir -p "$TMP/docker.service.d"
+    printf '%s\n' '# mesh test lab (tests/lab/lab.sh): /proc/sys is read-only in a lab host' \
+        '[Service]' 'Environment=DOCKER_ALLOW_IPV6_ON_IPV4_INTERFACE=1' \
+        >"$TMP/docker.service.d/mesh-lab.conf"
 
     # Current state: this lab's containers, and who holds which IP on the network.
     local image_id line cname ip i
@@ -579,31 +605,42 @@ cmd_debs() {
     local -a pkgs=()
     while (($#)); do
         case $1 in
-            --dir) dest=${2:?}; shift ;;
+            --dir) dest=${2:-}; shift ;;
+            --suite) set_suite "${2:-}"; shift ;;
             -*) die "debs: unknown argument '$1'" ;;
             *) pkgs+=("$1") ;;
         esac
         shift
     done
-    [[ -n $dest && ${#pkgs[@]} -gt 0 ]] || die "debs: usage: debs --dir DIR PACKAGE..."
+    [[ -n $dest && ${#pkgs[@]} -gt 0 ]] || die "debs: usage: debs [--suite S] --dir DIR PACKAGE..."
     local base=${MESH_CACHE:-$HOME/.cache/mesh}
-    local cache=$base/debs/$SUITE apt=$base/apt-$SUITE
-    mkdir -p "$cache" "$apt/lists/partial" "$apt/cache/archives/partial" "$dest"
+    # Not $base/debs: that is mesh's own content-addressed cache (MESH_CACHE).
+    local cache=$base/lab-debs/$SUITE apt=$base/apt-$SUITE
+    mkdir -p "$cache" "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/empty" "$dest" \
+        || die "debs: cannot create $cache, $apt or $dest"
     exec 9>"$cache.lock"
     flock 9
     have() { compgen -G "$cache/${1}_*.deb" >/dev/null; }
     local -a missing=()
     for p in "${pkgs[@]}"; do have "$p" || missing+=("$p"); done
     if ((${#missing[@]})); then
-        # A private apt configuration for the suite: this machine's own apt is untouched.
-        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(detect_mirror) $SUITE main"             >"$apt/sources.list"
-        local -a opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/nonexistent
+        # A private apt configuration for the suite, as its hosts' sources have it
+        # (S, S-updates, S-security): this machine's own apt state is untouched.
+        local mirror security key=/usr/share/keyrings/debian-archive-keyring.gpg
+        mirror=$(detect_mirror)
+        security=$(detect_security_mirror "$mirror")
+        printf 'deb [signed-by=%s] %s main\n' "$key" "$mirror $SUITE" "$key" "$mirror $SUITE-updates" \
+            "$key" "$security $SUITE-security" >"$apt/sources.list"
+        local -a opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o "Dir::Etc::SourceParts=$apt/empty"
+            -o "Dir::Etc::PreferencesParts=$apt/empty" -o "Dir::Etc::Preferences=$apt/empty/none"
             -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o Dir::State::Status=/dev/null
-            -o APT::Sandbox::User=root -o "APT::Architecture=$(dpkg --print-architecture)")
+            -o Acquire::Languages=none -o APT::Sandbox::User=root
+            -o "APT::Architecture=$(dpkg --print-architecture)")
         apt-get -qq "${opts[@]}" update >/dev/null || die "debs: apt-get update for $SUITE failed"
         local part
         part=$(mktemp -d "$cache.part.XXXXXX")
-        (cd "$part" && apt-get -qq "${opts[@]}" download "${missing[@]}" >/dev/null)             || { rm -rf "$part"; die "debs: downloading ${missing[*]} for $SUITE failed"; }
+        (cd "$part" && apt-get -qq "${opts[@]}" download "${missing[@]}" >/dev/null) \
+            || { rm -rf "$part"; die "debs: downloading ${missing[*]} for $SUITE failed"; }
         mv "$part"/*.deb "$cache"/ && rmdir "$part"
     fi
     for p in "${pkgs[@]}"; do cp "$cache/${p}"_*.deb "$dest"/; done
@@ -615,6 +652,7 @@ main() {
     shift
     [[ $cmd == -h || $cmd == --help || $cmd == help ]] && usage 0
     [[ $(id -u) -eq 0 ]] || die "must run as root"
+    set_suite "${LAB_SUITE:-trixie}"
     command -v docker >/dev/null || die "docker missing (run tests/lab/prereqs.sh)"
     case $cmd in
         image) cmd_image "$@" ;;

@@ -68,7 +68,8 @@ if ! docker buildx version >/dev/null 2>&1; then
     LAB_SUITE=trixie "$(dirname "${BASH_SOURCE[0]}")/lab.sh" debs --dir "$tmp" docker-buildx \
         || { rm -rf "$tmp"; die "cannot fetch Debian 13's docker-buildx"; }
     dpkg-deb -x "$tmp"/docker-buildx_*.deb "$tmp/root" || { rm -rf "$tmp"; die "cannot unpack docker-buildx"; }
-    install -D -m 755 "$tmp/root/usr/libexec/docker/cli-plugins/docker-buildx" "$BUILDX_DIR/docker-buildx"
+    install -D -m 755 "$tmp/root/usr/libexec/docker/cli-plugins/docker-buildx" "$BUILDX_DIR/docker-buildx" \
+        || { rm -rf "$tmp"; die "cannot install $BUILDX_DIR/docker-buildx"; }
     rm -rf "$tmp"
     docker buildx version >/dev/null 2>&1 || die "docker buildx still missing after installing $BUILDX_DIR/docker-buildx"
 fi
