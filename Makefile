@@ -5,6 +5,8 @@ LAB   := tests/lab/lab.sh
 
 # Number of hosts in the test lab.
 N ?= 5
+# Debian release of the lab hosts: trixie (Debian 13) or bookworm (Debian 12).
+SUITE ?= $(or $(LAB_SUITE),trixie)
 
 # The seed's variable names, for the wrappers below.
 INVENTORY       ?= inventory/inventory.yml
@@ -23,16 +25,17 @@ help: ## List targets and their variables
 		awk 'BEGIN { FS = ":.*## " } { printf "  %-12s %s\n", $$1, $$2 }'
 	@echo "Variables:"
 	@echo "  N=$(N)          number of lab hosts (lab, demo; bench defaults to 50)"
+	@echo "  SUITE=$(SUITE)  Debian release of the lab hosts: trixie (13) or bookworm (12) (lab-image, lab, demo)"
 	@echo "  INVENTORY=$(INVENTORY)  FIRST_IP=  DOCKERFILES_PATH=  SERVICE=  GROUP=  (wrappers)"
 
 prereqs: ## Install/start what the lab needs (docker, debootstrap, ...)
 	tests/lab/prereqs.sh
 
-lab-image: prereqs ## Build the lab image mesh-lab:trixie-1 (once; LAB_SUITE=bookworm for Debian 12)
-	$(LAB) image
+lab-image: prereqs ## Build the lab image mesh-lab:SUITE-1, trixie by default (once)
+	$(LAB) image --suite $(SUITE)
 
 lab: prereqs ## Start lab hosts lab-1..lab-N (N=5) in slot 1; writes target/lab/lab/inventory.yml
-	$(LAB) up --name lab --count $(N) --slot 1
+	$(LAB) up --name lab --count $(N) --slot 1 --suite $(SUITE)
 
 lab-down: ## Remove the lab hosts started by `make lab`
 	$(LAB) down --name lab
@@ -50,7 +53,7 @@ test: prereqs garage ## Run every test: unit tests and mesh against real lab hos
 
 demo: N = 3
 demo: lab $(MESH) garage ## mesh nodes on N=3 lab hosts (Docker, overlay, garage), then the converged re-run
-	tests/lab/demo.sh
+	LAB_SUITE=$(SUITE) tests/lab/demo.sh
 
 bench: N = 50
 bench: prereqs $(MESH) ## Cold and warm wall times of a nodes-style step on N=50 lab hosts
