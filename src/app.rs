@@ -177,7 +177,7 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
     // they are not among the selected hosts.
     let mut extra = Vec::new();
     let mut bastions = std::collections::BTreeMap::new();
-    if serving {
+    if serving || matches!(cli.command, Command::Care { .. }) {
         for b in services::bastions_for(&inv, &hosts) {
             let ctx = match ctxs.iter().find(|c| c.host.name == b.name) {
                 Some(c) => c.clone(),
@@ -228,13 +228,25 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
                 reboot,
                 reboot_wait,
                 dockerfiles,
+                allow_downtime,
                 ..
             },
         ) => {
-            let hooks = care::hooks(dockerfiles).map_err(AppError::Input)?;
-            let groups: Vec<Vec<String>> = ctxs.iter().map(|c| c.host.groups.clone()).collect();
+            let input = |e: care::InputError| AppError::Input(e.to_string());
+            let (hooks, note) = care::hooks(dockerfiles).map_err(input)?;
+            if let Some(note) = note {
+                eprintln!("note: {note}");
+            }
+            let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+            let replicas =
+                care::Replicas::plan(dockerfiles, &inv, &names, |h| host_vars(&inv, h, &secrets))
+                    .map_err(input)?;
+            replicas
+                .check_api(inv.ingress.publisher, &hosts)
+                .map_err(input)?;
+            let refs: Vec<&Host> = ctxs.iter().map(|c| &c.host).collect();
             rollout = Some(crate::run::Rollout {
-                batches: crate::run::plan_batches(ctxs.len(), *batch, Some(&groups)),
+                batches: replicas.batches(&refs, *batch),
                 stop_on_failure: true,
                 undo: None,
             });
@@ -242,6 +254,10 @@ async fn run(cli: Cli) -> Result<u8, AppError> {
                 hooks,
                 reboot: *reboot,
                 reboot_wait: *reboot_wait,
+                allow_downtime: *allow_downtime,
+                replicas: Arc::new(replicas),
+                bastions,
+                publisher: inv.ingress.publisher,
             })
         }
         (

@@ -160,9 +160,15 @@ pub enum Command {
         /// Hosts or groups to care for, e.g. 'db*'.
         #[arg(long, value_name = "GLOB")]
         group: String,
-        /// Hosts of one group at a time (a host in several groups counts in each).
-        #[arg(long, value_name = "N", default_value_t = 1)]
-        batch: usize,
+        /// Hosts of one group at a time, a number or a percentage of the
+        /// group (a host in several groups counts in each); never every
+        /// replica of a service at once.
+        #[arg(long, value_name = "N|N%", default_value = "1")]
+        batch: crate::run::BatchSize,
+        /// Go on with a host that holds the only replica of a service (it is
+        /// down while it is cared for).
+        #[arg(long)]
+        allow_downtime: bool,
         /// Reboot the hosts that need it, and wait for each batch to come back.
         #[arg(long)]
         reboot: bool,
