@@ -1205,6 +1205,11 @@ mod tests {
         assert_eq!(r.count("api"), 2);
         let w1: Vec<&Host> = vec![inv.host("w1").unwrap()];
         assert!(r.check_api(Publisher::Mesh, &w1).is_ok());
+        // A selected host the folder cannot plan stops the run (b1 runs
+        // traefik, which this folder lacks); unselected, it counts as nothing.
+        let err = Replicas::plan(df.path(), &inv, &["b1".into()], |_| VarSet::new()).unwrap_err();
+        assert!(matches!(err, InputError::Plan(_)), "{err}");
+        assert_eq!(r.count("traefik"), 0);
         // No folder: nothing known, nothing sole.
         let none = Replicas::plan(&df.path().join("nope"), &inv, &[], |_| VarSet::new()).unwrap();
         assert!(!none.known && none.sole("w1").is_empty());
