@@ -220,7 +220,8 @@ impl Replicas {
         Ok(out)
     }
 
-    /// From explicit host -> services lists (tests, and callers that know).
+    /// From explicit host -> services lists.
+    #[cfg(test)]
     pub fn of(by_host: &[(&str, &[&str])]) -> Replicas {
         Replicas {
             by_host: by_host
