@@ -537,13 +537,27 @@ impl std::str::FromStr for BatchSize {
 /// of different groups go together.
 pub fn plan_batches(hosts: usize, size: usize, groups: Option<&[Vec<String>]>) -> Vec<Vec<usize>> {
     let size = size.max(1);
+    match groups {
+        Some(g) => plan_batches_capped(&g[..hosts.min(g.len())], |_| size),
+        None => (0..hosts)
+            .collect::<Vec<_>>()
+            .chunks(size)
+            .map(<[usize]>::to_vec)
+            .collect(),
+    }
+}
+
+/// Batches in host order where each host counts in every one of its
+/// `groups` (inventory groups, or e.g. the services it runs), and a batch
+/// holds at most `cap(group)` hosts of any group (at least 1). A host joins
+/// the first batch it fits in.
+pub fn plan_batches_capped(groups: &[Vec<String>], cap: impl Fn(&str) -> usize) -> Vec<Vec<usize>> {
     let mut batches: Vec<Vec<usize>> = Vec::new();
-    for i in 0..hosts {
-        let fits = |batch: &Vec<usize>| match groups {
-            None => batch.len() < size,
-            Some(g) => g[i]
-                .iter()
-                .all(|group| batch.iter().filter(|&&j| g[j].contains(group)).count() < size),
+    for (i, mine) in groups.iter().enumerate() {
+        let fits = |batch: &Vec<usize>| {
+            mine.iter().all(|group| {
+                batch.iter().filter(|&&j| groups[j].contains(group)).count() < cap(group).max(1)
+            })
         };
         match batches.iter_mut().find(|b| fits(b)) {
             Some(b) => b.push(i),
@@ -811,6 +825,35 @@ mod tests {
             plan_batches(5, 1, Some(&groups)),
             vec![vec![0, 2], vec![1, 4], vec![3]]
         );
+    }
+
+    #[test]
+    fn services_as_extra_groups_keep_a_replica_up_across_groups() {
+        let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // web-1 and db-1 are in different groups but hold the two replicas
+        // of `api`: never in one batch. Groups allow two hosts at a time.
+        let groups = vec![
+            g(&["web", "service api"]),
+            g(&["db", "service api"]),
+            g(&["web"]),
+            g(&["db", "service cache"]),
+        ];
+        let cap = |group: &str| if group.starts_with("service ") { 1 } else { 2 };
+        assert_eq!(
+            plan_batches_capped(&groups, cap),
+            vec![vec![0, 2, 3], vec![1]]
+        );
+        // Groups alone would have taken both replicas down together.
+        assert_eq!(
+            plan_batches(4, 2, Some(&groups[..])),
+            vec![vec![0, 1, 2, 3]]
+        );
+        // A cap of 0 counts as 1; no groups: one batch.
+        assert_eq!(
+            plan_batches_capped(&groups[..2], |_| 0),
+            vec![vec![0], vec![1]]
+        );
+        assert_eq!(plan_batches_capped(&[], |_| 1), Vec::<Vec<usize>>::new());
     }
 
     #[test]

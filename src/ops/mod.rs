@@ -61,6 +61,9 @@ pub enum OpError {
     },
     #[error("{0}")]
     Other(String),
+    /// A step's own typed error (e.g. care's), shown as it renders itself.
+    #[error(transparent)]
+    Step(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A failed op plus what had happened before it on the same host.
