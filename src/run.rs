@@ -511,13 +511,16 @@ impl BatchSize {
     }
 }
 
-impl std::str::FromStr for BatchSize {
-    type Err = String;
+/// A `--batch` that is neither a number of hosts nor a percentage.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("batch \"{0}\" is not a number of hosts or a percentage. Fix: write e.g. 1, 5 or 25%")]
+pub struct BadBatchSize(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("batch \"{s}\" is not a number of hosts or a percentage. Fix: write e.g. 1, 5 or 25%")
-        };
+impl std::str::FromStr for BatchSize {
+    type Err = BadBatchSize;
+
+    fn from_str(s: &str) -> Result<Self, BadBatchSize> {
+        let bad = || BadBatchSize(s.to_string());
         match s.strip_suffix('%') {
             Some(p) => match p.parse::<u32>() {
                 Ok(p) if (1..=100).contains(&p) => Ok(BatchSize::Percent(p)),
@@ -705,7 +708,7 @@ mod tests {
                 if ctx.host.name == "c" {
                     return Err(OpFailure {
                         label: "new copy".into(),
-                        error: crate::ops::OpError::Other("never healthy".into()),
+                        error: crate::ops::OpError::Refused("never healthy".into()),
                         done: Vec::new(),
                     });
                 }
@@ -811,7 +814,11 @@ mod tests {
         assert_eq!("25%".parse::<BatchSize>().unwrap().of(10), 3);
         assert_eq!("3".parse::<BatchSize>().unwrap().of(10), 3);
         assert!("0".parse::<BatchSize>().is_err() && "101%".parse::<BatchSize>().is_err());
-        assert!("x".parse::<BatchSize>().unwrap_err().contains("Fix:"));
+        assert!("x"
+            .parse::<BatchSize>()
+            .unwrap_err()
+            .to_string()
+            .contains("Fix:"));
         // One host per group at a time; different groups go together.
         let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let groups = vec![
