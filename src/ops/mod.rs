@@ -77,9 +77,6 @@ pub enum OpError {
     /// with the phase's own error enum). Kept until every caller is typed.
     #[error("{0}")]
     Other(String),
-    /// A step's own typed error (e.g. care's), shown as it renders itself.
-    #[error(transparent)]
-    Step(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A failed op plus what had happened before it on the same host.
