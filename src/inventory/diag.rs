@@ -34,6 +34,11 @@ impl Diag {
         self.problems.is_empty()
     }
 
+    /// Problems recorded so far (to tell whether a section added any).
+    pub fn len(&self) -> usize {
+        self.problems.len()
+    }
+
     /// Renders the problems as `path:line:col: message. Fix: fix`, ordered by
     /// position in the file, without exact duplicates.
     pub fn into_lines(mut self, path: &Path) -> Vec<String> {

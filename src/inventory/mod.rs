@@ -61,6 +61,7 @@ pub struct Inventory {
     pub docker: DockerSettings,
     pub overlay: OverlaySettings,
     pub ingress: IngressSettings,
+    pub backup: BackupPolicy,
 }
 
 /// SSH connection settings. Unset fields are left to `~/.ssh/config`.
@@ -215,6 +216,95 @@ pub struct DockerSettings {
 pub struct OverlaySettings {
     /// Overlay network in CIDR notation (wesher's `--overlay-net`).
     pub net: Option<String>,
+}
+
+/// `backup:`: when every host's backup timer fires and which snapshots
+/// `restic forget` keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupPolicy {
+    /// A systemd calendar expression (`OnCalendar=`).
+    pub schedule: String,
+    pub keep: Keep,
+}
+
+impl BackupPolicy {
+    /// Default schedule: every night at 03:00 (host time).
+    pub const SCHEDULE: &'static str = "*-*-* 03:00";
+
+    /// One line of the characters systemd calendar syntax uses (systemd
+    /// itself validates the rest on the host).
+    pub fn schedule_ok(s: &str) -> bool {
+        !s.trim().is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || " *-:,./~+_".contains(c))
+    }
+}
+
+impl Default for BackupPolicy {
+    fn default() -> Self {
+        BackupPolicy {
+            schedule: Self::SCHEDULE.to_string(),
+            keep: Keep {
+                daily: Some(7),
+                weekly: Some(4),
+                monthly: Some(6),
+                ..Keep::none()
+            },
+        }
+    }
+}
+
+/// `backup.keep`: restic's `--keep-*` counts (unset: not used).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keep {
+    pub last: Option<u64>,
+    pub hourly: Option<u64>,
+    pub daily: Option<u64>,
+    pub weekly: Option<u64>,
+    pub monthly: Option<u64>,
+    pub yearly: Option<u64>,
+}
+
+impl Keep {
+    /// Nothing kept (the start of a `keep:` as written).
+    pub const fn none() -> Self {
+        Keep {
+            last: None,
+            hourly: None,
+            daily: None,
+            weekly: None,
+            monthly: None,
+            yearly: None,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flags().is_empty()
+    }
+
+    /// `restic forget` flags, e.g. `--keep-daily 7`.
+    pub fn flags(&self) -> Vec<String> {
+        let counts = [
+            ("last", self.last),
+            ("hourly", self.hourly),
+            ("daily", self.daily),
+            ("weekly", self.weekly),
+            ("monthly", self.monthly),
+            ("yearly", self.yearly),
+        ];
+        counts
+            .iter()
+            .filter_map(|(name, n)| n.map(|n| [format!("--keep-{name}"), n.to_string()]))
+            .flatten()
+            .collect()
+    }
+}
+
+impl Default for Keep {
+    /// Parsing starts from nothing: a `keep:` replaces the default whole.
+    fn default() -> Self {
+        Keep::none()
+    }
 }
 
 /// Who writes the Traefik routes into a bastion's Redis (`ingress.publisher`).

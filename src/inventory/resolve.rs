@@ -553,5 +553,6 @@ pub(crate) fn resolve(
             net: raw.overlay_net,
         },
         ingress: raw.ingress,
+        backup: raw.backup,
     }
 }

@@ -15,7 +15,7 @@ use super::yaml::{Loc, Node, ScalarKind, Value};
 use super::Arch;
 
 pub(crate) const TOP_KEYS: &[&str] = &[
-    "ssh", "vars", "firewall", "apt", "docker", "overlay", "ingress", "groups",
+    "ssh", "vars", "firewall", "apt", "docker", "overlay", "ingress", "backup", "groups",
 ];
 pub(crate) const GROUP_KEYS: &[&str] = &["hosts", "vars", "ssh"];
 pub(crate) const HOST_KEYS: &[&str] = &[
@@ -38,6 +38,8 @@ pub(crate) const APT_KEYS: &[&str] = &["cache_valid_seconds"];
 pub(crate) const DOCKER_KEYS: &[&str] = &["mirror", "packages", "signing_key"];
 pub(crate) const OVERLAY_KEYS: &[&str] = &["net"];
 pub(crate) const INGRESS_KEYS: &[&str] = &["publisher", "crowdsec", "traefik_api"];
+pub(crate) const BACKUP_KEYS: &[&str] = &["schedule", "keep"];
+pub(crate) const KEEP_KEYS: &[&str] = &["last", "hourly", "daily", "weekly", "monthly", "yearly"];
 
 /// A value together with the position it was read from.
 #[derive(Debug, Clone)]
@@ -109,6 +111,7 @@ pub(crate) struct RawInventory {
     pub docker_signing_key: Option<Sourced<String>>,
     pub overlay_net: Option<String>,
     pub ingress: super::IngressSettings,
+    pub backup: super::BackupPolicy,
     pub groups: Vec<RawGroup>,
     /// Position of the `groups:` key, if present.
     pub groups_loc: Option<Loc>,
@@ -202,6 +205,7 @@ pub(crate) fn read_inventory(root: &Node, d: &mut Diag) -> RawInventory {
                     }
                 }
             }
+            "backup" => inv.backup = read_backup(v, d),
             "groups" => {
                 inv.groups_loc = Some(e.key_loc);
                 for g in entries(v, "groups", d) {
@@ -212,6 +216,65 @@ pub(crate) fn read_inventory(root: &Node, d: &mut Diag) -> RawInventory {
         }
     }
     inv
+}
+
+/// `backup: { schedule, keep }`: when each host's timer fires and what
+/// `forget` keeps; what is not written keeps its default.
+fn read_backup(v: &Node, d: &mut Diag) -> super::BackupPolicy {
+    let mut policy = super::BackupPolicy::default();
+    for f in entries(v, "backup", d) {
+        match f.key.as_str() {
+            "schedule" => {
+                if let Some(s) = read_string(f.value, "backup", &f.key, d) {
+                    if super::BackupPolicy::schedule_ok(&s) {
+                        policy.schedule = s;
+                    } else {
+                        d.push(
+                            f.value.loc,
+                            format!("backup: schedule \"{}\" is not a systemd calendar expression", shown(&s)),
+                            "write one line of systemd calendar syntax, e.g. schedule: \"*-*-* 03:00\" (see `man systemd.time`).",
+                        );
+                    }
+                }
+            }
+            "keep" => {
+                let mut keep = super::Keep::default();
+                for k in entries(f.value, "backup keep", d) {
+                    let Some(n) = read_u64(k.value, "backup keep", &k.key, d) else {
+                        continue;
+                    };
+                    if n == 0 {
+                        d.push(
+                            k.value.loc,
+                            format!("backup keep: {} must be at least 1", k.key),
+                            "write 1 or more, or leave the key out.",
+                        );
+                        continue;
+                    }
+                    match k.key.as_str() {
+                        "last" => keep.last = Some(n),
+                        "hourly" => keep.hourly = Some(n),
+                        "daily" => keep.daily = Some(n),
+                        "weekly" => keep.weekly = Some(n),
+                        "monthly" => keep.monthly = Some(n),
+                        "yearly" => keep.yearly = Some(n),
+                        _ => unknown_key(d, "backup keep", &k, KEEP_KEYS),
+                    }
+                }
+                if keep.is_empty() {
+                    d.push(
+                        f.value.loc,
+                        "backup: keep lists nothing to keep: forget would remove every snapshot",
+                        "write e.g. keep: { daily: 7, weekly: 4, monthly: 6 }, or leave keep out for that default.",
+                    );
+                } else {
+                    policy.keep = keep;
+                }
+            }
+            _ => unknown_key(d, "backup", &f, BACKUP_KEYS),
+        }
+    }
+    policy
 }
 
 fn read_group(g: &Entry, d: &mut Diag) -> RawGroup {

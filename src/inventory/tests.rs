@@ -1008,3 +1008,58 @@ fn a_bad_mirror_url_does_not_show_its_credentials() {
         "{p}"
     );
 }
+
+#[test]
+fn backup_policy_defaults_and_overrides() {
+    let inv = ok(&one_host("address: 192.0.2.1"));
+    assert_eq!(inv.backup.schedule, "*-*-* 03:00");
+    assert_eq!(
+        inv.backup.keep.flags(),
+        [
+            "--keep-daily",
+            "7",
+            "--keep-weekly",
+            "4",
+            "--keep-monthly",
+            "6"
+        ]
+    );
+    // A `keep:` replaces the default whole.
+    let text = format!(
+        "backup: {{ schedule: \"Mon *-*-* 02:30\", keep: {{ last: 2 }} }}\n{}",
+        one_host("address: 192.0.2.1")
+    );
+    let inv = ok(&text);
+    assert_eq!(inv.backup.schedule, "Mon *-*-* 02:30");
+    assert_eq!(inv.backup.keep.flags(), ["--keep-last", "2"]);
+}
+
+#[test]
+fn bad_backup_policy_is_located_with_a_fix() {
+    let text = format!(
+        "backup: {{ keep: {{ dayly: 7 }} }}\n{}",
+        one_host("address: 192.0.2.1")
+    );
+    let p = problems(&text);
+    assert!(
+        p.iter().any(|p| p.starts_with(&at(&text, "dayly"))
+            && p.contains("did you mean \"daily\"")),
+        "{p:?}"
+    );
+    let text = format!(
+        "backup: {{ schedule: \"03:00; rm -rf /\" }}\n{}",
+        one_host("address: 192.0.2.1")
+    );
+    assert_problem(
+        &problem(&text),
+        &at(&text, "\"03:00"),
+        &["systemd calendar", "Fix: write one line"],
+    );
+    let text = format!(
+        "backup: {{ keep: {{ last: 0 }} }}\n{}",
+        one_host("address: 192.0.2.1")
+    );
+    assert!(problems(&text).iter().any(|p| p.contains("at least 1")));
+    let text = format!("backuo: {{}}\n{}", one_host("address: 192.0.2.1"));
+    assert!(problem(&text).contains("did you mean \"backup\""));
+}

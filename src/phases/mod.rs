@@ -5,6 +5,7 @@
 //! Most steps are a list of [`ops`](crate::ops) handed to
 //! [`converge`](crate::ops::converge).
 
+pub mod backup;
 pub mod bench;
 pub mod care;
 pub mod deploy;

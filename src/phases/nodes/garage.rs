@@ -10,7 +10,9 @@
 //! capacity or tag) is assigned, and a layout version is applied only when
 //! something changed. On first bootstrap an access key and a bucket are
 //! created and the key is saved as GARAGE_KEY / GARAGE_SECRET (a key named
-//! `mesh` the cluster already has is read back instead).
+//! `mesh` the cluster already has is read back instead); the same way, the
+//! bucket `mesh-backups` and a key `mesh-backups` allowed on it alone
+//! (BACKUP_KEY / BACKUP_SECRET) for the fleet's restic repository.
 //!
 //! Secrets never ride in a script (a script is visible in the host's process
 //! list while it runs): `rpc_secret` reaches a node inside its 0600 config
@@ -105,9 +107,14 @@ pub enum GarageError {
     #[error("`garage json-api ListKeys` printed no JSON")]
     NoKeyList,
     #[error(
-        "the cluster has {count} access keys named \"{KEY_NAME}\" and secrets.env names none of them. Fix: put the one your services use in secrets.env as GARAGE_KEY and GARAGE_SECRET (`garage key info --show-secret <id>` on a node)"
+        "the cluster has {count} access keys named \"{name}\" and secrets.env names none of them. Fix: put the one in use in secrets.env as {id_var} and {secret_var} (`garage key info --show-secret <id>` on a node)"
     )]
-    AmbiguousKeys { count: usize },
+    AmbiguousKeys {
+        count: usize,
+        name: &'static str,
+        id_var: &'static str,
+        secret_var: &'static str,
+    },
     #[error("`garage json-api GetBucketInfo` printed no id for {bucket}")]
     NoBucketId { bucket: String },
     #[error(transparent)]
@@ -688,33 +695,39 @@ impl GarageLayout {
             ));
         }
         if !self.0.dry_run {
-            self.key_and_bucket(&ctx, admin, out).await?;
+            let bucket = admin
+                .vars
+                .get("GARAGE_BUCKET")
+                .unwrap_or(DEFAULT_BUCKET)
+                .to_string();
+            self.key_and_bucket(&ctx, &KeySpec::MAIN, &bucket, out)
+                .await?;
+            // The backups' own bucket and a key that may use only it.
+            self.key_and_bucket(&ctx, &KeySpec::BACKUP, BACKUP_BUCKET, out)
+                .await?;
         }
         Ok(())
     }
 
-    /// On first bootstrap: an access key (saved to secrets.env) and a bucket it owns.
+    /// On first bootstrap: an access key (saved to secrets.env) and a bucket
+    /// it owns (the only one it is allowed on).
     async fn key_and_bucket(
         &self,
         ctx: &OpCtx<'_>,
-        admin: &HostCtx,
+        spec: &KeySpec,
+        bucket: &str,
         out: &mut ClusterOutcome,
     ) -> Result<(), GarageError> {
         let mut secrets = Secrets::load(&self.0.secrets_path)?;
-        let bucket = admin
-            .vars
-            .get("GARAGE_BUCKET")
-            .unwrap_or(DEFAULT_BUCKET)
-            .to_string();
         let mut key_is_new = false;
-        let stored = match (secrets.get("GARAGE_KEY"), secrets.get("GARAGE_SECRET")) {
+        let stored = match (secrets.get(spec.id_var), secrets.get(spec.secret_var)) {
             (Some(id), Some(secret)) => Some((id.to_string(), secret.to_string())),
             _ => None,
         };
         let key_id = match stored {
             Some((id, secret)) => {
                 // A rebuilt cluster lacks the saved key: import it, so services keep their credentials.
-                let (script, input) = import_if_missing(&id, &secret);
+                let (script, input) = import_if_missing(&id, &secret, spec.name);
                 let title = "garage key (import if missing)";
                 let imported = ctx.run_withheld(title, script.as_str(), input).await?;
                 if !imported.success() {
@@ -728,14 +741,14 @@ impl GarageLayout {
                 id
             }
             None => {
-                let (id, secret) = match read_back_key(ctx, secrets.get("GARAGE_KEY")).await? {
+                let (id, secret) = match read_back_key(ctx, secrets.get(spec.id_var), spec).await? {
                     // The cluster's key, lost from secrets.env: the same credentials again.
                     Some(key) => key,
                     None => {
                         let created = ctx
                             .run_secret(
                                 "garage key create",
-                                &garage(&["key", "create", KEY_NAME]).build(),
+                                &garage(&["key", "create", spec.name]).build(),
                                 Input::None,
                             )
                             .await?;
@@ -743,8 +756,8 @@ impl GarageLayout {
                         parse_key(&created.stdout_str()).ok_or(GarageError::NoCreatedKey)?
                     }
                 };
-                secrets.set("GARAGE_KEY", &id)?;
-                secrets.set("GARAGE_SECRET", &secret)?;
+                secrets.set(spec.id_var, &id)?;
+                secrets.set(spec.secret_var, &secret)?;
                 id
             }
         };
@@ -752,23 +765,45 @@ impl GarageLayout {
         out.changed |= key_is_new;
         let mut s = Script::new();
         s.raw("set -e");
-        let info = garage(&["bucket", "info", &bucket]);
+        let info = garage(&["bucket", "info", bucket]);
         s.raw(&format!("if ! {info} >/dev/null 2>&1; then"));
-        s.cmd(garage(&["bucket", "create", &bucket]));
+        s.cmd(garage(&["bucket", "create", bucket]));
         s.raw(&format!("echo {BUCKET_CREATED}"));
         s.raw("fi");
         let made = ctx.run_ok("garage bucket", s.as_str(), Input::None).await?;
         let created = made.stdout_str().contains(BUCKET_CREATED);
         out.changed |= created;
         if created || key_is_new {
-            allow_bucket(ctx, &bucket, &key_id).await?;
+            allow_bucket(ctx, bucket, &key_id).await?;
         }
         Ok(())
     }
 }
 
-/// Name of the access key mesh creates.
-const KEY_NAME: &str = "mesh";
+/// An access key mesh creates: its name in garage and where secrets.env keeps it.
+pub(crate) struct KeySpec {
+    pub name: &'static str,
+    pub id_var: &'static str,
+    pub secret_var: &'static str,
+}
+
+impl KeySpec {
+    /// The services' key (GARAGE_KEY, on the bucket GARAGE_BUCKET).
+    const MAIN: KeySpec = KeySpec {
+        name: "mesh",
+        id_var: "GARAGE_KEY",
+        secret_var: "GARAGE_SECRET",
+    };
+    /// restic's key, allowed on [`BACKUP_BUCKET`] only.
+    pub(crate) const BACKUP: KeySpec = KeySpec {
+        name: "mesh-backups",
+        id_var: "BACKUP_KEY",
+        secret_var: "BACKUP_SECRET",
+    };
+}
+
+/// The bucket that holds the fleet's restic repository.
+pub(crate) const BACKUP_BUCKET: &str = "mesh-backups";
 const IMPORTED: &str = "mesh-key-imported";
 const BUCKET_CREATED: &str = "mesh-bucket-created";
 
@@ -787,12 +822,12 @@ fn json_output(out: &Output) -> Option<serde_json::Value> {
 /// Import the access key when the cluster lacks it. Both payloads come on
 /// stdin, the key lookup's first (exactly its bytes), the import's after it;
 /// prints [`IMPORTED`] when it imported.
-fn import_if_missing(id: &str, secret: &str) -> (Script, Input) {
+fn import_if_missing(id: &str, secret: &str, name: &str) -> (Script, Input) {
     let lookup = serde_json::json!({ "id": id }).to_string().into_bytes();
     let import = serde_json::json!({
         "accessKeyId": id,
         "secretAccessKey": secret,
-        "name": KEY_NAME,
+        "name": name,
     });
     let mut s = Script::new();
     s.raw("set -e");
@@ -812,6 +847,7 @@ fn import_if_missing(id: &str, secret: &str) -> (Script, Input) {
 async fn read_back_key(
     ctx: &OpCtx<'_>,
     hint: Option<&str>,
+    spec: &KeySpec,
 ) -> Result<Option<(String, String)>, GarageError> {
     let id = match hint {
         Some(id) => id.to_string(),
@@ -828,13 +864,20 @@ async fn read_back_key(
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter(|k| k["name"] == KEY_NAME && k["expired"] != true)
+                .filter(|k| k["name"] == spec.name && k["expired"] != true)
                 .filter_map(|k| k["id"].as_str())
                 .collect();
             match mine[..] {
                 [] => return Ok(None),
                 [id] => id.to_string(),
-                _ => return Err(GarageError::AmbiguousKeys { count: mine.len() }),
+                _ => {
+                    return Err(GarageError::AmbiguousKeys {
+                        count: mine.len(),
+                        name: spec.name,
+                        id_var: spec.id_var,
+                        secret_var: spec.secret_var,
+                    })
+                }
             }
         }
     };
@@ -1298,7 +1341,11 @@ Current cluster layout version: 4
         });
         run_garage(&lab);
         let calls = lab.conns[0].calls();
-        assert!(!calls.iter().any(|c| c.contains("key create")), "{calls:?}");
+        // The services' key is read back; only the backups' key is new.
+        assert!(
+            !calls.iter().any(|c| c.ends_with("key create mesh")),
+            "{calls:?}"
+        );
         let secrets = lab.secrets();
         assert_eq!(secrets.get("GARAGE_KEY"), Some(KEY_ID));
         assert_eq!(secrets.get("GARAGE_SECRET"), Some(KEY_SECRET));
@@ -1414,7 +1461,7 @@ Current cluster layout version: 4
         )
         .unwrap();
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let (script, input) = import_if_missing(KEY_ID, KEY_SECRET);
+        let (script, input) = import_if_missing(KEY_ID, KEY_SECRET, "mesh");
         let script = script.as_str().replace(BIN, fake.to_str().unwrap());
         let bytes = input_bytes(&input);
         let mut child = std::process::Command::new("sh")

@@ -12,6 +12,7 @@ pub use basic::Basic;
 pub use docker::{Docker, DockerPlan, DockerResolve};
 pub use firewall::Firewall;
 pub use garage::{Garage, GarageFirstId, GarageLayout, GaragePlan, GarageSecret};
+pub(crate) use garage::{KeySpec, BACKUP_BUCKET};
 pub use wesher::{Wesher, WesherKey, WesherPlan};
 
 use super::{Phase, Stage};

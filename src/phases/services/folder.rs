@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Keys of a service's `mesh.yml`.
-pub(crate) const OPTION_KEYS: &[&str] = &["ports", "health", "data", "logs", "strategy"];
+pub(crate) const OPTION_KEYS: &[&str] = &["ports", "health", "data", "logs", "strategy", "backup"];
 const HEALTH_KEYS: &[&str] = &["path", "timeout", "passes", "deadline", "interval"];
 const DATA_KEYS: &[&str] = &["path", "owner", "mode"];
 
@@ -102,6 +102,8 @@ pub(crate) struct ServiceOptions {
     pub data: Vec<DataDir>,
     /// Log files created under `/containers/log/<service>/`.
     pub logs: Vec<String>,
+    /// What `mesh backup` saves of it.
+    pub backup: Option<crate::phases::backup::BackupSpec>,
 }
 
 /// One service folder.
@@ -326,6 +328,7 @@ pub(crate) fn parse_options(path: &Path, text: &str) -> Result<ServiceOptions, V
             },
             "health" => o.health = Some(read_health(v, &mut d)),
             "data" => o.data = read_data(v, &mut d),
+            "backup" => o.backup = Some(crate::phases::backup::read_spec(v, &mut d)),
             "logs" => {
                 let logs = read_string_list(v, "mesh.yml", "logs", &mut d).unwrap_or_default();
                 for l in &logs {
