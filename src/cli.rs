@@ -115,6 +115,12 @@ pub enum Command {
     Care(command::care::Args),
     /// Run an ad-hoc command on every selected host and show each host's output.
     Exec(command::exec::Args),
+    /// Back up the services' state (dumps, paths, volumes) into the fleet's garage with restic.
+    Backup(command::backup::Args),
+    /// List the backups of every service across the fleet.
+    Snapshots(command::backup::SnapshotsArgs),
+    /// Restore a service from a backup: stop it, replace its data, start it, feed it its dump.
+    Restore(command::backup::RestoreArgs),
     /// Print the resolved hosts, their groups and facts.
     Inventory(command::inventory::Args),
     /// Print a shell completion script for mesh (bash, zsh, fish, …).
@@ -137,6 +143,9 @@ impl Command {
             Command::Deploy(_) => "deploy",
             Command::Care(_) => "care",
             Command::Exec(_) => "exec",
+            Command::Backup(_) => "backup",
+            Command::Snapshots(_) => "snapshots",
+            Command::Restore(_) => "restore",
             Command::Inventory(_) => "inventory",
             Command::Completions(_) => "completions",
             Command::Man(_) => "man",
@@ -150,6 +159,7 @@ impl Command {
         !matches!(
             self,
             Command::Exec(_)
+                | Command::Snapshots(_)
                 | Command::Inventory(_)
                 | Command::Completions(_)
                 | Command::Man(_)

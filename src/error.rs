@@ -39,6 +39,8 @@ pub enum Error {
     Deploy(#[from] command::deploy::InputError),
     #[error(transparent)]
     Care(#[from] command::care::InputError),
+    #[error(transparent)]
+    Backup(#[from] crate::phases::backup::BackupInputError),
     /// The controller itself cannot start the run (temp dir, log dir, runtime).
     #[error("{what}: {source}")]
     Local {

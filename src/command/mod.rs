@@ -3,6 +3,7 @@
 //! the selected hosts, secrets, one SSH connection per host, the runner with
 //! Ctrl-C handling — is the [`Session`] that `app.rs` hands it.
 
+pub(crate) mod backup;
 pub(crate) mod bench;
 pub(crate) mod care;
 pub(crate) mod completions;

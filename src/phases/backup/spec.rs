@@ -88,11 +88,11 @@ pub(crate) fn read_spec(v: &Node, d: &mut Diag) -> BackupSpec {
             _ => unknown_key(d, what, &e, KEYS),
         }
     }
-    if spec.restore.is_some() != spec.dump.is_some() {
+    if spec.restore.is_some() && spec.dump.is_none() {
         d.push(
             v.loc,
-            format!("{what}: dump and restore go together"),
-            "write both: dump (its output is saved) and restore (fed that output after a restore).",
+            format!("{what}: restore needs a dump to feed it"),
+            "add dump: the command whose output restore reads (a dump alone is fine, e.g. `redis-cli save` before its volume is saved).",
         );
     }
     let empty = spec.paths.is_empty() && spec.volumes.is_empty() && spec.dump.is_none();
@@ -142,8 +142,8 @@ mod tests {
             err.iter().any(|e| e.contains("../etc") && e.contains("Fix:")),
             "{err:?}"
         );
-        let err = parse("backup: { dump: \"pg_dumpall\" }\n").unwrap_err();
-        assert!(err[0].contains("go together"), "{err:?}");
+        let err = parse("backup: { restore: \"psql\" }\n").unwrap_err();
+        assert!(err[0].contains("needs a dump"), "{err:?}");
         let err = parse("backup: { volumes: [\"a b\"] }\n").unwrap_err();
         assert!(err[0].contains("not a volume name"), "{err:?}");
     }
