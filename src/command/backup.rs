@@ -151,12 +151,8 @@ pub(crate) async fn snapshots(s: &mut Session, args: &SnapshotsArgs) -> Result<u
 pub(crate) async fn restore(s: &mut Session, args: &RestoreArgs) -> Result<u8, Error> {
     s.ensure_secret(backup::PASSWORD)?;
     let ctxs = s.selected()?;
-    let mut fleet = backup::plan_fleet(
-        &args.folder.dockerfiles,
-        &s.inv,
-        &ctxs,
-        Some(&args.service),
-    )?;
+    let mut fleet =
+        backup::plan_fleet(&args.folder.dockerfiles, &s.inv, &ctxs, Some(&args.service))?;
     let target = match &args.host {
         Some(h) => {
             if !fleet.contains_key(h) {

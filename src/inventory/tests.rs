@@ -1042,8 +1042,8 @@ fn bad_backup_policy_is_located_with_a_fix() {
     );
     let p = problems(&text);
     assert!(
-        p.iter().any(|p| p.starts_with(&at(&text, "dayly"))
-            && p.contains("did you mean \"daily\"")),
+        p.iter()
+            .any(|p| p.starts_with(&at(&text, "dayly")) && p.contains("did you mean \"daily\"")),
         "{p:?}"
     );
     let text = format!(

@@ -2377,3 +2377,253 @@ fn ctrl_c_stops_the_remote_commands_but_not_a_package_install() {
     assert!(!installing().trim().is_empty(), "dpkg was stopped");
     lab.on(2, "pkill -x dpkg; rm -f /tmp/dpkg");
 }
+
+const PG_DOCKERFILE: &str = "FROM << BASE_IMAGE >>
+RUN apt-get update \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql \\
+ && rm -rf /var/lib/apt/lists/*
+CMD [\"sh\", \"-c\", \"exec runuser -u postgres -- /usr/lib/postgresql/*/bin/postgres -D /var/lib/postgresql/$(ls /usr/lib/postgresql)/main -c config_file=/etc/postgresql/$(ls /usr/lib/postgresql)/main/postgresql.conf -c listen_addresses=\"]
+";
+
+const KV_DOCKERFILE: &str = "FROM << BASE_IMAGE >>
+RUN apt-get update \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server \\
+ && rm -rf /var/lib/apt/lists/*
+CMD [\"redis-server\", \"--protected-mode\", \"no\", \"--dir\", \"/data\", \"--save\", \"\"]
+";
+
+/// The runs `mesh snapshots --json` lists of `service` from `host`.
+fn runs_of(mesh: &dyn Fn() -> Mesh, service: &str, host: &str) -> Vec<String> {
+    mesh()
+        .args(["snapshots", "--json", "--service", service])
+        .run()
+        .ok()
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "snapshot" && e["host"] == host)
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn backups_go_to_the_fleets_garage_and_restore_postgres_rows_and_redis_keys() {
+    let lab = Lab::start("backup", 3, 40);
+    lab.install_docker();
+    let assets = lab_assets();
+    // Garage between the hosts (install_docker's firewall lets in SSH and HTTP only).
+    for i in 1..=3 {
+        lab.on(i, "ufw allow from 10.77.40.0/24 >/dev/null")
+            .ok_or_log()
+            .unwrap();
+    }
+    let services = |text: String| {
+        let text = text
+            .replace(
+                &format!("{}: {{", lab.host(1)),
+                &format!("{}: {{ services: [pg],", lab.host(1)),
+            )
+            .replace(
+                &format!("{}: {{", lab.host(2)),
+                &format!("{}: {{ services: [kv],", lab.host(2)),
+            )
+            .replace(
+                &format!("{}: {{", lab.host(3)),
+                &format!("{}: {{ services: [kv],", lab.host(3)),
+            );
+        format!(
+            "vars: {{ BASE_IMAGE: \"{}\" }}\ningress: {{ crowdsec: false }}\nbackup: {{ keep: {{ last: 2 }} }}\n{text}",
+            util::base_image()
+        )
+    };
+    let inv = lab.write_inventory("backup.yml", services);
+    let df = tempfile::tempdir_in(util::repo_root().join("target")).unwrap();
+    for (name, dockerfile, mesh_yml) in [
+        ("pg", PG_DOCKERFILE, "backup:\n  dump: \"test ! -e /tmp/fail && runuser -u postgres -- pg_dumpall\"\n  restore: \"runuser -u postgres -- psql -q\"\n"),
+        ("kv", KV_DOCKERFILE, "backup:\n  volumes: [kvdata]\n  dump: \"redis-cli save\"\n"),
+    ] {
+        let dir = df.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+        std::fs::write(dir.join("mesh.yml"), mesh_yml).unwrap();
+    }
+    std::fs::write(
+        df.path().join("lab.yml"),
+        "services:
+  pg:
+    restart: unless-stopped
+    healthcheck: { test: [\"CMD\", \"runuser\", \"-u\", \"postgres\", \"--\", \"psql\", \"-c\", \"select 1\"], interval: 1s, retries: 60 }
+  kv:
+    restart: unless-stopped
+    volumes: [\"kvdata:/data\"]
+    healthcheck: { test: [\"CMD\", \"redis-cli\", \"ping\"], interval: 1s, retries: 60 }
+volumes:
+  kvdata: {}
+",
+    )
+    .unwrap();
+    let dir = df.path().to_str().unwrap().to_string();
+    let mesh = || {
+        Mesh::new(&inv)
+            .env("MESH_ASSETS", assets.path())
+            .env("MESH_DOCKERFILES", &dir)
+    };
+    mesh()
+        .args(["nodes", "--first-ip", &lab.ip(1), "--only", "garage"])
+        .run()
+        .ok();
+    assert!(!util::secret(&inv, "BACKUP_SECRET").is_empty());
+    mesh().args(["services", "--dockerfiles", &dir]).run().ok();
+    mesh().args(["services-up"]).run().ok();
+    let psql = |i: usize, sql: &str| {
+        lab.on(
+            i,
+            &format!(
+                "docker exec $(docker ps -q --filter label=com.docker.compose.service=pg) runuser -u postgres -- psql -tA -c '{sql}'"
+            ),
+        )
+    };
+    let redis = |i: usize, args: &str| {
+        lab.on(
+            i,
+            &format!("docker exec $(docker ps -q --filter label=com.docker.compose.service=kv) redis-cli {args}"),
+        )
+        .stdout
+        .trim()
+        .to_string()
+    };
+    util::eventually(|| psql(1, "select 1").ok_or_log());
+    psql(
+        1,
+        "create table t (n int); insert into t select generate_series(1, 100)",
+    )
+    .ok_or_log()
+    .unwrap();
+    util::eventually(|| {
+        (redis(2, "ping") == "PONG")
+            .then_some(())
+            .ok_or("redis".to_string())
+    });
+    for k in 1..=50 {
+        redis(2, &format!("set k{k} v{k}"));
+    }
+
+    // A backup of both, with no secret on any command line of either host.
+    let ps: Vec<_> = [1, 2].map(|i| util::PsSampler::start(lab.host(i))).into();
+    let started = std::time::Instant::now();
+    let first = mesh().args(["backup", "--json"]).run().ok();
+    eprintln!("first backup: {:.1} s", started.elapsed().as_secs_f64());
+    let argv: String = ps.into_iter().map(|p| p.finish()).collect();
+    let out = first.stdout.clone();
+    assert!(out.contains("pg: ok") && out.contains("kv: ok"), "{out}");
+    let secrets = [
+        util::secret(&inv, "RESTIC_PASSWORD"),
+        util::secret(&inv, "BACKUP_SECRET"),
+    ];
+    let logs = std::process::Command::new("grep")
+        .args(["-r", "-l", "-F", &secrets[0], "-F", &secrets[1]])
+        .arg(inv.parent().unwrap().join(".mesh/logs"))
+        .output()
+        .unwrap();
+    for s in &secrets {
+        assert!(!argv.contains(s.as_str()), "a secret in a process list");
+        assert!(!out.contains(s.as_str()), "a secret in --json");
+    }
+    assert!(
+        logs.stdout.is_empty(),
+        "a secret in a log: {}",
+        String::from_utf8_lossy(&logs.stdout)
+    );
+    let env = lab.on(1, "stat -c %a /etc/mesh/restic.env").stdout;
+    assert_eq!(env.trim(), "600");
+
+    // The second backup of unchanged data adds little (restic deduplicates).
+    let second = mesh().args(["backup"]).run().ok();
+    eprintln!("second backup: {}", second.stdout);
+    let (h1, h2, h3) = (lab.host(1), lab.host(2), lab.host(3));
+    assert_eq!(runs_of(&mesh, "pg", &h1).len(), 2);
+    assert_eq!(runs_of(&mesh, "kv", &h2).len(), 2);
+
+    // Destroy the data; restore brings back every row and key.
+    psql(1, "drop table t").ok_or_log().unwrap();
+    redis(2, "flushall");
+    redis(2, "save");
+    let started = std::time::Instant::now();
+    let restored = mesh().args(["restore", "--service", "pg"]).run().ok();
+    eprintln!(
+        "restore pg: {:.1} s\n{}",
+        started.elapsed().as_secs_f64(),
+        restored.stdout
+    );
+    let started = std::time::Instant::now();
+    mesh()
+        .args(["restore", "--service", "kv", "--host", &h2])
+        .run()
+        .ok();
+    eprintln!("restore kv: {:.1} s", started.elapsed().as_secs_f64());
+    assert_eq!(
+        util::eventually(|| psql(1, "select count(*) from t").ok_or_log())
+            .stdout
+            .trim(),
+        "100"
+    );
+    assert_eq!(redis(2, "dbsize"), "50");
+    assert_eq!(redis(2, "get k7"), "v7");
+    for (i, svc) in [(1, "pg"), (2, "kv")] {
+        let health = lab.on(i, &format!("docker inspect -f '{{{{.State.Health.Status}}}}' $(docker ps -q --filter label=com.docker.compose.service={svc})"));
+        assert_eq!(health.stdout.trim(), "healthy", "{svc}");
+    }
+    // Onto another host: host 2's keys appear on host 3.
+    mesh()
+        .args([
+            "restore",
+            "--service",
+            "kv",
+            "--host",
+            &h3,
+            "--from-host",
+            &h2,
+        ])
+        .run()
+        .ok();
+    assert_eq!(redis(3, "get k42"), "v42");
+
+    // A failing dump: exit 1, no new snapshot of pg, kv's still made.
+    let (pg_before, kv_before) = (runs_of(&mesh, "pg", &h1), runs_of(&mesh, "kv", &h2));
+    lab.on(
+        1,
+        "docker exec $(docker ps -q --filter label=com.docker.compose.service=pg) touch /tmp/fail",
+    )
+    .ok_or_log()
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let failed = mesh().args(["backup"]).run().expect_code(1);
+    assert!(failed.stdout.contains("pg"), "{}", failed.stdout);
+    assert_eq!(runs_of(&mesh, "pg", &h1), pg_before);
+    let kv_after = runs_of(&mesh, "kv", &h2);
+    assert_ne!(kv_after, kv_before);
+    // Retention: keep last 2.
+    assert_eq!(kv_after.len(), 2, "{kv_after:?}");
+
+    // The timer's unit runs the same backup on the host.
+    lab.on(
+        1,
+        "docker exec $(docker ps -q --filter label=com.docker.compose.service=pg) rm /tmp/fail",
+    )
+    .ok_or_log()
+    .unwrap();
+    assert!(lab
+        .on(1, "systemctl is-enabled mesh-backup.timer")
+        .stdout
+        .contains("enabled"));
+    lab.on(1, "systemctl start mesh-backup.service")
+        .ok_or_log()
+        .unwrap();
+    let pg_after = runs_of(&mesh, "pg", &h1);
+    assert_ne!(pg_after, pg_before, "the timer's backup made a snapshot");
+    assert_eq!(pg_after.len(), 2);
+    let table = mesh().args(["snapshots"]).run().ok().stdout;
+    assert!(
+        table.contains(&h1) && table.contains(&h2) && table.contains("kv"),
+        "{table}"
+    );
+}

@@ -21,8 +21,7 @@ use crate::ops::{AptInstall, CommandOp, FileOp, Op, OpError, OpFailure, UnitOp};
 use crate::phases::services::folder::Folder;
 use crate::phases::services::{plan, FolderError};
 use crate::phases::{
-    converge_ops, CheckError, ClusterOutcome, ClusterStep, HostCtx, Phase, Stage, Step,
-    StepOutcome,
+    converge_ops, CheckError, ClusterOutcome, ClusterStep, HostCtx, Phase, Stage, Step, StepOutcome,
 };
 use crate::quote::{Cmd, Script};
 use crate::ssh::{BoxFut, Input};
@@ -47,10 +46,7 @@ pub enum BackupInputError {
     #[error("{} is not in secrets.env: the bucket key for the backups is made by `mesh nodes` (its garage step). Fix: run mesh nodes --first-ip <first node> (or put {KEY} and {KEY_SECRET} there)", .missing)]
     NoBucketKey { missing: &'static str },
     #[error("{service} runs on {}: say which one. Fix: pass --host NAME", .hosts.join(", "))]
-    WhichHost {
-        service: String,
-        hosts: Vec<String>,
-    },
+    WhichHost { service: String, hosts: Vec<String> },
     #[error("host {host} does not run {service} with a backup: section (it runs: {}). Fix: pass --host with one of the hosts that run it", .runs.join(", "))]
     NotOnHost {
         host: String,
@@ -304,6 +300,9 @@ pub(crate) fn parse_results(text: &str) -> (Vec<ServiceResult>, Vec<String>, Vec
                 });
             }
             (Some(what @ ("forget" | "check")), Some("ok"), _) => notes.push(format!("{what} ok")),
+            (Some("note"), Some(first), rest) => {
+                notes.push(format!("{first} {}", rest.unwrap_or_default()))
+            }
             (Some(what @ ("forget" | "check")), Some("failed"), rest) => {
                 errors.push(format!("{what} failed: {}", rest.unwrap_or_default()))
             }
@@ -378,7 +377,11 @@ impl RunBackup {
                 output: Some(format!("would back up {}", names.join(", "))),
             });
         }
-        ctx.stage(if self.check.is_some() { "checking" } else { "backing up" });
+        ctx.stage(if self.check.is_some() {
+            "checking"
+        } else {
+            "backing up"
+        });
         let op = ctx.op_ctx().long();
         let out = op
             .run(

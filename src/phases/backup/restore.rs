@@ -31,9 +31,11 @@ pub(crate) struct Snapshot {
 
 /// `restic snapshots --json` grouped by host, service and run, oldest first.
 pub(crate) fn parse_snapshots(text: &str) -> Result<Vec<Snapshot>, BackupError> {
-    let start = text.find('[').ok_or_else(|| BackupError::BadList(tail(text)))?;
-    let list: Vec<serde_json::Value> =
-        serde_json::from_str(text[start..].trim()).map_err(|e| BackupError::BadList(e.to_string()))?;
+    let start = text
+        .find('[')
+        .ok_or_else(|| BackupError::BadList(tail(text)))?;
+    let list: Vec<serde_json::Value> = serde_json::from_str(text[start..].trim())
+        .map_err(|e| BackupError::BadList(e.to_string()))?;
     let mut runs: BTreeMap<(String, String, String), Snapshot> = BTreeMap::new();
     for snap in &list {
         let tags: Vec<&str> = snap["tags"]
@@ -110,7 +112,11 @@ pub(crate) fn table(snaps: &[Snapshot]) -> String {
         .map(|s| {
             [
                 s.id.clone(),
-                s.time.chars().take(19).collect::<String>().replace('T', " "),
+                s.time
+                    .chars()
+                    .take(19)
+                    .collect::<String>()
+                    .replace('T', " "),
                 s.host.clone(),
                 s.service.clone(),
                 super::human(s.size),
@@ -197,7 +203,11 @@ impl Restore {
         let out = ctx
             .op_ctx()
             .long()
-            .run("mesh-backup restore", &script_cmd(&self.retry_lock, &args), Input::None)
+            .run(
+                "mesh-backup restore",
+                &script_cmd(&self.retry_lock, &args),
+                Input::None,
+            )
             .await
             .map_err(fail)?;
         let text = ctx.log.redact(&out.stdout_str());
@@ -217,7 +227,11 @@ impl Restore {
             "{} from {} ({}, {})",
             self.service, source, snap.id, snap.time
         )];
-        shown.extend(lines.iter().map(|l| l.trim_start_matches("restore ").to_string()));
+        shown.extend(
+            lines
+                .iter()
+                .map(|l| l.trim_start_matches("restore ").to_string()),
+        );
         Ok(StepOutcome {
             reports: Vec::new(),
             output: Some(shown.join("\n")),
@@ -238,7 +252,6 @@ impl Step for Restore {
         Box::pin(self.run_on(ctx))
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -273,7 +286,10 @@ mod tests {
         assert!(choose(&snaps, "pg", "kv-1", "latest").is_none());
         let t = table(&snaps);
         assert!(t.starts_with("ID "), "{t}");
-        assert!(t.contains("20250401T030000Z  2025-04-01 03:00:01  db-1  pg"), "{t}");
+        assert!(
+            t.contains("20250401T030000Z  2025-04-01 03:00:01  db-1  pg"),
+            "{t}"
+        );
         assert!(t.contains("1.5 KiB"), "{t}");
         assert!(parse_snapshots("Fatal: no repo").is_err());
     }

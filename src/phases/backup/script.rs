@@ -213,6 +213,9 @@ cmd_backup() {
     shift
   done
   failed=0
+  # Only stale locks (their process gone, or older than restic's 30 min): never a live one.
+  n=$(restic unlock 2>&1 | sed -n 's/^successfully removed \([0-9]*\) locks*$/\1/p')
+  [ -z "$n" ] || echo "note removed $n stale restic lock(s)"
   for svc in ${only:-$SERVICES}; do
     backup_one "$svc" || failed=1
   done
@@ -284,7 +287,7 @@ cmd_restore() {
     echo "restore $svc files $files"
   fi
   [ -z "$running" ] || docker start $running >/dev/null || die "cannot start $svc again (the old data is in *.$aside)"
-  if [ "$dump" != - ]; then
+  if [ "$dump" != - ] && [ -n "$RESTORE" ]; then
     c=''
     for i in $(seq 1 120); do
       c=$(container "$svc") && {
@@ -367,9 +370,9 @@ mod tests {
                 "    pg) DUMP='runuser -u postgres -- pg_dumpall' RESTORE='runuser -u postgres -- psql' PATHS='/containers/data/pg/uploads",
             ]
         );
-        assert!(text.contains(
-            "/containers/data/pg/it'\\''s here' VOLS=mesh_pgdata EXCL='*.tmp' ;;\n"
-        ));
+        assert!(
+            text.contains("/containers/data/pg/it'\\''s here' VOLS=mesh_pgdata EXCL='*.tmp' ;;\n")
+        );
         let mut s = Script::new();
         s.raw(&text);
         crate::quote::assert_valid_sh(&s);

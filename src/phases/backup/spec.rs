@@ -139,7 +139,8 @@ mod tests {
         assert!(err[0].contains("did you mean \"volumes\""), "{err:?}");
         let err = parse("backup: { paths: [../etc] }\n").unwrap_err();
         assert!(
-            err.iter().any(|e| e.contains("../etc") && e.contains("Fix:")),
+            err.iter()
+                .any(|e| e.contains("../etc") && e.contains("Fix:")),
             "{err:?}"
         );
         let err = parse("backup: { restore: \"psql\" }\n").unwrap_err();
