@@ -135,6 +135,18 @@ summary() {
     print a, t, i }'
 }
 
+# Wait (up to 60 s) until the service's container runs and is healthy (or has no healthcheck).
+wait_healthy() {
+  for i in $(seq 1 120); do
+    if c=$(container "$1"); then
+      h=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$c")
+      { [ "$h" = healthy ] || [ "$h" = none ]; } && return 0
+    fi
+    sleep 0.5
+  done
+  return 1
+}
+
 tail_of() { tail -n 3 "$1" | tr '\n' ' ' | cut -c1-300; }
 
 has_stdin_command() { restic backup --help 2>/dev/null | grep -q -- --stdin-from-command; }
@@ -287,20 +299,17 @@ cmd_restore() {
     echo "restore $svc files $files"
   fi
   [ -z "$running" ] || docker start $running >/dev/null || die "cannot start $svc again (the old data is in *.$aside)"
+  if [ -n "$running" ]; then
+    wait_healthy "$svc" || die "$svc is not healthy after the restore (the old data is in *.$aside)"
+  fi
   if [ "$dump" != - ] && [ -n "$RESTORE" ]; then
-    c=''
-    for i in $(seq 1 120); do
-      c=$(container "$svc") && {
-        h=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$c")
-        [ "$h" = healthy ] || [ "$h" = none ] && break
-      }
-      sleep 0.5
-    done
-    [ -n "$c" ] || die "$svc did not start again (the old data is in *.$aside)"
+    wait_healthy "$svc" || die "$svc did not start again (the old data is in *.$aside)"
+    c=$(container "$svc")
     if ! restic dump --retry-lock "$RETRY" "$dump" "/$svc.dump" 2>"$TMP/err" | docker exec -i "$c" sh -c "$RESTORE" >"$TMP/out" 2>&1; then
       die "restore command \`$RESTORE\` failed (the old data is in *.$aside): $(tail_of "$TMP/out") $(tail_of "$TMP/err")"
     fi
     echo "restore $svc dump $dump"
+    wait_healthy "$svc" || die "$svc is not healthy after its restore command (the old data is in *.$aside)"
   fi
   for p in "$@"; do rm -rf -- "$p.$aside"; done
   echo "restore $svc ok"
