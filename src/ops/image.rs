@@ -17,6 +17,10 @@ use std::sync::Arc;
 pub trait ImageSource: Send + Sync {
     fn tag(&self) -> &str;
     fn id(&self) -> Option<&str>;
+    /// Its size in bytes (uncompressed layers), when known.
+    fn size(&self) -> Option<u64> {
+        None
+    }
     /// Path of the zstd-compressed `docker save` archive.
     fn archive(&self) -> BoxFut<'_, Result<PathBuf, String>>;
 }

@@ -13,6 +13,7 @@ pub mod command;
 pub mod dir;
 pub mod file;
 pub mod image;
+pub mod room;
 pub mod unit;
 
 use crate::log::HostLog;
@@ -25,6 +26,7 @@ pub use command::CommandOp;
 pub use dir::DirOp;
 pub use file::{Content, FileOp};
 pub use image::{ImageOp, ImageSource};
+pub use room::RoomOp;
 pub use unit::UnitOp;
 
 /// Where mesh keeps its own bookkeeping on a host.

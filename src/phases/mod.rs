@@ -11,6 +11,7 @@ pub mod deploy;
 pub mod exec;
 pub mod facts;
 pub mod nodes;
+pub(crate) mod prune;
 pub mod services;
 
 use crate::inventory::Host;

@@ -24,7 +24,9 @@
 //! both copies running and says so. Hosts go in batches (`--batch`); a
 //! failed batch stops the next ones and the hosts this run switched go back
 //! (unless `--no-rollback`). `--rollback` pops the host's stack of previous
-//! images. Every host gets an audit line.
+//! images. Every host gets an audit line. A host without room for the new
+//! image fails before it is shipped; after a successful roll, each host
+//! drops the images no rollback needs ([`prune`](crate::phases::prune)).
 
 mod commands;
 
@@ -34,7 +36,9 @@ use super::services::plan::{Backend, HostPlan, ServicePlan};
 use super::services::publish::{self, HostRoutes};
 use super::services::slots::{state_file, Slot, State, SLOT_DIR};
 use super::services::up::pick_compose;
-use super::services::{firewall_ops, service_ops, shared_ops, Hook, BUILD_DIR, ROUTES_FILE};
+use super::services::{
+    firewall_ops, room_op, service_ops, shared_ops, Hook, BUILD_DIR, ROUTES_FILE,
+};
 use super::{HostCtx, Phase, Step, StepOutcome};
 use crate::inventory::{Publisher, TraefikApi};
 use crate::ops::{converge, AptInstall, FileOp, Op, OpError, OpFailure, OpReport, Outcome};
@@ -144,8 +148,15 @@ impl Deploy {
         }
     }
 
+    /// The roll, then the image collection on each host that rolled.
     pub fn phase(self) -> Phase {
-        Phase::of_steps("deploy", vec![Box::new(self)])
+        Phase::of_steps(
+            "deploy",
+            vec![
+                Box::new(self),
+                Box::new(crate::phases::prune::Images::after_run()),
+            ],
+        )
     }
 
     fn service(&self, ctx: &HostCtx) -> Option<&ServicePlan> {
@@ -318,7 +329,11 @@ impl Deploy {
     async fn ship(&self, ctx: &HostCtx, s: &ServicePlan) -> Result<Vec<OpReport>, OpFailure> {
         let plan = &self.plans[&ctx.host.name];
         let id = format!("svc:{}", s.name);
-        let mut ops: Vec<Box<dyn Op>> = vec![Box::new(AptInstall::new(["zstd", "curl"]))];
+        // First: a host without room fails in the probe, before any write.
+        let mut ops: Vec<Box<dyn Op>> = vec![
+            Box::new(room_op(ctx, std::slice::from_ref(s), &self.images)),
+            Box::new(AptInstall::new(["zstd", "curl"])),
+        ];
         for op in shared_ops(plan) {
             ops.push(Box::new(op));
         }
