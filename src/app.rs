@@ -59,6 +59,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         Command::ServicesUp(args) => command::services_up::run(&mut s, args).await,
         Command::Deploy(args) => command::deploy::run(&mut s, args).await,
         Command::Care(args) => command::care::run(&mut s, args).await,
+        Command::Prune(args) => command::prune::run(&mut s, args).await,
         Command::Exec(args) => command::exec::run(&mut s, args).await,
         Command::Bench(args) => command::bench::run(&mut s, args).await,
         Command::Inventory(_) | Command::Completions(_) | Command::Man(_) => {

@@ -113,6 +113,9 @@ pub enum Command {
     /// apt update + dist-upgrade and the care hooks on hosts matching GLOB,
     /// in batches so a group never goes down at once.
     Care(command::care::Args),
+    /// Remove from the hosts the images no service runs and no --rollback
+    /// can reach, and bound the controller's image cache (--dry-run lists).
+    Prune(command::prune::Args),
     /// Run an ad-hoc command on every selected host and show each host's output.
     Exec(command::exec::Args),
     /// Print the resolved hosts, their groups and facts.
@@ -136,6 +139,7 @@ impl Command {
             Command::ServicesUp(_) => "services-up",
             Command::Deploy(_) => "deploy",
             Command::Care(_) => "care",
+            Command::Prune(_) => "prune",
             Command::Exec(_) => "exec",
             Command::Inventory(_) => "inventory",
             Command::Completions(_) => "completions",

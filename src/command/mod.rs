@@ -10,6 +10,7 @@ pub(crate) mod deploy;
 pub(crate) mod exec;
 pub(crate) mod inventory;
 pub(crate) mod nodes;
+pub(crate) mod prune;
 pub(crate) mod services;
 pub(crate) mod services_up;
 

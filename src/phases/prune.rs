@@ -64,7 +64,9 @@ pub(crate) fn read_script() -> Script {
     let mut s = Script::new();
     s.raw("command -v docker >/dev/null 2>&1 || { echo 'docker absent'; exit 0; }");
     s.append(&docker_root_script());
-    s.raw("docker ps -aq --no-trunc | xargs -r docker inspect --format 'ctr {{.Image}}' 2>/dev/null");
+    s.raw(
+        "docker ps -aq --no-trunc | xargs -r docker inspect --format 'ctr {{.Image}}' 2>/dev/null",
+    );
     s.raw("imgs=$(docker image ls --no-trunc --format '{{.ID}} {{.Repository}}:{{.Tag}}' | grep ' mesh/')");
     s.line(
         "dang=$(docker image ls -q --no-trunc --filter dangling=true --filter label={})",
@@ -156,8 +158,11 @@ impl HostImages {
                 || self.refs.contains(tag)
                 || service_of(tag).is_some_and(|s| self.locked.contains(s))
         };
-        let going: Vec<&(String, String)> =
-            self.tags.iter().filter(|(id, tag)| !keep(id, tag)).collect();
+        let going: Vec<&(String, String)> = self
+            .tags
+            .iter()
+            .filter(|(id, tag)| !keep(id, tag))
+            .collect();
         let mut out: Vec<Removal> = Vec::new();
         for (n, (id, tag)) in going.iter().enumerate() {
             // The last of an image's tags to go removes it (and frees its size).
@@ -191,7 +196,10 @@ impl HostImages {
 pub(crate) fn remove_script(names: &[String]) -> Script {
     let mut s = docker_root_script();
     let words: Vec<&str> = names.iter().map(String::as_str).collect();
-    s.line(&format!("for r in{}; do", " {}".repeat(words.len())), &words);
+    s.line(
+        &format!("for r in{}; do", " {}".repeat(words.len())),
+        &words,
+    );
     s.raw("  if docker rmi \"$r\" >/dev/null 2>&1; then echo \"removed $r\"; else echo \"kept $r\"; fi");
     s.raw("done");
     s.raw("echo \"after $(df -Pk \"$d\" 2>/dev/null | awk 'NR==2 {print $4}')\"");
@@ -206,9 +214,7 @@ pub(crate) fn parse_removed(text: &str) -> (Vec<String>, Vec<String>, Option<u64
             .map(|w| w.trim().to_string())
             .collect()
     };
-    let kib = |key: &str| {
-        crate::ops::field(text, key).and_then(|v| v.trim().parse::<u64>().ok())
-    };
+    let kib = |key: &str| crate::ops::field(text, key).and_then(|v| v.trim().parse::<u64>().ok());
     let freed = match (kib("avail"), kib("after")) {
         (Some(before), Some(after)) => Some(after.saturating_sub(before) * 1024),
         _ => None,
@@ -322,7 +328,11 @@ impl Images {
             host.root
         );
         if !kept.is_empty() {
-            line.push_str(&format!("; kept {} (in use): {}", plural(kept.len()), kept.join(", ")));
+            line.push_str(&format!(
+                "; kept {} (in use): {}",
+                plural(kept.len()),
+                kept.join(", ")
+            ));
         }
         Ok(StepOutcome {
             reports,
@@ -427,9 +437,8 @@ ref mesh/traefik:t1
     #[test]
     fn nothing_a_container_a_record_a_compose_file_or_a_deploy_holds_goes() {
         let base = HostImages::parse(LISTING);
-        let names = |h: &HostImages| -> Vec<String> {
-            h.removals().into_iter().map(|r| r.name).collect()
-        };
+        let names =
+            |h: &HostImages| -> Vec<String> { h.removals().into_iter().map(|r| r.name).collect() };
         // A stopped container of b2 keeps it.
         let mut h = base.clone();
         h.in_use.insert("sha256:w2".into());
@@ -480,7 +489,11 @@ ref mesh/traefik:t1
         }
         crate::quote::assert_valid_sh(&read);
         let remove = remove_script(&["mesh/web:b2".into(), "sha256:d1".into()]);
-        let tail = remove.as_str().split_once("echo \"root $root\"\n").unwrap().1;
+        let tail = remove
+            .as_str()
+            .split_once("echo \"root $root\"\n")
+            .unwrap()
+            .1;
         assert_eq!(
             tail,
             "echo \"avail $(df -Pk \"$d\" 2>/dev/null | awk 'NR==2 {print $4}')\"\n\
@@ -553,7 +566,9 @@ ref mesh/traefik:t1
         let removed = "root /var/lib/docker\navail 1000000\nremoved mesh/web:b2\nremoved mesh/web:b1\nremoved mesh/web:b1-again\nkept sha256:d1\nafter 1082032\n";
         let (done, calls) = run_step(false, vec![LISTING.into(), removed.into()]);
         assert_eq!(calls.len(), 2);
-        assert!(calls[1].contains("for r in mesh/web:b2 mesh/web:b1 mesh/web:b1-again sha256:d1; do"));
+        assert!(
+            calls[1].contains("for r in mesh/web:b2 mesh/web:b1 mesh/web:b1-again sha256:d1; do")
+        );
         assert_eq!(
             done.output.as_deref(),
             Some("removed 3 images, freed 84 MB on /var/lib/docker; kept 1 image (in use): sha256:d1")

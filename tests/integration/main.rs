@@ -2213,3 +2213,227 @@ fn ctrl_c_stops_the_remote_commands_but_not_a_package_install() {
     assert!(!installing().trim().is_empty(), "dpkg was stopped");
     lab.on(2, "pkill -x dpkg; rm -f /tmp/dpkg");
 }
+
+/// The image host `i` records as live for `service`.
+fn live_image(lab: &Lab, i: usize, service: &str) -> String {
+    lab.on(
+        i,
+        &format!("sed -n 's/^image //p' /var/lib/mesh/deploy/{service}.state"),
+    )
+    .stdout
+    .trim()
+    .to_string()
+}
+
+/// The `mesh/<service>:*` tags host `i` has, sorted.
+fn image_tags(lab: &Lab, i: usize, service: &str) -> Vec<String> {
+    let mut tags: Vec<String> = lab
+        .on(
+            i,
+            &format!("docker image ls --format '{{{{.Repository}}}}:{{{{.Tag}}}}' mesh/{service}"),
+        )
+        .stdout
+        .lines()
+        .map(str::to_string)
+        .collect();
+    tags.sort();
+    tags
+}
+
+/// What the `images` step said on `host` in a `--json` run.
+fn images_output(run: &util::Run, host: &str) -> String {
+    run.events()
+        .into_iter()
+        .find(|e| e["event"] == "step_done" && e["step"] == "images" && e["host"] == host)
+        .unwrap_or_else(|| panic!("no images step on {host}:\n{}", run.stdout))["output"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn hosts_keep_exactly_the_live_image_and_the_rollback_window_and_prune_the_rest() {
+    let lab = Lab::start("gc", 3, 35);
+    lab.install_docker();
+    let df = util::example_dockerfiles();
+    let dir = df.path().to_str().unwrap().to_string();
+    let inv = lab.services_inventory(
+        "gc.yml",
+        &services_vars(&lab, "web.example.test").replace("crowdsec: true", "crowdsec: false"),
+    );
+    let mesh = || Mesh::new(&inv);
+    mesh().args(["services", "--dockerfiles", &dir]).run().ok();
+    mesh().args(["services-up"]).run().ok();
+    let bastion = lab.ip(1);
+    let index = df.path().join("web/index.html");
+    let deploy = |extra: &[&str]| {
+        mesh()
+            .args([
+                "--json",
+                "deploy",
+                "--service",
+                "web",
+                "--dockerfiles",
+                &dir,
+            ])
+            .args(extra)
+            .run()
+            .ok()
+    };
+
+    // Five deploys: b1 (services-up) .. b6.
+    let mut builds = vec![live_image(&lab, 2, "web")];
+    let mut last = None;
+    for n in 2..=6 {
+        std::fs::write(&index, format!("gc build {n}\n")).unwrap();
+        last = Some(deploy(&[]));
+        builds.push(live_image(&lab, 2, "web"));
+    }
+    assert_eq!(
+        builds
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        6,
+        "{builds:?}"
+    );
+    let last = last.unwrap();
+    let mut window: Vec<String> = builds[2..].to_vec();
+    window.sort();
+    for i in 2..=3 {
+        assert_eq!(live_image(&lab, i, "web"), builds[5]);
+        // Exactly the live image and the three --rollback can reach.
+        assert_eq!(image_tags(&lab, i, "web"), window, "host {i}");
+        let said = images_output(&last, &lab.host(i));
+        assert!(said.starts_with("removed 1 image, freed "), "{said}");
+        assert!(said.contains(" on /var/lib/docker"), "{said}");
+    }
+    // The bastion keeps its one traefik image.
+    assert_eq!(image_tags(&lab, 1, "traefik").len(), 1);
+
+    // --rollback still reaches the previous build.
+    deploy(&["--rollback"]);
+    for i in 2..=3 {
+        assert_eq!(live_image(&lab, i, "web"), builds[4]);
+    }
+    for _ in 0..4 {
+        let body = util::http_get(&bastion, "web.example.test").unwrap().1;
+        assert!(body.contains("gc build 5"), "rolled back: {body}");
+    }
+    // Forward to b6 again, then b7 without the collection: b3 stays behind.
+    deploy(&[]);
+    std::fs::write(&index, "gc build 7\n").unwrap();
+    deploy(&["--skip", "images"]);
+    let b3 = builds[2].clone();
+    for i in 2..=3 {
+        assert!(image_tags(&lab, i, "web").contains(&b3), "host {i}");
+    }
+    // A stopped container on host 2 uses b3: that host keeps it.
+    assert_eq!(
+        lab.on(2, &format!("docker create --name gc-keep {b3} true"))
+            .code,
+        0
+    );
+
+    // --dry-run lists and changes nothing.
+    let dry = mesh().args(["--json", "--dry-run", "prune"]).run().ok();
+    let said = images_output(&dry, &lab.host(3));
+    assert!(said.starts_with("would remove 1 image ("), "{said}");
+    assert!(said.ends_with(&format!("): {b3}")), "{said}");
+    assert_eq!(images_output(&dry, &lab.host(2)), "");
+    assert!(image_tags(&lab, 3, "web").contains(&b3));
+    assert!(
+        dry.stdout.contains("\"event\":\"controller_cache\""),
+        "{}",
+        dry.stdout
+    );
+
+    // prune removes it where nothing uses it; a re-run changes nothing.
+    let run = mesh().args(["--json", "prune"]).run().ok();
+    assert!(
+        images_output(&run, &lab.host(3)).starts_with("removed 1 image, freed "),
+        "{}",
+        run.stdout
+    );
+    assert!(!image_tags(&lab, 3, "web").contains(&b3));
+    assert!(image_tags(&lab, 2, "web").contains(&b3), "in use on host 2");
+    for i in 2..=3 {
+        assert_eq!(image_tags(&lab, i, "web").len(), 4 + usize::from(i == 2));
+    }
+    let again = mesh().args(["--json", "prune"]).run().ok();
+    for h in again.summary()["hosts"].as_array().unwrap() {
+        assert_eq!(h["changed"], 0, "{h}");
+    }
+    let body = util::http_get(&bastion, "web.example.test").unwrap().1;
+    assert!(body.contains("gc build 7"), "{body}");
+}
+
+#[test]
+fn a_host_without_room_for_the_image_fails_before_anything_is_written() {
+    let lab = Lab::start("room", 3, 36);
+    lab.install_docker();
+    // Host 3's Docker data root: a 640 MB tmpfs mounted before Docker
+    // starts again, then truly filled up to 50 MB free.
+    let fill = lab.on(
+        3,
+        "systemctl stop docker.socket docker && mount -t tmpfs -o size=640m mesh-room /var/lib/docker \
+         && systemctl start docker && test \"$(docker info --format '{{.DockerRootDir}}')\" = /var/lib/docker \
+         && free=$(df -Pk /var/lib/docker | awk 'NR==2 {print $4}') \
+         && fallocate -l $((free - 50 * 1024))k /var/lib/docker/filler",
+    );
+    assert_eq!(fill.code, 0, "{}{}", fill.stdout, fill.stderr);
+    let df = util::example_dockerfiles();
+    let dir = df.path().to_str().unwrap().to_string();
+    let inv = lab.services_inventory(
+        "room.yml",
+        &services_vars(&lab, "web.example.test").replace("crowdsec: true", "crowdsec: false"),
+    );
+    let mesh = || Mesh::new(&inv);
+    let run = mesh()
+        .args(["--json", "services", "--dockerfiles", &dir])
+        .run()
+        .expect_code(1);
+    let summary = run.summary();
+    util::assert_only_failed(
+        &summary,
+        &lab.host(3),
+        " MB free on /var/lib/docker, the image mesh/web:",
+    );
+    let error = summary["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == lab.host(3))
+        .unwrap()["failed"]
+        .as_str()
+        .unwrap();
+    eprintln!("host 3 said: {error}");
+    // About the 50 MB left, said by the host's name.
+    let free = error
+        .split_once(": ")
+        .and_then(|(_, rest)| rest.split_once(" MB free"))
+        .map(|(head, _)| head.rsplit(' ').next().unwrap().parse::<u64>().unwrap());
+    assert!(
+        error.contains(&format!("{}: ", lab.host(3)))
+            && free.is_some_and(|f| (45..=55).contains(&f)),
+        "{error}"
+    );
+    assert!(
+        error.contains(" needs ") && error.contains("nothing was shipped"),
+        "{error}"
+    );
+    // Nothing was written on host 3; host 2 got everything.
+    assert_eq!(
+        lab.on(3, "test -e /containers").code,
+        1,
+        "host 3 was written to"
+    );
+    assert_eq!(image_tags(&lab, 3, "web"), Vec::<String>::new());
+    assert_eq!(image_tags(&lab, 2, "web").len(), 1);
+    assert_eq!(lab.on(2, "test -f /containers/build/web/app.py").code, 0);
+
+    // Room made: the same run succeeds there too.
+    assert_eq!(lab.on(3, "rm /var/lib/docker/filler").code, 0);
+    mesh().args(["services", "--dockerfiles", &dir]).run().ok();
+    assert_eq!(image_tags(&lab, 3, "web").len(), 1);
+}

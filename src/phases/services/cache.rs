@@ -10,7 +10,9 @@
 //!   older one is never shipped again), the builds this run uses, and any
 //!   built in the last [`RECENT_SECS`] (another run may still ship it);
 //! - archives stay only for images Docker still has, newest first, up to a
-//!   size cap: [`DEFAULT_CAP`] (5 GiB), or `MESH_IMAGE_CACHE_MAX`.
+//!   size cap: [`DEFAULT_CAP`] (5 GiB), or `MESH_IMAGE_CACHE_MAX`;
+//! - files this mesh never uses (an interrupted save's temporary file, an
+//!   archive named the older way, without its hash) go once an hour old.
 
 use super::slots::KEEP_PREVIOUS;
 use crate::ops::room::human_bytes;
@@ -145,29 +147,14 @@ pub(crate) async fn archive(
         .mode(0o600)
         .open(&tmp)
         .map_err(local(format!("creating {}", tmp.display())))?;
-    let out = Command::new("bash")
-        .args([
-            "-c",
-            "set -o pipefail; docker save \"$1\" | zstd -q -3 -T0 -c",
-            "mesh-save",
-            tag,
-        ])
-        .stdin(Stdio::null())
-        .stdout(file)
-        .stderr(Stdio::piped())
-        .output()
-        .await;
-    let made = match out {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(CacheError::Save {
-            tag: tag.into(),
-            detail: String::from_utf8_lossy(&o.stderr).trim().to_string(),
-        }),
-        Err(e) => Err(CacheError::Save {
-            tag: tag.into(),
-            detail: e.to_string(),
-        }),
-    };
+    let mut save = Command::new("bash");
+    save.args([
+        "-c",
+        "set -o pipefail; docker save \"$1\" | zstd -q -3 -T0 -c",
+        "mesh-save",
+        tag,
+    ]);
+    let made = into_file(save, file, &tmp, tag).await;
     let named = match made {
         Ok(()) => {
             let t = tmp.clone();
@@ -189,6 +176,39 @@ pub(crate) async fn archive(
     std::fs::rename(&tmp, &path).map_err(local(format!("renaming {}", tmp.display())))?;
     cap_archives(dir, cap, Some(&path));
     Ok(path)
+}
+
+/// Run `cmd` with its stdout going straight to `file` (at `path`), its
+/// stderr kept for the error; an empty result is a failure too.
+async fn into_file(
+    mut cmd: Command,
+    file: std::fs::File,
+    path: &Path,
+    tag: &str,
+) -> Result<(), CacheError> {
+    let failed = |detail: String| CacheError::Save {
+        tag: tag.into(),
+        detail,
+    };
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(e.to_string()))?;
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if !out.status.success() {
+        return Err(failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() > 0 => Ok(()),
+        _ => Err(failed("it wrote nothing".into())),
+    }
 }
 
 /// An archive of `id` whose content matches its name; mismatching ones go.
@@ -325,7 +345,11 @@ pub(crate) fn unix_seconds(text: &str) -> Option<i64> {
     let t = text.trim();
     let num = |s: &str| s.parse::<i64>().ok();
     let (y, mo, d) = (num(t.get(0..4)?)?, num(t.get(5..7)?)?, num(t.get(8..10)?)?);
-    let (h, mi, s) = (num(t.get(11..13)?)?, num(t.get(14..16)?)?, num(t.get(17..19)?)?);
+    let (h, mi, s) = (
+        num(t.get(11..13)?)?,
+        num(t.get(14..16)?)?,
+        num(t.get(17..19)?)?,
+    );
     let rest = t.get(19..)?;
     let rest = match rest.strip_prefix('.') {
         Some(frac) => frac.trim_start_matches(|c: char| c.is_ascii_digit()),
@@ -482,36 +506,56 @@ pub(crate) async fn prune(
         all.into_iter().partition(|a| !live.contains(&a.id));
     let sizes: Vec<u64> = kept.iter().map(|a| a.size).collect();
     let mut going = orphans;
-    going.extend(over_cap(&sizes, cap, None).into_iter().map(|i| kept[i].clone()));
+    going.extend(
+        over_cap(&sizes, cap, None)
+            .into_iter()
+            .map(|i| kept[i].clone()),
+    );
     for a in going {
         if dry_run || std::fs::remove_file(&a.path).is_ok() {
             report.archives += 1;
             report.archive_bytes += a.size;
         }
     }
-    if !dry_run {
-        remove_stale_temps(&dir, now);
+    for (path, size) in stale(&dir, now) {
+        if dry_run || std::fs::remove_file(&path).is_ok() {
+            report.archives += 1;
+            report.archive_bytes += size;
+        }
     }
     Ok(report)
 }
 
-/// Temporary files an interrupted save left, once older than [`RECENT_SECS`].
-fn remove_stale_temps(dir: &Path, now: i64) {
+/// Whether a file in the archives' directory is one this mesh never uses:
+/// a temporary file of an interrupted save, or an archive named the way
+/// older mesh versions did (`<image id>.tar.zst`, without a content hash).
+pub(crate) fn is_leftover(name: &str) -> bool {
+    let temp = name.starts_with('.') && name.ends_with(".tmp");
+    let unhashed = name
+        .strip_suffix(ARCHIVE_EXT)
+        .is_some_and(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+    temp || unhashed
+}
+
+/// Leftovers (see [`is_leftover`]) older than [`RECENT_SECS`] (a run
+/// still going may be writing or reading them), with their sizes.
+fn stale(dir: &Path, now: i64) -> Vec<(PathBuf, u64)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return Vec::new();
     };
-    for e in entries.filter_map(Result::ok) {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .is_some_and(|m| now - m.as_secs() as i64 > RECENT_SECS);
-        if name.starts_with('.') && name.ends_with(".tmp") && old {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| is_leftover(&e.file_name().to_string_lossy()))
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            let age = meta
+                .modified()
+                .ok()?
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .ok()?;
+            (now - age.as_secs() as i64 > RECENT_SECS).then(|| (e.path(), meta.len()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -635,6 +679,43 @@ mod tests {
     }
 
     #[test]
+    fn a_save_writes_straight_into_its_private_file_and_fails_loudly() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let run = |script: &str, name: &str| {
+            let path = dir.path().join(name);
+            let file = std::fs::File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .unwrap();
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", script]);
+            (
+                rt.block_on(into_file(cmd, file, &path, "mesh/web:ab")),
+                path,
+            )
+        };
+        let (ok, path) = run("printf layers; echo chatter >&2", "a");
+        ok.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"layers");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (failed, _) = run("echo 'zstd: not found' >&2; exit 127", "b");
+        let e = failed.unwrap_err().to_string();
+        assert!(
+            e.starts_with("docker save mesh/web:ab | zstd failed: zstd: not found."),
+            "{e}"
+        );
+        let (empty, _) = run("true", "c");
+        assert!(empty.unwrap_err().to_string().contains("it wrote nothing"));
+    }
+
+    #[test]
     fn archive_names_carry_the_image_id_and_the_content_hash() {
         let id = "a".repeat(64);
         let sha = "b".repeat(64);
@@ -643,6 +724,11 @@ mod tests {
         // The old `<id>.tar.zst` and temporary files are not archives.
         assert_eq!(parse_archive_name(&format!("{id}.tar.zst")), None);
         assert_eq!(parse_archive_name(&format!(".{id}.1.ab.tmp")), None);
+        // Those are leftovers; a well-named archive is not.
+        assert!(is_leftover(&format!("{id}.tar.zst")));
+        assert!(is_leftover(&format!(".{id}.1.ab.tmp")));
+        assert!(!is_leftover(&name));
+        assert!(!is_leftover("notes.txt"));
     }
 
     #[test]
@@ -661,7 +747,10 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        assert_eq!(rt.block_on(verified(&images, &id)).unwrap(), Some(good.clone()));
+        assert_eq!(
+            rt.block_on(verified(&images, &id)).unwrap(),
+            Some(good.clone())
+        );
         // Changed after it was named: removed, so the next use makes it again.
         std::fs::write(&good, b"tampered").unwrap();
         assert_eq!(rt.block_on(verified(&images, &id)).unwrap(), None);
