@@ -12,6 +12,9 @@ pub mod exec;
 pub mod facts;
 pub mod nodes;
 pub mod services;
+pub(crate) mod fanout;
+pub(crate) mod logs;
+pub(crate) mod status;
 
 use crate::inventory::Host;
 use crate::log::HostLog;

@@ -546,6 +546,7 @@ impl Deploy {
     async fn audit(&self, ctx: &HostCtx, from: Option<&str>, to: &str, result: &str, seconds: f64) {
         let line = serde_json::json!({
             "time": crate::log::utc_time(":"),
+            "at": crate::log::utc_rfc3339(),
             "who": controller_name(),
             "host": ctx.host.name,
             "service": self.opts.service,

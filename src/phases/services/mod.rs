@@ -12,7 +12,7 @@
 //! `services-up`: `docker compose up -d` on every host ([`up`]), then the
 //! routes are published.
 
-mod bastion;
+pub(crate) mod bastion;
 pub(crate) mod build;
 pub(crate) mod compose;
 pub(crate) mod folder;
