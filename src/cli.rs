@@ -1,5 +1,6 @@
 //! Command-line interface (clap). The `///` docs below are the `--help` text.
 
+use crate::command;
 use crate::run::ProgressMode;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -11,6 +12,16 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "mesh", version, propagate_version = true)]
 pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The flags every command takes (before or after its name).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Global {
     /// Inventory file.
     #[arg(
         short = 'i',
@@ -85,111 +96,64 @@ pub struct Cli {
     /// Print every changed operation.
     #[arg(short, long, global = true)]
     pub verbose: bool,
-
-    #[command(subcommand)]
-    pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Bootstrap hosts: base packages and firewall (then Docker, overlay, storage).
-    Nodes {
-        /// Address, public IP or public DNS IP of the node that bootstraps the cluster.
-        #[arg(long, value_name = "IP")]
-        first_ip: Option<String>,
-        /// Base URL of the Docker .deb repository (a mirror in download.docker.com's layout).
-        #[arg(long, value_name = "URL")]
-        docker_mirror: Option<String>,
-        /// Re-read the mirror and move docker.lock to the newest versions.
-        #[arg(long)]
-        update_lock: bool,
-    },
+    Nodes(command::nodes::Args),
     /// Build the service images locally and ship them with their files.
-    Services {
-        /// Folder with one subfolder per service and one `<group>.yml` compose file per group.
-        #[arg(long, value_name = "DIR")]
-        dockerfiles: PathBuf,
-        /// Build the images on the hosts from the shipped contexts (for a
-        /// controller without Docker) instead of building once here and shipping.
-        #[arg(long)]
-        build_on_host: bool,
-        /// Remove from the hosts the services that vanished from the folder
-        /// (containers, images, files, routes). Without it they are kept.
-        #[arg(long)]
-        prune: bool,
-    },
+    Services(command::services::Args),
     /// Start the services (`docker compose up -d`) on every selected host, then publish their routes.
-    ServicesUp,
+    ServicesUp(command::services_up::Args),
     /// Rebuild one service and roll it out without downtime: the new copy
     /// starts on the service's other port, takes the traffic once healthy,
     /// then the old one stops.
-    Deploy {
-        /// The service (a subfolder of the dockerfiles folder, with `ports: [A, B]` in its mesh.yml).
-        #[arg(long, value_name = "NAME")]
-        service: String,
-        /// The dockerfiles folder.
-        #[arg(
-            long,
-            value_name = "DIR",
-            env = "MESH_DOCKERFILES",
-            default_value = "dockerfiles"
-        )]
-        dockerfiles: PathBuf,
-        /// Hosts switched at a time: a number or a percentage.
-        #[arg(long, value_name = "N|N%", default_value = "1")]
-        batch: crate::run::BatchSize,
-        /// Roll even when the hosts already run this build.
-        #[arg(long)]
-        force: bool,
-        /// Switch every host back to its previous image (the last 3 are kept).
-        #[arg(long)]
-        rollback: bool,
-        /// When a batch fails, leave the hosts already switched on the new build.
-        #[arg(long)]
-        no_rollback: bool,
-        /// Seconds the old copy keeps serving after the switch.
-        #[arg(long, value_name = "SECONDS", default_value_t = 2)]
-        drain: u64,
-        /// Take the lock of a deploy that died.
-        #[arg(long)]
-        break_lock: bool,
-    },
+    Deploy(command::deploy::Args),
     /// apt update + dist-upgrade and the care hooks on hosts matching GLOB,
     /// in batches so a group never goes down at once.
-    Care {
-        /// Hosts or groups to care for, e.g. 'db*'.
-        #[arg(long, value_name = "GLOB")]
-        group: String,
-        /// Hosts of one group at a time (a host in several groups counts in each).
-        #[arg(long, value_name = "N", default_value_t = 1)]
-        batch: usize,
-        /// Reboot the hosts that need it, and wait for each batch to come back.
-        #[arg(long)]
-        reboot: bool,
-        /// Seconds a rebooting host has to come back.
-        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
-        reboot_wait: u64,
-        /// The dockerfiles folder, whose `care/*.sh` hooks run on each host.
-        #[arg(
-            long,
-            value_name = "DIR",
-            env = "MESH_DOCKERFILES",
-            default_value = "dockerfiles"
-        )]
-        dockerfiles: PathBuf,
-    },
+    Care(command::care::Args),
     /// Run an ad-hoc command on every selected host and show each host's output.
-    Exec {
-        /// The command; words are joined with spaces, as `ssh` does.
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-        command: Vec<String>,
-    },
+    Exec(command::exec::Args),
     /// Print the resolved hosts, their groups and facts.
-    Inventory,
+    Inventory(command::inventory::Args),
+    /// Print a shell completion script for mesh (bash, zsh, fish, …).
+    Completions(command::completions::Args),
+    /// Write mesh's man pages (one per command), generated from this help.
+    #[command(hide = true)]
+    Man(command::completions::ManArgs),
     /// Benchmark step for `make bench`: push ASSET, two templated files and a unit.
     #[command(hide = true)]
-    Bench {
-        #[arg(long, value_name = "FILE")]
-        asset: PathBuf,
-    },
+    Bench(command::bench::Args),
+}
+
+impl Command {
+    /// The command's name, as typed (log directories and the run lock use it).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Nodes(_) => "nodes",
+            Command::Services(_) => "services",
+            Command::ServicesUp(_) => "services-up",
+            Command::Deploy(_) => "deploy",
+            Command::Care(_) => "care",
+            Command::Exec(_) => "exec",
+            Command::Inventory(_) => "inventory",
+            Command::Completions(_) => "completions",
+            Command::Man(_) => "man",
+            Command::Bench(_) => "bench",
+        }
+    }
+
+    /// Whether it changes hosts or the inventory's local state (secrets.env,
+    /// docker.lock), so two such runs on one inventory must not overlap.
+    pub fn changes_hosts(&self) -> bool {
+        !matches!(
+            self,
+            Command::Exec(_)
+                | Command::Inventory(_)
+                | Command::Completions(_)
+                | Command::Man(_)
+                | Command::Bench(_)
+        )
+    }
 }

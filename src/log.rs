@@ -34,6 +34,7 @@ impl HostLog {
         })
     }
 
+    #[cfg(test)]
     /// A log that keeps nothing (unit tests).
     pub fn discard() -> Self {
         HostLog {

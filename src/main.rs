@@ -1,16 +1,16 @@
-//! The `mesh` binary: parse arguments, run, map the result to an exit code.
+//! The `mesh` binary: parse arguments, run, render an error with its exit code.
 
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = mesh::cli::Cli::parse();
-    let result = mesh::app::main(cli).map_err(anyhow::Error::from);
-    match result {
+    match mesh::app::main(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(mesh::app::EXIT_BAD_INPUT)
+            let code = e.exit_code();
+            eprintln!("error: {:#}", anyhow::Error::from(e));
+            ExitCode::from(code)
         }
     }
 }

@@ -74,6 +74,7 @@ impl OverlayNet {
         Ipv4Addr::from(u32::from(self.addr) & self.mask())
     }
 
+    #[cfg(test)]
     /// Whether `ip` lies inside this network.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & self.mask() == u32::from(self.network())

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 /// at https://download.docker.com/linux/debian/gpg.
 pub const DOCKER_RELEASE_KEY: &str = include_str!("docker-release-key.asc");
 
+#[cfg(test)]
 /// The fingerprint of [`DOCKER_RELEASE_KEY`], as Docker documents it.
 pub const DOCKER_KEY_FINGERPRINT: &str = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88";
 

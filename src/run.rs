@@ -141,7 +141,7 @@ impl RunSummary {
     /// was refused before any host was touched.
     pub fn exit_code(&self) -> u8 {
         if self.refused {
-            crate::app::EXIT_BAD_INPUT
+            crate::error::EXIT_BAD_INPUT
         } else if self.hosts.iter().any(|h| h.failed.is_some()) {
             1
         } else {
@@ -457,6 +457,7 @@ fn skip_host(
 /// Name used in events for work the controller does once for all hosts.
 pub const CONTROLLER: &str = "controller";
 
+#[cfg(test)]
 /// Run `phase` on every host, at most `opts.parallel` at once.
 ///
 /// Consecutive host stages run pipelined per host; a cluster stage waits

@@ -225,6 +225,7 @@ impl Secrets {
             .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.iter().next().is_none()
     }

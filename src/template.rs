@@ -160,16 +160,9 @@ impl VarSet {
         self.vars.get(name).map(|e| e.source)
     }
 
+    #[cfg(test)]
     pub fn is_secret(&self, name: &str) -> bool {
         self.vars.get(name).is_some_and(|e| e.secret)
-    }
-
-    pub fn len(&self) -> usize {
-        self.vars.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.vars.is_empty()
     }
 
     /// Replace every secret value (len >= 4) occurring in `text` with `***` (longest first).
@@ -370,6 +363,7 @@ fn scan(text: &str) -> Vec<Hit> {
     hits
 }
 
+#[cfg(test)]
 /// Names referenced by placeholders in text, with 1-based line and column.
 pub fn placeholders(text: &str) -> Vec<(String, usize, usize)> {
     scan(text)

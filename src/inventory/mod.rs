@@ -23,8 +23,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-pub use select::glob_match;
-
 /// Largest inventory file mesh reads.
 pub const MAX_INVENTORY_BYTES: u64 = 4 << 20;
 
@@ -55,6 +53,9 @@ pub struct Inventory {
     pub groups: Vec<Group>,
     /// Top-level template variables.
     pub vars: BTreeMap<String, String>,
+    /// Top-level firewall settings (each host carries them merged with its
+    /// group's and its own; the tests read this layer).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub firewall: FirewallSettings,
     pub apt: AptSettings,
     pub docker: DockerSettings,
@@ -444,6 +445,7 @@ impl Inventory {
         self.hosts.iter().filter(|h| h.is_bastion()).collect()
     }
 
+    #[cfg(test)]
     /// The group called `name`.
     pub fn group(&self, name: &str) -> Option<&Group> {
         self.groups.iter().find(|g| g.name == name)
@@ -463,6 +465,7 @@ impl Inventory {
         layers
     }
 
+    #[cfg(test)]
     /// The value of template variable `name` for `host`, per [`Inventory::var_layers`].
     pub fn var<'a>(&'a self, host: &'a Host, name: &str) -> Option<&'a str> {
         self.var_layers(host)

@@ -150,10 +150,7 @@ impl FileOp {
         self
     }
 
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
+    #[cfg(test)]
     pub fn sha256(&self) -> &str {
         &self.sha256
     }

@@ -23,7 +23,7 @@ use std::collections::BTreeSet;
 pub use apt::{AptInstall, AptUpdate, AptUpgrade};
 pub use command::CommandOp;
 pub use dir::DirOp;
-pub use file::{Content, FileOp};
+pub use file::FileOp;
 pub use image::{ImageOp, ImageSource};
 pub use unit::UnitOp;
 

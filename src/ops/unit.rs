@@ -52,20 +52,9 @@ impl UnitOp {
         }
     }
 
-    /// Started but not enabled at boot.
-    pub fn no_enable(mut self) -> Self {
-        self.enable = false;
-        self
-    }
-
     /// Restart when one of these op ids changed (config files, binaries).
     pub fn restart_when<I: IntoIterator<Item = S>, S: Into<String>>(mut self, ids: I) -> Self {
         self.triggers = ids.into_iter().map(Into::into).collect();
-        self
-    }
-
-    pub fn id(mut self, id: &str) -> Self {
-        self.id = Some(id.into());
         self
     }
 }

@@ -307,18 +307,63 @@ impl Phase {
 
     /// Keep only the steps named by `--only` and drop those named by `--skip`.
     /// Unknown names are an error that lists the valid ones.
-    pub fn select(mut self, only: &[String], skip: &[String]) -> Result<Self, String> {
+    pub fn select(mut self, only: &[String], skip: &[String]) -> Result<Self, SelectError> {
         let names = self.step_names();
         for n in only.iter().chain(skip) {
             if !names.contains(n) {
-                return Err(format!(
-                    "`{}` has no step \"{n}\". Fix: use one of: {}",
-                    self.name,
-                    names.join(", ")
-                ));
+                return Err(SelectError {
+                    phase: self.name,
+                    step: n.clone(),
+                    steps: names,
+                });
             }
         }
         self.stages.retain(|s| Phase::selects(s.name(), only, skip));
         Ok(self)
     }
+
+    /// Every host step's input checks for every host, all problems at once.
+    pub fn check(&self, ctxs: &[Arc<HostCtx>]) -> Result<(), ChecksFailed> {
+        let mut problems = Vec::new();
+        for ctx in ctxs {
+            // A step split into stages (first node, then the rest) is checked
+            // once per host: by the stage that runs on it.
+            for step in self.host_steps().filter(|step| step.wants(ctx)) {
+                if let Err(problem) = step.check(ctx) {
+                    problems.push(HostProblem {
+                        host: ctx.host.name.clone(),
+                        step: step.name(),
+                        problem,
+                    });
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ChecksFailed(problems))
+        }
+    }
 }
+
+/// `--only`/`--skip` named a step the phase does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("`{phase}` has no step \"{step}\". Fix: use one of: {}", .steps.join(", "))]
+pub struct SelectError {
+    pub phase: &'static str,
+    pub step: String,
+    pub steps: Vec<String>,
+}
+
+/// A step's input check that failed on one host.
+#[derive(Debug)]
+pub struct HostProblem {
+    pub host: String,
+    pub step: &'static str,
+    pub problem: String,
+}
+
+/// The input checks that failed before any host was contacted.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(|p| format!("host {} step {}: {}", p.host, p.step, p.problem)).collect::<Vec<_>>().join("\n"))]
+pub struct ChecksFailed(pub Vec<HostProblem>);

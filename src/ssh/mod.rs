@@ -7,6 +7,7 @@
 //! be unit-tested without a host.
 
 pub mod mux;
+#[cfg(test)]
 pub mod recording;
 
 use std::future::Future;
@@ -117,9 +118,6 @@ impl CommandTimeouts {
 
 /// Runs commands on one host.
 pub trait Transport: Send + Sync {
-    /// Human-readable destination, e.g. `root@10.0.0.1:22`.
-    fn dest(&self) -> &str;
-
     /// Run `script` with `sh` on the host (as root: mesh adds `sudo -n` when
     /// the login user is not root), feeding `input` on stdin, within the
     /// deadline of `kind`: past it the remote command is killed and the

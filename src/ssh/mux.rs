@@ -651,10 +651,6 @@ fn ssh_log_reason(log: &Path) -> String {
 }
 
 impl Transport for SshTransport {
-    fn dest(&self) -> &str {
-        &self.dest
-    }
-
     fn exec_as<'a>(
         &'a self,
         script: &'a str,

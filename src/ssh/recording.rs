@@ -89,10 +89,6 @@ pub fn ok(stdout: &str) -> Output {
 }
 
 impl Transport for RecordingTransport {
-    fn dest(&self) -> &str {
-        &self.dest
-    }
-
     fn exec_as<'a>(
         &'a self,
         script: &'a str,

@@ -10,9 +10,9 @@ mod wesher;
 
 pub use basic::Basic;
 pub use docker::{Docker, DockerPlan, DockerResolve};
-pub use firewall::{Firewall, FIREWALL_PORTS};
+pub use firewall::Firewall;
 pub use garage::{Garage, GarageFirstId, GarageLayout, GaragePlan, GarageSecret};
-pub use wesher::{routable_address, Wesher, WesherKey, WesherPlan};
+pub use wesher::{Wesher, WesherKey, WesherPlan};
 
 use super::{Phase, Stage};
 use crate::inventory::{Arch, Host, Inventory};

@@ -1,0 +1,51 @@
+//! `mesh services --dockerfiles DIR`: build the images on the controller,
+//! ship them with their rendered files and compose projects, publish routes.
+
+use super::Session;
+use crate::error::Error;
+use crate::phases::services;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Folder with one subfolder per service and one `<group>.yml` compose file per group.
+    #[arg(long, value_name = "DIR")]
+    pub dockerfiles: PathBuf,
+    /// Build the images on the hosts from the shipped contexts (for a
+    /// controller without Docker) instead of building once here and shipping.
+    #[arg(long)]
+    pub build_on_host: bool,
+    /// Remove from the hosts the services that vanished from the folder
+    /// (containers, images, files, routes). Without it they are kept.
+    #[arg(long)]
+    pub prune: bool,
+}
+
+/// The bastions' Redis password and CrowdSec bouncer key, made once.
+pub(crate) fn bastion_secrets(s: &mut Session) -> Result<(), Error> {
+    if services::has_bastion(&s.inv) {
+        for key in [services::REDIS_PWD, services::CROWDSEC_BOUNCER_KEY] {
+            s.ensure_secret(key)?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn run(s: &mut Session, args: &Args) -> Result<u8, Error> {
+    bastion_secrets(s)?;
+    let ctxs = s.selected()?;
+    let bastions = s.bastions_for(&s.hosts.clone())?;
+    let opts = services::ServicesOptions {
+        dockerfiles: args.dockerfiles.clone(),
+        build_on_host: args.build_on_host,
+        dry_run: s.global.dry_run,
+        cache: crate::mirror::cache_root(),
+        assets: s.global.assets.clone(),
+        only: None,
+        prune: args.prune,
+    };
+    let prepared = services::prepare(&opts, &s.inv, &ctxs, &s.progress()).await?;
+    prepared.print(s.global.json);
+    let phase = services::phase(prepared, &opts, &s.inv, bastions);
+    s.run_phase(phase, ctxs, None).await
+}
