@@ -42,7 +42,7 @@ pub(crate) struct Request {
 
 /// Why a name or time was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum InputError {
+pub enum InputError {
     #[error("{what} {value:?} is not a plain name. Fix: use letters, digits, `.`, `_` and `-` only, not starting with `.` or `-` (no `/`: {what} is looked up inside {within})")]
     BadName {
         what: &'static str,
@@ -149,7 +149,10 @@ pub(crate) fn script(req: &Request) -> Script {
                 args.push("--follow");
             }
             let words: Vec<String> = args.iter().map(|a| crate::quote::quote(a)).collect();
-            s.raw(&format!("exec docker logs {} \"$id\" 2>&1", words.join(" ")));
+            s.raw(&format!(
+                "exec docker logs {} \"$id\" 2>&1",
+                words.join(" ")
+            ));
         }
         Source::File(name) => {
             let path = format!("{LOG_DIR}/{svc}/{name}");
@@ -260,16 +263,14 @@ exec docker logs --tail 100 --since 10m --follow \"$id\" 2>&1
             "#!/bin/sh\ncase \"$*\" in\n  *project=mesh-web-b*) echo idb ;;\n  logs*) echo \"logs $*\" ;;\nesac\n",
         )
         .unwrap();
-        std::fs::set_permissions(
-            &bin,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
+        std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let state = dir.path().join("state");
         std::fs::create_dir(&state).unwrap();
-        let text = script(&req(Source::Container, false))
-            .as_str()
-            .replace(crate::phases::services::slots::SLOT_DIR, state.to_str().unwrap());
+        let text = script(&req(Source::Container, false)).as_str().replace(
+            crate::phases::services::slots::SLOT_DIR,
+            state.to_str().unwrap(),
+        );
         let run = || {
             std::process::Command::new("sh")
                 .args(["-c", &text])
@@ -278,8 +279,15 @@ exec docker logs --tail 100 --since 10m --follow \"$id\" 2>&1
                 .unwrap()
         };
         let out = run();
-        assert_eq!(out.status.code(), Some(ABSENT), "no record: slot a, then mesh");
-        assert_eq!(String::from_utf8_lossy(&out.stderr), "no container of web here\n");
+        assert_eq!(
+            out.status.code(),
+            Some(ABSENT),
+            "no record: slot a, then mesh"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "no container of web here\n"
+        );
         std::fs::write(state.join("web.state"), "slot b\nimage mesh/web:2\n").unwrap();
         let out = run();
         assert_eq!(
@@ -305,7 +313,9 @@ exec tail -n 100 -F /containers/log/web/access.log
             since: None,
             ..req(Source::File("a.log".into()), false)
         });
-        assert!(once.as_str().ends_with("exec tail -n 100 /containers/log/web/a.log\n"));
+        assert!(once
+            .as_str()
+            .ends_with("exec tail -n 100 /containers/log/web/a.log\n"));
     }
 
     #[test]
@@ -313,14 +323,27 @@ exec tail -n 100 -F /containers/log/web/access.log
         for good in ["web", "web-1.x_y", "access.log"] {
             assert!(is_name(good), "{good}");
         }
-        for bad in ["", "..", ".", "../x", "a/b", "-x", ".hidden", "a b", "a;b", "é"] {
+        for bad in [
+            "", "..", ".", "../x", "a/b", "-x", ".hidden", "a b", "a;b", "é",
+        ] {
             assert!(!is_name(bad), "{bad}");
         }
         let err = check_name("--file", "../../etc/shadow", "/containers/log/web")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("Fix:") && err.contains("/containers/log/web"), "{err}");
-        for good in ["10m", "1h30m", "1.5h", "90s", "2025-12-02", "2025-12-02T07:40:00Z", "1764661200"] {
+        assert!(
+            err.contains("Fix:") && err.contains("/containers/log/web"),
+            "{err}"
+        );
+        for good in [
+            "10m",
+            "1h30m",
+            "1.5h",
+            "90s",
+            "2025-12-02",
+            "2025-12-02T07:40:00Z",
+            "1764661200",
+        ] {
             assert_eq!(check_since(good), Ok(()), "{good}");
         }
         for bad in ["", "m", "yesterday", "10x", "1h;rm", "-5m"] {

@@ -10,10 +10,10 @@ pub mod care;
 pub mod deploy;
 pub mod exec;
 pub mod facts;
-pub mod nodes;
-pub mod services;
 pub(crate) mod fanout;
 pub(crate) mod logs;
+pub mod nodes;
+pub mod services;
 pub(crate) mod status;
 
 use crate::inventory::Host;

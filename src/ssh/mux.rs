@@ -12,9 +12,7 @@
 //! ends the groups still running through the same master: TERM, then KILL
 //! after [`KILL_GRACE`]. A package install (dpkg, apt) is left to finish.
 
-use super::{
-    BoxFut, CommandKind, CommandTimeouts, Input, Output, SshError, StdoutSink, Transport,
-};
+use super::{BoxFut, CommandKind, CommandTimeouts, Input, Output, SshError, StdoutSink, Transport};
 use crate::quote::quote;
 use openssh::{Session, Stdio};
 use std::collections::BTreeMap;
@@ -429,11 +427,11 @@ pub const KILL_GRACE: Duration = Duration::from_secs(3);
 const PACKAGE_TOOLS: &[&str] = &["dpkg", "apt", "apt-get", "aptitude", "unattended-upgr"];
 
 /// The command line sent for `script`: `timeout` on the host bounds it and
-/// kills its whole process group past `limit` (`timeout 0` without one:
-/// the group is made all the same, for [`Transport::interrupt`]). The shell first prints its
-/// pid, which `exec timeout` keeps and makes its process group's id
-/// (`timeout` leads a group of its own), then is replaced by it: exit codes
-/// and signals are the command's own.
+/// kills its whole process group past `limit` (without one, `timeout 0`
+/// makes the group all the same, for [`Transport::interrupt`]). The shell
+/// first prints its pid, which `exec timeout` keeps and makes its process
+/// group's id (`timeout` leads a group of its own), then is replaced by it:
+/// exit codes and signals are the command's own.
 fn wrap(script: &str, limit: Option<Duration>, sudo: bool) -> String {
     let inner = format!(
         "printf '{PGID_MARK}%s\\n' \"$$\" >&2; exec timeout -k 5 {} sh -c {}",

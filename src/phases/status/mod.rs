@@ -25,7 +25,7 @@ pub(crate) mod table;
 use crate::inventory::{Host, Inventory, Publisher, TRAEFIK_SERVICE};
 use crate::phases::services::compose::PROJECT;
 use crate::phases::services::slots::Slot;
-use probe::{Container, Disk, HostRead, Overlay, Servers};
+use probe::{Container, Disk, HostRead, Overlay, RedisError, Servers};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A host's problem: free space below this share of the disk …
@@ -81,9 +81,14 @@ pub(crate) struct Reading {
     pub shown: bool,
     /// The host whose overlay IP this one pinged.
     pub peer: Option<String>,
-    /// The read, or why it failed (already redacted).
-    pub read: Result<HostRead, String>,
+    /// The read, or why it failed.
+    pub read: Result<HostRead, Unread>,
 }
+
+/// Why a host could not be read, as shown (already redacted).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Unread(pub String);
 
 /// One service on one host.
 #[derive(Debug, Clone, PartialEq)]
@@ -146,7 +151,7 @@ pub(crate) fn assess(
     inventory_hosts: &[String],
     only: Option<&str>,
 ) -> Vec<HostStatus> {
-    let held: BTreeMap<&str, Result<&Servers, String>> = readings
+    let held: BTreeMap<&str, Result<&Servers, RedisError>> = readings
         .iter()
         .filter(|r| r.role.bastion)
         .filter_map(|r| {
@@ -155,7 +160,7 @@ pub(crate) fn assess(
                     Ok(servers) => Ok(servers),
                     Err(e) => Err(e.clone()),
                 },
-                Err(_) => Err(format!("{} could not be read", r.host)),
+                Err(_) => Err(RedisError::Unread(r.host.clone())),
             };
             Some((r.host.as_str(), held))
         })
@@ -167,7 +172,7 @@ pub(crate) fn assess(
             Err(e) => {
                 out.push(HostStatus {
                     host: r.host.clone(),
-                    error: Some(e.clone()),
+                    error: Some(e.to_string()),
                     ..Default::default()
                 });
                 continue;
@@ -409,9 +414,15 @@ pub(crate) fn host_problems(read: &HostRead, role: &Role) -> Vec<String> {
             .iter()
             .any(|c| c.service == TRAEFIK_SERVICE && c.status == "running")
         && !read.states.contains_key(TRAEFIK_SERVICE)
-        && !read.manifest.backends.iter().any(|b| b.service == TRAEFIK_SERVICE)
+        && !read
+            .manifest
+            .backends
+            .iter()
+            .any(|b| b.service == TRAEFIK_SERVICE)
     {
-        out.push("traefik is not running (the host is a bastion). Fix: run mesh services-up".into());
+        out.push(
+            "traefik is not running (the host is a bastion). Fix: run mesh services-up".into(),
+        );
     }
     if !read.overlay.assigned {
         out.push(format!(
@@ -538,7 +549,7 @@ pub(crate) mod tests {
         assert!(d(4 * 1024 * 1024).is_low(), "under 5%");
     }
 
-    fn reading(host: &str, peer: Option<&str>, read: Result<HostRead, String>) -> Reading {
+    fn reading(host: &str, peer: Option<&str>, read: Result<HostRead, Unread>) -> Reading {
         Reading {
             host: host.into(),
             role: Role {
@@ -560,7 +571,7 @@ pub(crate) mod tests {
         let readings = vec![
             reading("w1", Some("w2"), Ok(quiet)),
             reading("w2", Some("w3"), Ok(read(HEALTHY))),
-            reading("w3", Some("w1"), Err("cannot connect".into())),
+            reading("w3", Some("w1"), Err(Unread("cannot connect".into()))),
         ];
         let hosts: Vec<String> = ["w1", "w2", "w3", "b1"].map(String::from).to_vec();
         let st = assess(&readings, &hosts, None);
@@ -571,12 +582,20 @@ pub(crate) mod tests {
         assert!(!st[0].problems.iter().any(|p| p.contains("ping")));
         assert_eq!(st[2].all_problems(), ["failed: cannot connect"]);
         // No bastion read: every host says so once.
-        assert!(st[0]
-            .problems
-            .contains(&"routes on b1 not checked: b1 was not read".to_string()), "{:?}", st[0].problems);
+        assert!(
+            st[0]
+                .problems
+                .contains(&"routes on b1 not checked: b1 was not read".to_string()),
+            "{:?}",
+            st[0].problems
+        );
         // --service: hosts that do not run it are left out.
         assert_eq!(assess(&readings, &hosts, Some("cron")).len(), 3);
-        assert_eq!(assess(&readings, &hosts, Some("nope")).len(), 1, "the failed host stays");
+        assert_eq!(
+            assess(&readings, &hosts, Some("nope")).len(),
+            1,
+            "the failed host stays"
+        );
     }
 
     #[test]

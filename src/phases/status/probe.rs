@@ -194,7 +194,20 @@ pub(crate) struct HostRead {
     pub units: BTreeMap<String, String>,
     pub overlay: Overlay,
     /// A bastion's routes, or why they could not be read.
-    pub redis: Option<Result<Servers, String>>,
+    pub redis: Option<Result<Servers, RedisError>>,
+}
+
+/// Why a bastion's routes could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RedisError {
+    /// Redis said why not (wrong password, not running, …).
+    #[error("Redis answered: {0}")]
+    Refused(String),
+    #[error("redis-cli failed (exit {0}). Fix: check that redis-server runs on the bastion (mesh services installs it)")]
+    Failed(String),
+    /// The bastion itself could not be read.
+    #[error("{0} could not be read")]
+    Unread(String),
 }
 
 /// Why a host's answer could not be read.
@@ -338,7 +351,7 @@ fn parse_overlay(text: &str) -> Overlay {
 
 /// `key<TAB>value` lines then `@@exit N`; anything else is Redis saying
 /// why not (wrong password, not running).
-fn parse_redis(text: &str) -> Result<Servers, String> {
+fn parse_redis(text: &str) -> Result<Servers, RedisError> {
     let mut servers = Servers::new();
     let mut other = Vec::new();
     let mut code = None;
@@ -353,11 +366,10 @@ fn parse_redis(text: &str) -> Result<Servers, String> {
     }
     match code {
         Some(0) if other.is_empty() => Ok(servers),
-        _ if other.is_empty() => Err(format!(
-            "redis-cli failed (exit {})",
-            code.map_or_else(|| "?".into(), |c| c.to_string())
+        _ if other.is_empty() => Err(RedisError::Failed(
+            code.map_or_else(|| "?".into(), |c| c.to_string()),
         )),
-        _ => Err(format!("Redis answered: {}", other.join(" / "))),
+        _ => Err(RedisError::Refused(other.join(" / "))),
     }
 }
 
@@ -395,7 +407,10 @@ mod tests {
         for e in expect {
             assert!(text.contains(e), "missing {e}\nin\n{text}");
         }
-        assert!(text.ends_with("return out' 0 2>&1; echo \"@@exit $?\"\n"), "{text}");
+        assert!(
+            text.ends_with("return out' 0 2>&1; echo \"@@exit $?\"\n"),
+            "{text}"
+        );
         // A bastion outside --limit: its clock and its routes only.
         let only = script(&Probe {
             host: false,
@@ -403,7 +418,12 @@ mod tests {
             ..probe()
         });
         crate::quote::assert_valid_sh(&only);
-        assert!(only.as_str().starts_with("echo @@mesh-now; date +%s\necho @@mesh-redis\nREDISCLI_AUTH="), "{}", only.as_str());
+        assert!(
+            only.as_str()
+                .starts_with("echo @@mesh-now; date +%s\necho @@mesh-redis\nREDISCLI_AUTH="),
+            "{}",
+            only.as_str()
+        );
         let plain = script(&Probe {
             peer_ip: None,
             redis_ip: None,
@@ -477,7 +497,10 @@ mod tests {
             servers["traefik/http/services/web/loadbalancer/servers/w1/url"],
             "http://10.1.0.2:8001"
         );
-        assert!(matches!(parse("w1", "garbage"), Err(ParseError::Garbled(_))));
+        assert!(matches!(
+            parse("w1", "garbage"),
+            Err(ParseError::Garbled(_))
+        ));
         assert!(matches!(
             parse("w1", "@@mesh-now\n1\n@@mesh-routes\nnot json\n"),
             Err(ParseError::Manifest(m)) if m.contains("Fix:")
@@ -489,11 +512,17 @@ mod tests {
         assert_eq!(parse_redis("\n@@exit 0\n"), Ok(Servers::new()));
         assert_eq!(
             parse_redis("NOAUTH Authentication required.\n@@exit 1\n"),
-            Err("Redis answered: NOAUTH Authentication required.".into())
+            Err(RedisError::Refused(
+                "NOAUTH Authentication required.".into()
+            ))
         );
         assert_eq!(
             parse_redis("@@exit 127\n"),
-            Err("redis-cli failed (exit 127)".into())
+            Err(RedisError::Failed("127".into()))
+        );
+        assert_eq!(
+            RedisError::Refused("NOAUTH x".into()).to_string(),
+            "Redis answered: NOAUTH x"
         );
     }
 }

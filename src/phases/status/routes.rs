@@ -5,7 +5,7 @@
 //! route the host does not publish at all, and routes of hosts that are no
 //! longer in the inventory.
 
-use super::probe::{HostRead, Servers};
+use super::probe::{HostRead, RedisError, Servers};
 use super::{services, Role};
 use crate::phases::services::publish::service_keys;
 use std::collections::{BTreeMap, BTreeSet};
@@ -113,7 +113,7 @@ pub(crate) fn check(
     host: &str,
     read: &HostRead,
     role: &Role,
-    held: &BTreeMap<&str, Result<&Servers, String>>,
+    held: &BTreeMap<&str, Result<&Servers, RedisError>>,
     only: Option<&str>,
 ) -> Found {
     let mut found = Found::default();
@@ -272,8 +272,14 @@ mod tests {
         let read = read(HEALTHY);
         let on_b1 = servers(&[
             (KEY, "http://10.0.0.2:8000"),
-            ("traefik/http/services/old/loadbalancer/servers/w1/url", "http://10.0.0.2:9000"),
-            ("traefik/http/services/web/loadbalancer/servers/w2/url", "http://10.0.0.3:8001"),
+            (
+                "traefik/http/services/old/loadbalancer/servers/w1/url",
+                "http://10.0.0.2:9000",
+            ),
+            (
+                "traefik/http/services/web/loadbalancer/servers/w2/url",
+                "http://10.0.0.3:8001",
+            ),
         ]);
         let held = BTreeMap::from([("b1", Ok(&on_b1))]);
         let found = check("w1", &read, &role(), &held, None);
@@ -290,7 +296,7 @@ mod tests {
         assert_eq!(found.problems.len(), 1);
         assert_eq!(found.held["b1"].len(), 1);
         // A bastion that could not be read, one the inventory no longer names.
-        let held = BTreeMap::from([("b1", Err("Redis answered: NOAUTH".to_string()))]);
+        let held = BTreeMap::from([("b1", Err(RedisError::Refused("NOAUTH".into())))]);
         assert_eq!(
             check("w1", &read, &role(), &held, None).problems,
             ["routes on b1 not checked: Redis answered: NOAUTH"]
@@ -310,7 +316,10 @@ mod tests {
         let held = servers(&[
             ("traefik/http/services/web/loadbalancer/servers/w1/url", "u"),
             ("traefik/http/services/web/loadbalancer/servers/w9/url", "u"),
-            ("traefik/tcp/services/db/loadbalancer/servers/w9/address", "a"),
+            (
+                "traefik/tcp/services/db/loadbalancer/servers/w9/address",
+                "a",
+            ),
             ("traefik/http/services/web/loadbalancer/servers/0/url", "u"),
         ]);
         assert_eq!(
@@ -359,7 +368,10 @@ mod tests {
         assert_eq!(st.len(), 1, "a bastion outside --limit is not shown");
         assert_eq!(
             st[0].all_problems(),
-            ["cron: exited (code 137)", "web: route on b1 points at :8000, host says :8001. Fix: run mesh services-up"]
+            [
+                "cron: exited (code 137)",
+                "web: route on b1 points at :8000, host says :8001. Fix: run mesh services-up"
+            ]
         );
     }
 }

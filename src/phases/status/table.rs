@@ -48,8 +48,9 @@ fn image_cell(service: &str, image: &str) -> String {
 
 fn state_cell(s: &ServiceStatus) -> String {
     match &s.container {
-        Some(c) if !c.health.is_empty() => format!("{} ({})", c.status, c.health),
+        // A stopped container keeps its last health: not worth showing.
         Some(c) if c.status == "exited" => format!("exited ({})", c.exit_code),
+        Some(c) if !c.health.is_empty() => format!("{} ({})", c.status, c.health),
         Some(c) => c.status.clone(),
         None => "missing".into(),
     }
@@ -78,10 +79,7 @@ const HEADER: [&str; 8] = [
 /// The table: failed hosts first, then hosts with problems, then (with
 /// `verbose`) healthy ones; a count line at the end.
 pub(crate) fn render(hosts: &[HostStatus], verbose: bool) -> String {
-    let mut order: Vec<&HostStatus> = hosts
-        .iter()
-        .filter(|h| verbose || !h.is_ok())
-        .collect();
+    let mut order: Vec<&HostStatus> = hosts.iter().filter(|h| verbose || !h.is_ok()).collect();
     order.sort_by_key(|h| (h.error.is_none(), h.is_ok()));
     let mut rows: Vec<[String; 8]> = vec![HEADER.map(String::from)];
     // After which row the problems of a host go.
@@ -185,7 +183,7 @@ pub(crate) fn host_json(h: &HostStatus) -> serde_json::Value {
                 "port": s.port,
                 "image": s.image,
                 "state": c.map(|c| c.status.clone()),
-                "health": c.and_then(|c| (!c.health.is_empty()).then(|| c.health.clone())),
+                "health": c.and_then(|c| (c.status == "running" && !c.health.is_empty()).then(|| c.health.clone())),
                 "exit_code": c.filter(|c| c.status == "exited").map(|c| c.exit_code),
                 "started_at": c.map(|c| c.started_at.clone()),
                 "uptime_seconds": s.uptime,
@@ -285,8 +283,14 @@ w2    web      b :8001  2      running (healthy)  3m  3m ago running root@ctl  /
         );
         let all = render(&hosts, true);
         assert!(all.contains("\nw1    web"), "{all}");
-        assert!(all.ends_with("3 hosts: 1 healthy, 1 with problems, 1 failed\n"), "{all}");
-        assert_eq!(render(&[ok("w1")], false), "1 hosts: 1 healthy (-v lists them), 0 with problems, 0 failed\n");
+        assert!(
+            all.ends_with("3 hosts: 1 healthy, 1 with problems, 1 failed\n"),
+            "{all}"
+        );
+        assert_eq!(
+            render(&[ok("w1")], false),
+            "1 hosts: 1 healthy (-v lists them), 0 with problems, 0 failed\n"
+        );
     }
 
     #[test]
@@ -305,7 +309,25 @@ w2    web      b :8001  2      running (healthy)  3m  3m ago running root@ctl  /
         assert_eq!(sum["with_problems"], 1);
         assert_eq!(sum["ok"], false);
         assert_eq!(sum["seconds"], 1.23);
-        assert_eq!(summary_json(&[], 0.0)["ok"], false, "nothing read is not fine");
+        assert_eq!(
+            summary_json(&[], 0.0)["ok"],
+            false,
+            "nothing read is not fine"
+        );
+    }
+
+    #[test]
+    fn a_stopped_copy_shows_its_exit_code_not_its_last_health() {
+        let read = read("web|mesh-web-b|exited|unhealthy|2025-12-02T07:40:00Z|137|mesh/web:2");
+        let web = &services(&read, Some("web"))[0];
+        assert_eq!(state_cell(web), "exited (137)");
+        assert_eq!(
+            host_json(&HostStatus {
+                services: vec![web.clone()],
+                ..Default::default()
+            })["services"][0]["health"],
+            serde_json::Value::Null
+        );
     }
 
     #[test]
