@@ -201,7 +201,7 @@ pub(crate) fn plan_host(
         match render_file(path, text.as_bytes(), &vars) {
             Ok((_, bytes)) => match compose::parse(path, &String::from_utf8_lossy(&bytes)) {
                 Ok(doc) => docs.push((path.clone(), doc)),
-                Err(e) => problems.push(e),
+                Err(e) => problems.push(e.to_string()),
             },
             Err(e) => problems.push(e.to_string()),
         }
@@ -210,7 +210,7 @@ pub(crate) fn plan_host(
         return Err(problems);
     }
     let files: Vec<PathBuf> = docs.iter().map(|(p, _)| p.clone()).collect();
-    let doc = compose::merge(docs).map_err(|e| vec![e])?;
+    let doc = compose::merge(docs).map_err(|e| vec![e.to_string()])?;
     let defined = compose::service_names(&doc);
     let bastion = host.is_bastion();
     let run: Vec<String> = if host.services.is_empty() {
