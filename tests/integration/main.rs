@@ -1456,10 +1456,9 @@ fn probe_deb(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
     deb
 }
 
-#[test]
-fn care_upgrades_matching_hosts_in_batches_runs_hooks_and_waits_out_a_reboot() {
-    let lab = Lab::start("care", 3, 30);
-    // Version 1.0 installed everywhere; 2.0 offered by a local apt repository.
+/// Version 1.0 of `mesh-care-probe` installed on hosts `hosts`, 2.0
+/// offered by a local apt repository there (the upgrade care must make).
+fn offer_probe_upgrade(lab: &Lab, hosts: &[usize]) {
     let work = tempfile::tempdir().unwrap();
     let v1 = probe_deb(work.path(), "1.0");
     let repo = work.path().join("repo");
@@ -1475,7 +1474,7 @@ fn care_upgrades_matching_hosts_in_batches_runs_hooks_and_waits_out_a_reboot() {
         .output()
         .unwrap();
     std::fs::write(repo.join("Packages"), scan.stdout).unwrap();
-    for i in 1..=3 {
+    for &i in hosts {
         lab.docker(&[
             "cp",
             v1.to_str().unwrap(),
@@ -1493,6 +1492,35 @@ fn care_upgrades_matching_hosts_in_batches_runs_hooks_and_waits_out_a_reboot() {
         );
         assert_eq!(r.code, 0, "{}", r.stderr);
     }
+}
+
+/// A lab host whose PID 1 exits stops; this starts it again once it went
+/// down, as a machine powering back on. True if it went down within 90 s.
+fn power_back_on(host: String) -> std::thread::JoinHandle<bool> {
+    std::thread::spawn(move || {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        while std::time::Instant::now() < end {
+            let state = std::process::Command::new("docker")
+                .args(["inspect", "-f", "{{.State.Running}}", &host])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&state.stdout).trim() == "false" {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let _ = std::process::Command::new("docker")
+                    .args(["start", &host])
+                    .output();
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        false
+    })
+}
+
+#[test]
+fn care_upgrades_matching_hosts_in_batches_runs_hooks_and_waits_out_a_reboot() {
+    let lab = Lab::start("care", 3, 30);
+    offer_probe_upgrade(&lab, &[1, 2, 3]);
     lab.on(1, "touch /var/run/reboot-required");
     // Hosts 1 and 2 are web hosts; 3 is a db host.
     let inv = lab.write_inventory("care.yml", |text| {
@@ -1577,25 +1605,7 @@ fn care_upgrades_matching_hosts_in_batches_runs_hooks_and_waits_out_a_reboot() {
     // --reboot: the host goes down (a lab host whose PID 1 exits stops; this
     // test starts it again, as a machine powering back on) and mesh waits
     // for the new boot before it reports.
-    let host = lab.host(1);
-    let watcher = std::thread::spawn(move || {
-        let end = std::time::Instant::now() + std::time::Duration::from_secs(90);
-        while std::time::Instant::now() < end {
-            let state = std::process::Command::new("docker")
-                .args(["inspect", "-f", "{{.State.Running}}", &host])
-                .output()
-                .unwrap();
-            if String::from_utf8_lossy(&state.stdout).trim() == "false" {
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                let _ = std::process::Command::new("docker")
-                    .args(["start", &host])
-                    .output();
-                return true;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        false
-    });
+    let watcher = power_back_on(lab.host(1));
     let rebooted = Mesh::new(&inv)
         .args([
             "care",
@@ -1620,6 +1630,160 @@ fn care_upgrades_matching_hosts_in_batches_runs_hooks_and_waits_out_a_reboot() {
         1,
         "/run is new after a boot"
     );
+}
+
+/// Which of hosts `of` answered `domain` through `addr` within a while.
+fn wait_for_backends(lab: &Lab, addr: &str, domain: &str, of: &[usize]) {
+    let mut seen = std::collections::BTreeSet::new();
+    util::eventually(|| {
+        let (status, body) = util::http_get(addr, domain)?;
+        if status != 200 {
+            return Err(format!("{addr} {domain}: {status} {body}"));
+        }
+        for &i in of {
+            if body.contains(&format!("served by {}", lab.host(i))) {
+                seen.insert(i);
+            }
+        }
+        (seen.len() == of.len())
+            .then_some(())
+            .ok_or(format!("{addr} {domain}: backends so far {seen:?}"))
+    });
+}
+
+#[test]
+fn care_drains_a_worker_through_its_reboot_without_a_failed_request_and_spares_a_sole_replica() {
+    let lab = Lab::start("carefleet", 3, 37);
+    lab.install_docker();
+    // Host 1 is the only bastion (the only traefik); hosts 2 and 3 run web.
+    let df = util::example_dockerfiles();
+    let dir = df.path().to_str().unwrap().to_string();
+    let inv = lab.services_inventory(
+        "carefleet.yml",
+        &services_vars(&lab, "web.example.test").replace("crowdsec: true", "crowdsec: false"),
+    );
+    let mesh = || Mesh::new(&inv);
+    mesh().args(["services", "--dockerfiles", &dir]).run().ok();
+    mesh().args(["services-up"]).run().ok();
+    let bastion = lab.ip(1);
+    wait_for_backends(&lab, &bastion, "web.example.test", &[2, 3]);
+    offer_probe_upgrade(&lab, &[2]);
+    for i in [1, 2] {
+        assert_eq!(lab.on(i, "touch /var/run/reboot-required").code, 0);
+    }
+    let keys = || lab.redis("--scan --pattern 'traefik/*' | sort");
+    let keys_before = keys();
+    let boot = |i: usize| {
+        lab.on(i, "cat /proc/sys/kernel/random/boot_id; ps -o lstart= -p 1")
+            .stdout
+    };
+
+    // A dry run lists the packages and what would happen; nothing changes.
+    let dry = mesh()
+        .args([
+            "--dry-run",
+            "care",
+            "--group",
+            &lab.host(2),
+            "--reboot",
+            "--dockerfiles",
+            &dir,
+        ])
+        .run()
+        .ok();
+    let h2 = lab.host(2);
+    for line in [
+        format!("[{h2}]   would change package mesh-care-probe: 1.0 → 2.0"),
+        format!(
+            "[{h2}] would withdraw the routes of web from {} first",
+            lab.host(1)
+        ),
+        format!("[{h2}] would reboot"),
+    ] {
+        assert!(dry.stdout.contains(&line), "{line}\n{}", dry.stdout);
+    }
+    assert_eq!(
+        lab.on(2, "dpkg-query -W -f '${Version}' mesh-care-probe")
+            .stdout,
+        "1.0"
+    );
+    assert_eq!(keys(), keys_before);
+    // The host's own package lists were not refreshed by the dry run.
+    assert_ne!(
+        lab.on(2, "ls /var/lib/apt/lists/ | grep -q care-repo").code,
+        0
+    );
+
+    // The bastion holds the only traefik: refused before anything changes.
+    let boot1 = boot(1);
+    let sole = mesh()
+        .args([
+            "care",
+            "--group",
+            &lab.host(1),
+            "--reboot",
+            "--dockerfiles",
+            &dir,
+        ])
+        .run()
+        .expect_code(1);
+    assert!(
+        sole.stdout.contains(&format!(
+            "{} holds the only replica of traefik",
+            lab.host(1)
+        )) && sole.stdout.contains("--allow-downtime"),
+        "{}",
+        sole.stdout
+    );
+    assert_eq!(boot(1), boot1, "the bastion rebooted");
+    assert_eq!(lab.on(1, "test -e /var/run/reboot-required").code, 0);
+    assert_eq!(keys(), keys_before);
+
+    // A worker of the two: withdrawn, upgraded, rebooted, its containers
+    // up, its route back — under a request loop that never fails.
+    let web2 = containers(&lab, 2, "web");
+    assert!(!web2.is_empty());
+    let requests = RequestLoop::start(bastion.clone(), "web.example.test");
+    let watcher = power_back_on(lab.host(2));
+    let run = mesh()
+        .args([
+            "care",
+            "--group",
+            &lab.host(2),
+            "--reboot",
+            "--reboot-wait",
+            "120",
+            "--dockerfiles",
+            &dir,
+        ])
+        .run()
+        .ok();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    no_failures(
+        vec![("web via the bastion".into(), requests)],
+        "care --reboot",
+    );
+    assert!(watcher.join().unwrap(), "the worker never went down");
+    for line in [
+        format!("[{h2}] withdrawn: web from {}", lab.host(1)),
+        format!("[{h2}] package mesh-care-probe: 1.0 → 2.0"),
+        format!("[{h2}] rebooted: back"),
+        format!("[{h2}] routes: web back on {}", lab.host(1)),
+    ] {
+        assert!(run.stdout.contains(&line), "{line}\n{}", run.stdout);
+    }
+    assert_eq!(
+        lab.on(2, "test -e /var/run/reboot-required").code,
+        1,
+        "/run is new after a boot"
+    );
+    let running = lab.on(
+        2,
+        "docker ps --filter label=com.docker.compose.service=web --format '{{.State}}'",
+    );
+    assert_eq!(running.stdout.trim(), "running", "{}", running.stderr);
+    wait_for_backends(&lab, &bastion, "web.example.test", &[2, 3]);
+    assert_eq!(keys(), keys_before, "the routes came back as they were");
 }
 
 /// The app of the fleet tests' extra services (python3, like the example's

@@ -26,7 +26,7 @@
 //! (unless `--no-rollback`). `--rollback` pops the host's stack of previous
 //! images. Every host gets an audit line.
 
-mod commands;
+pub(crate) mod commands;
 
 use super::services::build::Image;
 use super::services::folder::Strategy;
