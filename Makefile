@@ -16,7 +16,7 @@ SERVICE         ?=
 GROUP           ?=
 MESH            := target/release/mesh
 
-.PHONY: help prereqs lab-image lab lab-down build garage test demo bench \
+.PHONY: help prereqs lab-image lab lab-down build garage test demo bench man \
 	nodes services services-up deploy care FORCE
 
 help: ## List targets and their variables
@@ -44,6 +44,9 @@ $(MESH): FORCE
 	cargo build --release --quiet
 
 build: $(MESH) ## Build target/release/mesh
+
+man: $(MESH) ## Man pages generated from --help, in target/man
+	$(MESH) man target/man
 
 garage: ## Build the real garage binary for the lab once (cached in ~/.cache/mesh)
 	tests/lab/garage.sh >/dev/null

@@ -61,6 +61,8 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Care(args) => command::care::run(&mut s, args).await,
         Command::Prune(args) => command::prune::run(&mut s, args).await,
         Command::Exec(args) => command::exec::run(&mut s, args).await,
+        Command::Status(args) => command::status::run(&mut s, args).await,
+        Command::Logs(args) => command::logs::run(&mut s, args).await,
         Command::Bench(args) => command::bench::run(&mut s, args).await,
         Command::Inventory(_) | Command::Completions(_) | Command::Man(_) => {
             unreachable!("handled above")

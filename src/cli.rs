@@ -118,6 +118,13 @@ pub enum Command {
     Prune(command::prune::Args),
     /// Run an ad-hoc command on every selected host and show each host's output.
     Exec(command::exec::Args),
+    /// What runs where, and whether anything is wrong: each service's live
+    /// slot, image, state, uptime and last deploy, route drift on the
+    /// bastions, disk, daemons, overlay (exit 1 when something is wrong).
+    Status(command::status::Args),
+    /// The live copy's logs of a service from every host that runs it,
+    /// each line prefixed by its host.
+    Logs(command::logs::Args),
     /// Print the resolved hosts, their groups and facts.
     Inventory(command::inventory::Args),
     /// Print a shell completion script for mesh (bash, zsh, fish, …).
@@ -141,6 +148,8 @@ impl Command {
             Command::Care(_) => "care",
             Command::Prune(_) => "prune",
             Command::Exec(_) => "exec",
+            Command::Status(_) => "status",
+            Command::Logs(_) => "logs",
             Command::Inventory(_) => "inventory",
             Command::Completions(_) => "completions",
             Command::Man(_) => "man",
@@ -154,6 +163,8 @@ impl Command {
         !matches!(
             self,
             Command::Exec(_)
+                | Command::Status(_)
+                | Command::Logs(_)
                 | Command::Inventory(_)
                 | Command::Completions(_)
                 | Command::Man(_)

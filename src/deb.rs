@@ -29,7 +29,7 @@ pub enum DebError {
     MalformedIndex {
         index: String,
         line: usize,
-        reason: String,
+        reason: IndexProblem,
     },
     /// A wanted package is not listed in the index.
     #[error(
@@ -60,10 +60,59 @@ pub enum DebError {
         "{path}: invalid lock file: {reason}; fix it by hand, or delete it and run \
          `mesh nodes --update-lock` to pin the Docker packages again"
     )]
-    LockInvalid { path: PathBuf, reason: String },
+    LockInvalid { path: PathBuf, reason: LockProblem },
     /// Serializing the lock failed (should not happen).
     #[error("cannot serialize the lock file: {0}; this is a bug in mesh, please report it")]
     LockSerialize(String),
+}
+
+/// What makes a `Packages` index unusable (see [`DebError::MalformedIndex`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IndexProblem {
+    #[error("continuation line outside a field")]
+    StrayContinuation,
+    #[error("expected `Field: value`, found `{found}`")]
+    NotAField { found: String },
+    #[error("field `{name}` repeated in one stanza")]
+    RepeatedField { name: String },
+    #[error("no stanza names a package with a version, file and SHA256")]
+    NoPackages,
+    #[error("package {package}: SHA256 `{value}` is not 64 hex digits")]
+    BadSha256 { package: String, value: String },
+    #[error("package {package}: unsafe Filename `{value}`")]
+    UnsafeFilename { package: String, value: String },
+    #[error("package {package}: Size `{value}` is not a number")]
+    BadSize { package: String, value: String },
+}
+
+/// What a parsed lock file holds that mesh cannot trust (see [`DebError::LockInvalid`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LockProblem {
+    /// `number` counts sets from 1.
+    #[error("set #{number} has an empty codename or arch")]
+    EmptySet { number: usize },
+    #[error("{codename}/{arch} is listed twice")]
+    Repeated { codename: String, arch: String },
+    #[error("{0} has an empty name or version")]
+    EmptyPackage(LockedName),
+    #[error("{0}: sha256 is not 64 hex digits")]
+    BadSha256(LockedName),
+    #[error("{what}: unsafe filename `{filename}`")]
+    UnsafeFilename { what: LockedName, filename: String },
+}
+
+/// A package of a lock set, for messages: ``bookworm/amd64 package `docker-ce` ``.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockedName {
+    pub codename: String,
+    pub arch: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for LockedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} package `{}`", self.codename, self.arch, self.name)
+    }
 }
 
 fn closest_hint(closest: &[String]) -> String {
@@ -207,7 +256,7 @@ struct Field {
 /// Package/Version/Filename/SHA256 are skipped; a malformed file (e.g. HTML
 /// error page) is an error naming the source.
 pub fn parse_packages(source: &str, text: &str) -> Result<Vec<PackageEntry>, DebError> {
-    let malformed = |line: usize, reason: String| DebError::MalformedIndex {
+    let malformed = |line: usize, reason: IndexProblem| DebError::MalformedIndex {
         index: source.to_string(),
         line,
         reason,
@@ -234,10 +283,7 @@ pub fn parse_packages(source: &str, text: &str) -> Result<Vec<PackageEntry>, Deb
         let lineno = idx + 1;
         if line.starts_with([' ', '\t']) {
             let Some(last) = fields.last_mut() else {
-                return Err(malformed(
-                    lineno,
-                    "continuation line outside a field".into(),
-                ));
+                return Err(malformed(lineno, IndexProblem::StrayContinuation));
             };
             last.value.push('\n');
             last.value.push_str(line.trim());
@@ -246,13 +292,17 @@ pub fn parse_packages(source: &str, text: &str) -> Result<Vec<PackageEntry>, Deb
         let Some((name, value)) = line.split_once(':').filter(|(n, _)| valid_field_name(n)) else {
             return Err(malformed(
                 lineno,
-                format!("expected `Field: value`, found `{}`", excerpt(line)),
+                IndexProblem::NotAField {
+                    found: excerpt(line),
+                },
             ));
         };
         if fields.iter().any(|f| f.name.eq_ignore_ascii_case(name)) {
             return Err(malformed(
                 lineno,
-                format!("field `{name}` repeated in one stanza"),
+                IndexProblem::RepeatedField {
+                    name: name.to_string(),
+                },
             ));
         }
         if fields.is_empty() {
@@ -266,10 +316,7 @@ pub fn parse_packages(source: &str, text: &str) -> Result<Vec<PackageEntry>, Deb
 
     // Stanzas that all lack a package (e.g. a Release file) mean a wrong URL.
     if stanzas > 0 && entries.is_empty() {
-        return Err(malformed(
-            1,
-            "no stanza names a package with a version, file and SHA256".into(),
-        ));
+        return Err(malformed(1, IndexProblem::NoPackages));
     }
     Ok(entries)
 }
@@ -296,7 +343,7 @@ fn excerpt(line: &str) -> String {
 
 /// Builds the entry for one stanza: `Ok(None)` when a needed field is
 /// missing, `Err(reason)` when a field mesh relies on has a bad value.
-fn stanza_entry(fields: &[Field]) -> Result<Option<PackageEntry>, String> {
+fn stanza_entry(fields: &[Field]) -> Result<Option<PackageEntry>, IndexProblem> {
     let get = |name: &str| {
         fields
             .iter()
@@ -313,22 +360,23 @@ fn stanza_entry(fields: &[Field]) -> Result<Option<PackageEntry>, String> {
         return Ok(None);
     };
     if !is_sha256_hex(sha256) {
-        return Err(format!(
-            "package {package}: SHA256 `{}` is not 64 hex digits",
-            excerpt(sha256)
-        ));
+        return Err(IndexProblem::BadSha256 {
+            package: package.to_string(),
+            value: excerpt(sha256),
+        });
     }
     if !is_safe_filename(filename) {
-        return Err(format!(
-            "package {package}: unsafe Filename `{}`",
-            excerpt(filename)
-        ));
+        return Err(IndexProblem::UnsafeFilename {
+            package: package.to_string(),
+            value: excerpt(filename),
+        });
     }
     let size = match get("Size") {
         None => 0,
-        Some(s) => s
-            .parse()
-            .map_err(|_| format!("package {package}: Size `{}` is not a number", excerpt(s)))?,
+        Some(s) => s.parse().map_err(|_| IndexProblem::BadSize {
+            package: package.to_string(),
+            value: excerpt(s),
+        })?,
     };
     Ok(Some(PackageEntry {
         package: package.to_string(),
@@ -494,27 +542,37 @@ impl Lock {
     }
 
     /// Checks what a hand edit could break before anything is installed.
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), LockProblem> {
         for (i, set) in self.sets.iter().enumerate() {
             if set.codename.is_empty() || set.arch.is_empty() {
-                return Err(format!("set #{} has an empty codename or arch", i + 1));
+                return Err(LockProblem::EmptySet { number: i + 1 });
             }
             let repeated = self.sets[..i]
                 .iter()
                 .any(|s| s.codename == set.codename && s.arch == set.arch);
             if repeated {
-                return Err(format!("{}/{} is listed twice", set.codename, set.arch));
+                return Err(LockProblem::Repeated {
+                    codename: set.codename.clone(),
+                    arch: set.arch.clone(),
+                });
             }
             for p in &set.packages {
-                let what = format!("{}/{} package `{}`", set.codename, set.arch, p.name);
+                let what = || LockedName {
+                    codename: set.codename.clone(),
+                    arch: set.arch.clone(),
+                    name: p.name.clone(),
+                };
                 if p.name.is_empty() || p.version.is_empty() {
-                    return Err(format!("{what} has an empty name or version"));
+                    return Err(LockProblem::EmptyPackage(what()));
                 }
                 if !is_sha256_hex(&p.sha256) {
-                    return Err(format!("{what}: sha256 is not 64 hex digits"));
+                    return Err(LockProblem::BadSha256(what()));
                 }
                 if !is_safe_filename(&p.filename) {
-                    return Err(format!("{what}: unsafe filename `{}`", p.filename));
+                    return Err(LockProblem::UnsafeFilename {
+                        what: what(),
+                        filename: p.filename.clone(),
+                    });
                 }
             }
         }

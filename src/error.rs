@@ -39,6 +39,10 @@ pub enum Error {
     Deploy(#[from] command::deploy::InputError),
     #[error(transparent)]
     Care(#[from] command::care::InputError),
+    #[error(transparent)]
+    Status(#[from] command::status::InputError),
+    #[error(transparent)]
+    Logs(#[from] command::logs::InputError),
     /// The controller itself cannot start the run (temp dir, log dir, runtime).
     #[error("{what}: {source}")]
     Local {

@@ -511,13 +511,16 @@ impl BatchSize {
     }
 }
 
-impl std::str::FromStr for BatchSize {
-    type Err = String;
+/// A `--batch` that is neither a number of hosts nor a percentage.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("batch \"{0}\" is not a number of hosts or a percentage. Fix: write e.g. 1, 5 or 25%")]
+pub struct BadBatchSize(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("batch \"{s}\" is not a number of hosts or a percentage. Fix: write e.g. 1, 5 or 25%")
-        };
+impl std::str::FromStr for BatchSize {
+    type Err = BadBatchSize;
+
+    fn from_str(s: &str) -> Result<Self, BadBatchSize> {
+        let bad = || BadBatchSize(s.to_string());
         match s.strip_suffix('%') {
             Some(p) => match p.parse::<u32>() {
                 Ok(p) if (1..=100).contains(&p) => Ok(BatchSize::Percent(p)),
@@ -537,13 +540,27 @@ impl std::str::FromStr for BatchSize {
 /// of different groups go together.
 pub fn plan_batches(hosts: usize, size: usize, groups: Option<&[Vec<String>]>) -> Vec<Vec<usize>> {
     let size = size.max(1);
+    match groups {
+        Some(g) => plan_batches_capped(&g[..hosts.min(g.len())], |_| size),
+        None => (0..hosts)
+            .collect::<Vec<_>>()
+            .chunks(size)
+            .map(<[usize]>::to_vec)
+            .collect(),
+    }
+}
+
+/// Batches in host order where each host counts in every one of its
+/// `groups` (inventory groups, or e.g. the services it runs), and a batch
+/// holds at most `cap(group)` hosts of any group (at least 1). A host joins
+/// the first batch it fits in.
+pub fn plan_batches_capped(groups: &[Vec<String>], cap: impl Fn(&str) -> usize) -> Vec<Vec<usize>> {
     let mut batches: Vec<Vec<usize>> = Vec::new();
-    for i in 0..hosts {
-        let fits = |batch: &Vec<usize>| match groups {
-            None => batch.len() < size,
-            Some(g) => g[i]
-                .iter()
-                .all(|group| batch.iter().filter(|&&j| g[j].contains(group)).count() < size),
+    for (i, mine) in groups.iter().enumerate() {
+        let fits = |batch: &Vec<usize>| {
+            mine.iter().all(|group| {
+                batch.iter().filter(|&&j| groups[j].contains(group)).count() < cap(group).max(1)
+            })
         };
         match batches.iter_mut().find(|b| fits(b)) {
             Some(b) => b.push(i),
@@ -691,7 +708,7 @@ mod tests {
                 if ctx.host.name == "c" {
                     return Err(OpFailure {
                         label: "new copy".into(),
-                        error: crate::ops::OpError::Other("never healthy".into()),
+                        error: crate::ops::OpError::Refused("never healthy".into()),
                         done: Vec::new(),
                     });
                 }
@@ -797,7 +814,11 @@ mod tests {
         assert_eq!("25%".parse::<BatchSize>().unwrap().of(10), 3);
         assert_eq!("3".parse::<BatchSize>().unwrap().of(10), 3);
         assert!("0".parse::<BatchSize>().is_err() && "101%".parse::<BatchSize>().is_err());
-        assert!("x".parse::<BatchSize>().unwrap_err().contains("Fix:"));
+        assert!("x"
+            .parse::<BatchSize>()
+            .unwrap_err()
+            .to_string()
+            .contains("Fix:"));
         // One host per group at a time; different groups go together.
         let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let groups = vec![
@@ -811,6 +832,35 @@ mod tests {
             plan_batches(5, 1, Some(&groups)),
             vec![vec![0, 2], vec![1, 4], vec![3]]
         );
+    }
+
+    #[test]
+    fn services_as_extra_groups_keep_a_replica_up_across_groups() {
+        let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // web-1 and db-1 are in different groups but hold the two replicas
+        // of `api`: never in one batch. Groups allow two hosts at a time.
+        let groups = vec![
+            g(&["web", "service api"]),
+            g(&["db", "service api"]),
+            g(&["web"]),
+            g(&["db", "service cache"]),
+        ];
+        let cap = |group: &str| if group.starts_with("service ") { 1 } else { 2 };
+        assert_eq!(
+            plan_batches_capped(&groups, cap),
+            vec![vec![0, 2, 3], vec![1]]
+        );
+        // Groups alone would have taken both replicas down together.
+        assert_eq!(
+            plan_batches(4, 2, Some(&groups[..])),
+            vec![vec![0, 1, 2, 3]]
+        );
+        // A cap of 0 counts as 1; no groups: one batch.
+        assert_eq!(
+            plan_batches_capped(&groups[..2], |_| 0),
+            vec![vec![0], vec![1]]
+        );
+        assert_eq!(plan_batches_capped(&[], |_| 1), Vec::<Vec<usize>>::new());
     }
 
     #[test]

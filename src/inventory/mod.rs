@@ -247,6 +247,22 @@ impl Default for IngressSettings {
     }
 }
 
+/// Why an `ingress.traefik_api` URL is refused; the message continues
+/// ``traefik_api "URL" …``.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TraefikApiError {
+    #[error("must start with http:// or https://")]
+    Scheme,
+    #[error("must not have a path (mesh adds /api/...)")]
+    Path,
+    #[error("needs a port, e.g. http://127.0.0.1:8080")]
+    NoPort,
+    #[error("needs a host, e.g. http://127.0.0.1:8080")]
+    NoHost,
+    #[error("has no valid port (1-65535)")]
+    BadPort,
+}
+
 /// Traefik's API as a bastion reaches it: `http(s)://host:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraefikApi {
@@ -264,26 +280,24 @@ impl TraefikApi {
     }
 
     /// `http(s)://host:port` (a path is not allowed: mesh adds `/api/...`).
-    pub fn parse(url: &str) -> Result<TraefikApi, String> {
+    pub fn parse(url: &str) -> Result<TraefikApi, TraefikApiError> {
         let rest = url
             .strip_prefix("http://")
             .or_else(|| url.strip_prefix("https://"))
-            .ok_or("must start with http:// or https://")?;
+            .ok_or(TraefikApiError::Scheme)?;
         let rest = rest.trim_end_matches('/');
         if rest.contains('/') {
-            return Err("must not have a path (mesh adds /api/...)".into());
+            return Err(TraefikApiError::Path);
         }
-        let (host, port) = rest
-            .rsplit_once(':')
-            .ok_or("needs a port, e.g. http://127.0.0.1:8080")?;
+        let (host, port) = rest.rsplit_once(':').ok_or(TraefikApiError::NoPort)?;
         if host.is_empty() || host.contains(char::is_whitespace) {
-            return Err("needs a host, e.g. http://127.0.0.1:8080".into());
+            return Err(TraefikApiError::NoHost);
         }
         let port: u16 = port
             .parse()
             .ok()
             .filter(|p| *p > 0)
-            .ok_or("has no valid port (1-65535)")?;
+            .ok_or(TraefikApiError::BadPort)?;
         Ok(TraefikApi {
             base: url.trim_end_matches('/').to_string(),
             port,

@@ -577,7 +577,7 @@ mod tests {
 
     /// The part sent as mesh sends a change batch, run by the local `sh`;
     /// its stdin is read from the local file only now, as the upload would.
-    fn upload_locally(part: Part) -> Result<(), String> {
+    fn upload_locally(part: Part) -> Result<(), crate::ops::OpError> {
         let conn = crate::ssh::recording::RecordingTransport::local_sh(None);
         let log = HostLog::discard();
         let ctx = OpCtx {
@@ -591,7 +591,7 @@ mod tests {
             .build()
             .unwrap()
             .block_on(batch)
-            .map_err(|(_, e)| e.to_string())
+            .map_err(|(_, e)| e)
     }
 
     #[test]
@@ -603,7 +603,7 @@ mod tests {
         let op = FileOp::from_local(dest.to_str().unwrap(), &local).unwrap();
         // Same size, other bytes: the size check alone would pass.
         std::fs::write(&local, b"changed bytes\n").unwrap();
-        let err = upload_locally(op.part(CONTENT)).unwrap_err();
+        let err = upload_locally(op.part(CONTENT)).unwrap_err().to_string();
         assert!(
             err.contains("upload differs from what mesh checked"),
             "{err}"

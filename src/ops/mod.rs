@@ -61,6 +61,22 @@ pub enum OpError {
         code: String,
         tail: String,
     },
+    /// The probe shows a state the op must not change (its
+    /// [`Decision::Fail`]): what is wrong and what to do about it.
+    #[error("{0}")]
+    Refused(String),
+    /// A probe or preview came back without an exit code: its answer may be
+    /// incomplete, so nothing is decided from it.
+    #[error("{what} was cut off")]
+    CutOff { what: &'static str },
+    /// An op without a batchable part that does not implement `apply` (a bug).
+    #[error("{label}: nothing to apply")]
+    NothingToApply { label: String },
+    /// A step's own typed error (e.g. the nodes phase's), carried as is.
+    #[error(transparent)]
+    Step(Box<dyn std::error::Error + Send + Sync>),
+    /// Deprecated: untyped text; use a named variant (or [`OpError::Step`]
+    /// with the phase's own error enum). Kept until every caller is typed.
     #[error("{0}")]
     Other(String),
 }
@@ -89,7 +105,8 @@ pub enum Decision {
     },
     /// Cannot tell yet: run this extra read-only script (batched with others) and decide again.
     Recheck(String),
-    /// The probe shows a state mesh cannot fix by itself.
+    /// The probe shows a state mesh cannot fix by itself: the message
+    /// (what is wrong, "Fix: …") becomes [`OpError::Refused`].
     Fail(String),
 }
 
@@ -228,10 +245,9 @@ pub trait Op: Send + Sync {
     fn apply<'a>(&'a self, ctx: &'a OpCtx<'a>, flags: u32) -> BoxFut<'a, Result<bool, OpError>> {
         Box::pin(async move {
             let Some(part) = self.apply_part(flags) else {
-                return Err(OpError::Other(format!(
-                    "{}: nothing to apply",
-                    self.label()
-                )));
+                return Err(OpError::NothingToApply {
+                    label: self.label(),
+                });
             };
             let changes = part.changes;
             run_batch(ctx, vec![(self.label(), part)])
@@ -406,7 +422,7 @@ async fn probe_all(ctx: &OpCtx<'_>, ops: &[Box<dyn Op>]) -> Result<Vec<String>, 
     }
     let out = ctx.run("probe", script.as_str(), Input::None).await?;
     if out.code.is_none() {
-        return Err(OpError::Other("probe was cut off".into()));
+        return Err(OpError::CutOff { what: "probe" });
     }
     split_marked(&out.stdout_str(), &mut found);
     Ok(found)
@@ -512,7 +528,7 @@ pub async fn converge(
             Decision::Refresh { flags } => (String::new(), flags, true),
             Decision::Change { reason, flags } => (reason, flags, false),
             Decision::Recheck(_) => ("state unknown".to_string(), u32::MAX, false),
-            Decision::Fail(msg) => return Err(fail(op.label(), OpError::Other(msg), &reports)),
+            Decision::Fail(msg) => return Err(fail(op.label(), OpError::Refused(msg), &reports)),
         };
         if dry_run {
             if !refresh {
@@ -674,7 +690,7 @@ async fn preview_all(
             ),
         );
         if out.code.is_none() {
-            return Err(OpError::Other("preview was cut off".into()));
+            return Err(OpError::CutOff { what: "preview" });
         }
         split_marked(&out.stdout_str(), &mut found);
     }
@@ -836,6 +852,42 @@ mod tests {
         assert_eq!(failure.done.len(), 1);
         assert_eq!(failure.done[0].outcome, Outcome::Changed);
         assert!(failure.error.to_string().contains("disk full"));
+    }
+
+    #[test]
+    fn a_state_the_op_must_not_change_is_refused_with_its_fix() {
+        let ops: Vec<Box<dyn Op>> = vec![Box::new(FileOp::from_bytes("/etc/a", "x"))];
+        let conn = RecordingTransport::new(|_, _| {
+            ok("@@mesh-op 0\nstat 4096 1700000000 755 root:root directory\nrec none\n")
+        });
+        let failure = converge_on(&conn, &ops, false).unwrap_err();
+        assert_eq!(failure.label, "file /etc/a");
+        let OpError::Refused(why) = &failure.error else {
+            panic!("{:?}", failure.error)
+        };
+        assert!(
+            why.contains("is a directory") && why.contains("Fix:"),
+            "{why}"
+        );
+        assert_eq!(conn.calls().len(), 1, "nothing applied");
+    }
+
+    #[test]
+    fn a_probe_cut_off_decides_nothing() {
+        let ops: Vec<Box<dyn Op>> = vec![Box::new(FileOp::from_bytes("/etc/a", "x"))];
+        let conn = RecordingTransport::new(|_, _| {
+            let mut o = ok("@@mesh-op 0\nstat absent\n");
+            o.code = None;
+            o
+        });
+        let failure = converge_on(&conn, &ops, false).unwrap_err();
+        assert!(
+            matches!(failure.error, OpError::CutOff { what: "probe" }),
+            "{:?}",
+            failure.error
+        );
+        assert_eq!(failure.error.to_string(), "probe was cut off");
+        assert_eq!(conn.calls().len(), 1, "nothing applied");
     }
 
     #[test]

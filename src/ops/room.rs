@@ -237,7 +237,8 @@ mod tests {
         // Enough room, or nothing to ship: nothing to say.
         let roomy = probe.replace("avail 292969", "avail 9999999");
         assert_eq!(op.decide(&roomy, None, false), Decision::Unchanged);
-        let have_all = "root /srv/docker\navail 1\nhave mesh/web:ab sha256:1\nhave mesh/api:cd sha256:2\n";
+        let have_all =
+            "root /srv/docker\navail 1\nhave mesh/web:ab sha256:1\nhave mesh/api:cd sha256:2\n";
         assert_eq!(op.decide(have_all, None, false), Decision::Unchanged);
     }
 

@@ -2,10 +2,10 @@
 //! templated files and a systemd unit that uses them, enabled and started.
 //! It measures mesh's own overhead on real hosts (see tests/bench/bench.sh).
 
-use super::{converge_ops, HostCtx, Phase, Step, StepOutcome};
+use super::{converge_ops, CheckError, HostCtx, Phase, Step, StepOutcome};
 use crate::ops::{DirOp, FileOp, Op, OpFailure, UnitOp};
 use crate::ssh::BoxFut;
-use crate::template::{render_j2, render_placeholders};
+use crate::template::{render_j2, render_placeholders, TemplateError};
 use std::path::{Path, PathBuf};
 
 const DIR: &str = "/opt/mesh-bench";
@@ -17,6 +17,18 @@ test -s {{ dir }}/asset.bin || exit 1\nexec sleep infinity\n";
 
 const UNIT: &str = "[Unit]\nDescription=mesh benchmark service\n\n[Service]\n\
 ExecStart=/opt/mesh-bench/run.sh\nRestart=on-failure\n\n[Install]\nWantedBy=multi-user.target\n";
+
+/// Why the bench step's ops cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("{}: {source}", .path.display())]
+    Asset {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
 
 pub struct Bench {
     pub asset: PathBuf,
@@ -32,9 +44,8 @@ pub fn phase(asset: &Path) -> Phase {
 }
 
 impl Bench {
-    fn ops(&self, ctx: &HostCtx) -> Result<Vec<Box<dyn Op>>, String> {
-        let conf = render_placeholders(Path::new("bench/app.conf"), CONF, &ctx.vars)
-            .map_err(|e| e.to_string())?;
+    fn ops(&self, ctx: &HostCtx) -> Result<Vec<Box<dyn Op>>, BenchError> {
+        let conf = render_placeholders(Path::new("bench/app.conf"), CONF, &ctx.vars)?;
         let extra = minijinja::Value::from(
             [("dir".to_string(), minijinja::Value::from(DIR))]
                 .into_iter()
@@ -45,10 +56,12 @@ impl Bench {
             RUN_J2,
             &ctx.vars,
             Some(&extra),
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let asset = FileOp::from_local(format!("{DIR}/asset.bin"), &self.asset)
-            .map_err(|e| format!("{}: {e}", self.asset.display()))?
+            .map_err(|source| BenchError::Asset {
+                path: self.asset.clone(),
+                source,
+            })?
             .id("asset");
         Ok(vec![
             Box::new(DirOp::new(DIR)),
@@ -71,8 +84,9 @@ impl Step for Bench {
         "bench"
     }
 
-    fn check(&self, ctx: &HostCtx) -> Result<(), String> {
-        self.ops(ctx).map(|_| ())
+    fn check(&self, ctx: &HostCtx) -> Result<(), CheckError> {
+        self.ops(ctx)?;
+        Ok(())
     }
 
     fn run<'a>(&'a self, ctx: &'a HostCtx) -> BoxFut<'a, Result<StepOutcome, OpFailure>> {

@@ -10,13 +10,16 @@ pub mod care;
 pub mod deploy;
 pub mod exec;
 pub mod facts;
+pub(crate) mod fanout;
+pub(crate) mod logs;
 pub mod nodes;
 pub(crate) mod prune;
 pub mod services;
+pub(crate) mod status;
 
-use crate::inventory::Host;
+use crate::inventory::{Arch, Host, ParseArchError};
 use crate::log::HostLog;
-use crate::ops::{OpCtx, OpFailure, OpReport};
+use crate::ops::{Op, OpCtx, OpError, OpFailure, OpReport};
 use crate::ssh::{BoxFut, Transport};
 use crate::template::VarSet;
 use std::sync::Arc;
@@ -84,14 +87,12 @@ impl HostCtx {
     }
 
     /// The host's architecture: the inventory's `arch`, else `uname -m`.
-    pub async fn arch(&self) -> Result<crate::inventory::Arch, String> {
+    pub async fn arch(&self) -> Result<Arch, ArchError> {
         if let Some(a) = self.host.arch {
             return Ok(a);
         }
-        let facts = self.facts().await.map_err(|f| f.error.to_string())?;
-        facts.arch.parse().map_err(|e| {
-            format!("{e}. Fix: set `arch:` for this host in the inventory if it is supported")
-        })
+        let facts = self.facts().await.map_err(|f| ArchError::Facts(f.error))?;
+        Ok(facts.arch.parse()?)
     }
 
     /// Facts about the host, gathered once (one round trip) on first use.
@@ -104,6 +105,23 @@ impl HostCtx {
                 error,
                 done: Vec::new(),
             })
+    }
+}
+
+/// Why [`HostCtx::arch`] cannot tell the host's architecture.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchError {
+    /// Gathering the host's facts failed.
+    #[error(transparent)]
+    Facts(OpError),
+    #[error("{0}. Fix: set `arch:` for this host in the inventory if it is supported")]
+    Unsupported(#[from] ParseArchError),
+}
+
+/// For callers whose errors are still text (the services phase's op list).
+impl From<ArchError> for String {
+    fn from(e: ArchError) -> String {
+        e.to_string()
     }
 }
 
@@ -124,15 +142,19 @@ impl From<Vec<OpReport>> for StepOutcome {
     }
 }
 
-/// Converge a step's op list, or fail the step with the reason it could not be built.
-pub async fn converge_ops(
+/// Converge a step's op list, or fail the step with the reason (the step's
+/// own typed error) it could not be built.
+pub async fn converge_ops<E>(
     ctx: &HostCtx,
     step: &str,
-    ops: Result<Vec<Box<dyn crate::ops::Op>>, String>,
-) -> Result<StepOutcome, OpFailure> {
+    ops: Result<Vec<Box<dyn Op>>, E>,
+) -> Result<StepOutcome, OpFailure>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
     let ops = ops.map_err(|e| OpFailure {
         label: step.to_string(),
-        error: crate::ops::OpError::Other(e),
+        error: OpError::Step(Box::new(e)),
         done: Vec::new(),
     })?;
     Ok(crate::ops::converge(&ctx.op_ctx(), &ops, ctx.dry_run)
@@ -140,17 +162,23 @@ pub async fn converge_ops(
         .into())
 }
 
+/// A task of [`on_each_host`] (or another controller task) panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("internal error: {0}")]
+pub struct TaskFailed(#[from] pub tokio::task::JoinError);
+
 /// A cluster stage's fan-out: `read` runs on every host at once (each on its
 /// own open connection); results come back in host order. `Err` only if a
 /// task panicked.
-pub async fn on_each_host<T, F, Fut>(
+pub async fn on_each_host<T, E, F, Fut>(
     hosts: &[Arc<HostCtx>],
     read: F,
-) -> Result<Vec<(Arc<HostCtx>, Result<T, String>)>, String>
+) -> Result<Vec<(Arc<HostCtx>, Result<T, E>)>, TaskFailed>
 where
     T: Send + 'static,
+    E: Send + 'static,
     F: Fn(Arc<HostCtx>) -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
 {
     let tasks: Vec<_> = hosts
         .iter()
@@ -158,11 +186,14 @@ where
         .collect();
     let mut results = Vec::with_capacity(tasks.len());
     for (ctx, task) in tasks {
-        let result = task.await.map_err(|e| format!("internal error: {e}"))?;
+        let result = task.await?;
         results.push((ctx, result));
     }
     Ok(results)
 }
+
+/// Why a step's input check refused a host: the step's own typed error.
+pub type CheckError = Box<dyn std::error::Error + Send + Sync>;
 
 /// One named step of a phase, run on each host.
 pub trait Step: Send + Sync {
@@ -174,7 +205,7 @@ pub trait Step: Send + Sync {
     }
 
     /// Validate inputs for this host before anything connects (exit 2 on error).
-    fn check(&self, _ctx: &HostCtx) -> Result<(), String> {
+    fn check(&self, _ctx: &HostCtx) -> Result<(), CheckError> {
         Ok(())
     }
 
@@ -198,9 +229,9 @@ pub struct ClusterOutcome {
 
 impl ClusterOutcome {
     /// The stage failed for every remaining host.
-    pub fn failed(error: impl Into<String>) -> Self {
+    pub fn failed(error: impl std::fmt::Display) -> Self {
         ClusterOutcome {
-            abort: Some(error.into()),
+            abort: Some(error.to_string()),
             ..Default::default()
         }
     }
@@ -358,10 +389,128 @@ pub struct SelectError {
 pub struct HostProblem {
     pub host: String,
     pub step: &'static str,
-    pub problem: String,
+    pub problem: CheckError,
 }
 
 /// The input checks that failed before any host was contacted.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .0.iter().map(|p| format!("host {} step {}: {}", p.host, p.step, p.problem)).collect::<Vec<_>>().join("\n"))]
 pub struct ChecksFailed(pub Vec<HostProblem>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phases::nodes::{AssetError, Garage, GaragePlan};
+    use crate::ssh::recording::{ok, RecordingTransport};
+    use crate::template::Source;
+
+    fn ctx(host: Host, vars: VarSet, conn: Arc<RecordingTransport>) -> Arc<HostCtx> {
+        Arc::new(HostCtx::new(
+            host,
+            conn,
+            HostLog::discard(),
+            vars,
+            false,
+            false,
+        ))
+    }
+
+    fn hosts() -> Vec<Host> {
+        crate::inventory::Inventory::parse(
+            std::path::Path::new("i.yml"),
+            "groups:\n  all:\n    hosts:\n      g1: { address: 10.0.0.1, arch: x86_64, zone: dc1 }\n      g2: { address: 10.0.0.2, arch: x86_64 }\n      g3: { address: 10.0.0.3, arch: x86_64, zone: dc3 }\n",
+        )
+        .unwrap()
+        .hosts
+    }
+
+    #[test]
+    fn a_step_that_cannot_build_its_ops_fails_with_its_own_error_before_any_command() {
+        let conn = Arc::new(RecordingTransport::new(|_, _| ok("")));
+        let ctx = ctx(hosts().remove(0), VarSet::new(), conn.clone());
+        let failure = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(converge_ops(
+                &ctx,
+                "garage",
+                Err(AssetError::MissingForEveryArch {
+                    assets: "assets".into(),
+                    name: "garage".into(),
+                }),
+            ))
+            .unwrap_err();
+        assert_eq!(failure.label, "garage");
+        let OpError::Step(e) = &failure.error else {
+            panic!("{:?}", failure.error)
+        };
+        assert!(matches!(
+            e.downcast_ref::<AssetError>(),
+            Some(AssetError::MissingForEveryArch { .. })
+        ));
+        assert!(failure
+            .error
+            .to_string()
+            .contains("Fix: put the garage binary"));
+        assert!(conn.calls().is_empty());
+    }
+
+    #[test]
+    fn input_checks_report_every_hosts_typed_problem_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("x86_64")).unwrap();
+        std::fs::write(dir.path().join("x86_64/garage"), "bin").unwrap();
+        let hosts = hosts();
+        let plan = GaragePlan::new(
+            hosts[0].clone(),
+            hosts.clone(),
+            dir.path().to_path_buf(),
+            dir.path().join("secrets.env"),
+            false,
+            3,
+        );
+        let phase = Phase::of_steps(
+            "nodes",
+            vec![
+                Box::new(Garage {
+                    plan: plan.clone(),
+                    first: true,
+                }),
+                Box::new(Garage { plan, first: false }),
+            ],
+        );
+        let conn = Arc::new(RecordingTransport::new(|_, _| ok("")));
+        let ctxs: Vec<_> = hosts
+            .into_iter()
+            .map(|h| {
+                let mut vars = VarSet::new();
+                if h.name == "g3" {
+                    vars.add("GARAGE_CAPACITY", "lots", Source::HostVars);
+                }
+                ctx(h, vars, conn.clone())
+            })
+            .collect();
+        let ChecksFailed(problems) = phase.check(&ctxs).unwrap_err();
+        let found: Vec<_> = problems
+            .iter()
+            .map(|p| (p.host.as_str(), p.step, p.problem.to_string()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "g2",
+                    "garage",
+                    "no zone: garage replicates across zones. Fix: set `zone:` for this host"
+                        .to_string()
+                ),
+                (
+                    "g3",
+                    "garage",
+                    "GARAGE_CAPACITY \"lots\" is not a size. Fix: write e.g. 100G".to_string()
+                ),
+            ]
+        );
+        assert!(conn.calls().is_empty(), "checks touch no host");
+    }
+}

@@ -1456,10 +1456,9 @@ fn probe_deb(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
     deb
 }
 
-#[test]
-fn care_upgrades_matching_hosts_in_batches_runs_hooks_and_waits_out_a_reboot() {
-    let lab = Lab::start("care", 3, 30);
-    // Version 1.0 installed everywhere; 2.0 offered by a local apt repository.
+/// Version 1.0 of `mesh-care-probe` installed on hosts `hosts`, 2.0
+/// offered by a local apt repository there (the upgrade care must make).
+fn offer_probe_upgrade(lab: &Lab, hosts: &[usize]) {
     let work = tempfile::tempdir().unwrap();
     let v1 = probe_deb(work.path(), "1.0");
     let repo = work.path().join("repo");
@@ -1475,7 +1474,7 @@ fn care_upgrades_matching_hosts_in_batches_runs_hooks_and_waits_out_a_reboot() {
         .output()
         .unwrap();
     std::fs::write(repo.join("Packages"), scan.stdout).unwrap();
-    for i in 1..=3 {
+    for &i in hosts {
         lab.docker(&[
             "cp",
             v1.to_str().unwrap(),
@@ -1493,6 +1492,35 @@ fn care_upgrades_matching_hosts_in_batches_runs_hooks_and_waits_out_a_reboot() {
         );
         assert_eq!(r.code, 0, "{}", r.stderr);
     }
+}
+
+/// A lab host whose PID 1 exits stops; this starts it again once it went
+/// down, as a machine powering back on. True if it went down within 90 s.
+fn power_back_on(host: String) -> std::thread::JoinHandle<bool> {
+    std::thread::spawn(move || {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        while std::time::Instant::now() < end {
+            let state = std::process::Command::new("docker")
+                .args(["inspect", "-f", "{{.State.Running}}", &host])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&state.stdout).trim() == "false" {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let _ = std::process::Command::new("docker")
+                    .args(["start", &host])
+                    .output();
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        false
+    })
+}
+
+#[test]
+fn care_upgrades_matching_hosts_in_batches_runs_hooks_and_waits_out_a_reboot() {
+    let lab = Lab::start("care", 3, 30);
+    offer_probe_upgrade(&lab, &[1, 2, 3]);
     lab.on(1, "touch /var/run/reboot-required");
     // Hosts 1 and 2 are web hosts; 3 is a db host.
     let inv = lab.write_inventory("care.yml", |text| {
@@ -1577,25 +1605,7 @@ fn care_upgrades_matching_hosts_in_batches_runs_hooks_and_waits_out_a_reboot() {
     // --reboot: the host goes down (a lab host whose PID 1 exits stops; this
     // test starts it again, as a machine powering back on) and mesh waits
     // for the new boot before it reports.
-    let host = lab.host(1);
-    let watcher = std::thread::spawn(move || {
-        let end = std::time::Instant::now() + std::time::Duration::from_secs(90);
-        while std::time::Instant::now() < end {
-            let state = std::process::Command::new("docker")
-                .args(["inspect", "-f", "{{.State.Running}}", &host])
-                .output()
-                .unwrap();
-            if String::from_utf8_lossy(&state.stdout).trim() == "false" {
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                let _ = std::process::Command::new("docker")
-                    .args(["start", &host])
-                    .output();
-                return true;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        false
-    });
+    let watcher = power_back_on(lab.host(1));
     let rebooted = Mesh::new(&inv)
         .args([
             "care",
@@ -1620,6 +1630,160 @@ fn care_upgrades_matching_hosts_in_batches_runs_hooks_and_waits_out_a_reboot() {
         1,
         "/run is new after a boot"
     );
+}
+
+/// Which of hosts `of` answered `domain` through `addr` within a while.
+fn wait_for_backends(lab: &Lab, addr: &str, domain: &str, of: &[usize]) {
+    let mut seen = std::collections::BTreeSet::new();
+    util::eventually(|| {
+        let (status, body) = util::http_get(addr, domain)?;
+        if status != 200 {
+            return Err(format!("{addr} {domain}: {status} {body}"));
+        }
+        for &i in of {
+            if body.contains(&format!("served by {}", lab.host(i))) {
+                seen.insert(i);
+            }
+        }
+        (seen.len() == of.len())
+            .then_some(())
+            .ok_or(format!("{addr} {domain}: backends so far {seen:?}"))
+    });
+}
+
+#[test]
+fn care_drains_a_worker_through_its_reboot_without_a_failed_request_and_spares_a_sole_replica() {
+    let lab = Lab::start("carefleet", 3, 37);
+    lab.install_docker();
+    // Host 1 is the only bastion (the only traefik); hosts 2 and 3 run web.
+    let df = util::example_dockerfiles();
+    let dir = df.path().to_str().unwrap().to_string();
+    let inv = lab.services_inventory(
+        "carefleet.yml",
+        &services_vars(&lab, "web.example.test").replace("crowdsec: true", "crowdsec: false"),
+    );
+    let mesh = || Mesh::new(&inv);
+    mesh().args(["services", "--dockerfiles", &dir]).run().ok();
+    mesh().args(["services-up"]).run().ok();
+    let bastion = lab.ip(1);
+    wait_for_backends(&lab, &bastion, "web.example.test", &[2, 3]);
+    offer_probe_upgrade(&lab, &[2]);
+    for i in [1, 2] {
+        assert_eq!(lab.on(i, "touch /var/run/reboot-required").code, 0);
+    }
+    let keys = || lab.redis("--scan --pattern 'traefik/*' | sort");
+    let keys_before = keys();
+    let boot = |i: usize| {
+        lab.on(i, "cat /proc/sys/kernel/random/boot_id; ps -o lstart= -p 1")
+            .stdout
+    };
+
+    // A dry run lists the packages and what would happen; nothing changes.
+    let dry = mesh()
+        .args([
+            "--dry-run",
+            "care",
+            "--group",
+            &lab.host(2),
+            "--reboot",
+            "--dockerfiles",
+            &dir,
+        ])
+        .run()
+        .ok();
+    let h2 = lab.host(2);
+    for line in [
+        format!("[{h2}]   would change package mesh-care-probe: 1.0 → 2.0"),
+        format!(
+            "[{h2}] would withdraw the routes of web from {} first",
+            lab.host(1)
+        ),
+        format!("[{h2}] would reboot"),
+    ] {
+        assert!(dry.stdout.contains(&line), "{line}\n{}", dry.stdout);
+    }
+    assert_eq!(
+        lab.on(2, "dpkg-query -W -f '${Version}' mesh-care-probe")
+            .stdout,
+        "1.0"
+    );
+    assert_eq!(keys(), keys_before);
+    // The host's own package lists were not refreshed by the dry run.
+    assert_ne!(
+        lab.on(2, "ls /var/lib/apt/lists/ | grep -q care-repo").code,
+        0
+    );
+
+    // The bastion holds the only traefik: refused before anything changes.
+    let boot1 = boot(1);
+    let sole = mesh()
+        .args([
+            "care",
+            "--group",
+            &lab.host(1),
+            "--reboot",
+            "--dockerfiles",
+            &dir,
+        ])
+        .run()
+        .expect_code(1);
+    assert!(
+        sole.stdout.contains(&format!(
+            "{} holds the only replica of traefik",
+            lab.host(1)
+        )) && sole.stdout.contains("--allow-downtime"),
+        "{}",
+        sole.stdout
+    );
+    assert_eq!(boot(1), boot1, "the bastion rebooted");
+    assert_eq!(lab.on(1, "test -e /var/run/reboot-required").code, 0);
+    assert_eq!(keys(), keys_before);
+
+    // A worker of the two: withdrawn, upgraded, rebooted, its containers
+    // up, its route back — under a request loop that never fails.
+    let web2 = containers(&lab, 2, "web");
+    assert!(!web2.is_empty());
+    let requests = RequestLoop::start(bastion.clone(), "web.example.test");
+    let watcher = power_back_on(lab.host(2));
+    let run = mesh()
+        .args([
+            "care",
+            "--group",
+            &lab.host(2),
+            "--reboot",
+            "--reboot-wait",
+            "120",
+            "--dockerfiles",
+            &dir,
+        ])
+        .run()
+        .ok();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    no_failures(
+        vec![("web via the bastion".into(), requests)],
+        "care --reboot",
+    );
+    assert!(watcher.join().unwrap(), "the worker never went down");
+    for line in [
+        format!("[{h2}] withdrawn: web from {}", lab.host(1)),
+        format!("[{h2}] package mesh-care-probe: 1.0 → 2.0"),
+        format!("[{h2}] rebooted: back"),
+        format!("[{h2}] routes: web back on {}", lab.host(1)),
+    ] {
+        assert!(run.stdout.contains(&line), "{line}\n{}", run.stdout);
+    }
+    assert_eq!(
+        lab.on(2, "test -e /var/run/reboot-required").code,
+        1,
+        "/run is new after a boot"
+    );
+    let running = lab.on(
+        2,
+        "docker ps --filter label=com.docker.compose.service=web --format '{{.State}}'",
+    );
+    assert_eq!(running.stdout.trim(), "running", "{}", running.stderr);
+    wait_for_backends(&lab, &bastion, "web.example.test", &[2, 3]);
+    assert_eq!(keys(), keys_before, "the routes came back as they were");
 }
 
 /// The app of the fleet tests' extra services (python3, like the example's
@@ -2212,6 +2376,272 @@ fn ctrl_c_stops_the_remote_commands_but_not_a_package_install() {
     );
     assert!(!installing().trim().is_empty(), "dpkg was stopped");
     lab.on(2, "pkill -x dpkg; rm -f /tmp/dpkg");
+}
+
+#[test]
+fn status_names_a_drifted_route_and_a_stopped_container_and_exits_1() {
+    let lab = Lab::start("status", 3, 33);
+    lab.install_docker();
+    let df = util::example_dockerfiles();
+    let dir = df.path().to_str().unwrap().to_string();
+    let inv = fleet_inventory(
+        &lab,
+        1,
+        &services_vars(&lab, "web.example.test").replace("crowdsec: true", "crowdsec: false"),
+    );
+    let mesh = || Mesh::new(&inv);
+    mesh().args(["services", "--dockerfiles", &dir]).run().ok();
+    mesh().args(["services-up"]).run().ok();
+    let (b1, w2, w3) = (lab.host(1), lab.host(2), lab.host(3));
+    util::eventually(|| match util::http_get(&lab.ip(1), "web.example.test")? {
+        (200, _) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    // A deploy's audit line on w2, as deploy writes it.
+    lab.on(
+        2,
+        r#"mkdir -p /var/log/mesh && echo '{"time":"07:40:01","at":"2025-12-02T07:40:01Z","who":"ops@ctl","host":"x","service":"web","from":"mesh/web:1","to":"mesh/web:2","result":"running","seconds":3.1}' >> /var/log/mesh/deploy.log"#,
+    );
+
+    // A healthy fleet: exit 0, hosts folded into the count; -v lists them.
+    util::eventually(|| mesh().args(["status"]).run().ok_or_log().map(|_| ()));
+    let healthy = mesh().args(["status"]).run().ok();
+    assert_eq!(
+        healthy.stdout, "3 hosts: 3 healthy (-v lists them), 0 with problems, 0 failed\n",
+        "{}",
+        healthy.stderr
+    );
+    let all = mesh().args(["-v", "status"]).run().ok();
+    for (host, svc) in [(&b1, "traefik"), (&w2, "web"), (&w3, "web")] {
+        assert!(
+            all.stdout
+                .lines()
+                .any(|l| l.starts_with(host.as_str()) && l.contains(svc) && l.contains("running")),
+            "{host} {svc}:\n{}",
+            all.stdout
+        );
+    }
+    assert!(
+        all.stdout.contains("ago running ops@ctl"),
+        "the last deploy:\n{}",
+        all.stdout
+    );
+    let json = mesh().args(["--json", "status"]).run().ok();
+    let events = json.events();
+    let w2_event = events
+        .iter()
+        .find(|e| e["event"] == "host_status" && e["host"] == w2.as_str())
+        .unwrap();
+    let web = &w2_event["services"][0];
+    assert_eq!(web["service"], "web");
+    assert_eq!(web["slot"], "a");
+    assert_eq!(web["port"], 8000);
+    assert_eq!(web["state"], "running");
+    assert_eq!(web["health"], "healthy");
+    assert_eq!(web["last_deploy"]["who"], "ops@ctl");
+    let route = format!("traefik/http/services/web/loadbalancer/servers/{w2}/url");
+    assert_eq!(
+        w2_event["routes"][b1.as_str()][&route],
+        format!("http://{}:8000", lab.ip(2))
+    );
+    assert!(w2_event["disks"][0]["avail_kb"].as_u64().unwrap() > 0);
+    assert_eq!(w2_event["overlay"]["assigned"], true);
+    assert_eq!(w2_event["overlay"]["peer_answers"], true);
+    assert_eq!(events.last().unwrap()["event"], "status_summary");
+    assert_eq!(events.last().unwrap()["ok"], true);
+
+    // Drift: w2's route on the bastion points at the standby port; w3's
+    // copy is stopped (its route still there).
+    lab.redis(&format!("SET {route} http://{}:8001", lab.ip(2)));
+    lab.on(
+        3,
+        "docker stop $(docker ps -q --filter label=com.docker.compose.service=web)",
+    );
+    let bad = mesh().args(["status"]).run().expect_code(1);
+    let text = &bad.stdout;
+    for needle in [
+        format!("  ! web: route on {b1} points at :8001, host says :8000."),
+        "  ! web: exited (code ".to_string(),
+        format!("  ! web: route on {b1} points at :8000, but the copy does not serve."),
+        "3 hosts: 1 healthy (-v lists them), 2 with problems, 0 failed".to_string(),
+    ] {
+        assert!(text.contains(&needle), "missing {needle:?} in:\n{text}");
+    }
+    assert!(
+        text.starts_with("HOST ") && !text.contains(&format!("\n{b1} ")),
+        "problems only, the healthy bastion folded:\n{text}"
+    );
+    // --limit and --service narrow it; the bastion outside --limit is still read.
+    let one = mesh()
+        .args(["--limit", &w2, "status", "--service", "web"])
+        .run()
+        .expect_code(1);
+    assert!(
+        one.stdout.contains(":8001, host says :8000") && !one.stdout.contains(&w3),
+        "{}",
+        one.stdout
+    );
+    assert!(one
+        .stdout
+        .ends_with("1 hosts: 0 healthy, 1 with problems, 0 failed\n"));
+    mesh()
+        .args(["--limit", &b1, "status", "--service", "web"])
+        .run()
+        .expect_code(1);
+    mesh()
+        .args(["status", "--service", "../web"])
+        .run()
+        .expect_code(2);
+    // Fixed again: exit 0.
+    mesh().args(["services-up"]).run().ok();
+    util::eventually(|| mesh().args(["status"]).run().ok_or_log().map(|_| ()));
+}
+
+/// A service that prints a numbered line with its host and a secret every
+/// half second, to its output and to /containers/log/ticker/app.log.
+const TICKER_DOCKERFILE: &str = r#"FROM << BASE_IMAGE >>
+CMD ["sh", "-c", "trap 'exit 0' TERM; n=0; while :; do n=$((n+1)); echo \"tick $n from $HOST token=$TOKEN\"; echo \"file $n from $HOST\" >> /var/log/ticker/app.log; sleep 0.5; done"]
+"#;
+
+#[test]
+fn logs_follow_streams_every_host_until_ctrl_c() {
+    let lab = Lab::start("logs", 2, 34);
+    lab.install_docker();
+    let df = tempfile::tempdir_in(util::repo_root().join("target")).unwrap();
+    std::fs::create_dir_all(df.path().join("ticker")).unwrap();
+    std::fs::write(df.path().join("ticker/Dockerfile"), TICKER_DOCKERFILE).unwrap();
+    std::fs::write(df.path().join("ticker/mesh.yml"), "logs: [app.log]\n").unwrap();
+    std::fs::write(
+        df.path().join("lab.yml"),
+        "services:\n  ticker:\n    restart: unless-stopped\n    environment: { HOST: \"<< HOSTNAME >>\", TOKEN: \"<< LOGS_TOKEN >>\" }\n    volumes: [\"/containers/log/ticker:/var/log/ticker\"]\n",
+    )
+    .unwrap();
+    let token = format!("tok{}", util::now_nanos());
+    std::fs::write(lab.dir.join("secrets.env"), format!("LOGS_TOKEN={token}\n")).unwrap();
+    let inv = lab.write_inventory("logs.yml", |text| {
+        format!("vars: {{ BASE_IMAGE: \"{}\" }}\n{text}", util::base_image())
+    });
+    let mesh = || Mesh::new(&inv);
+    let dir = df.path().to_str().unwrap();
+    mesh().args(["services", "--dockerfiles", dir]).run().ok();
+    mesh().args(["services-up"]).run().ok();
+    let (h1, h2) = (lab.host(1), lab.host(2));
+
+    // Each host's last lines, prefixed by the host, the secret redacted.
+    let once = util::eventually(|| {
+        let run = mesh()
+            .args(["logs", "ticker", "--tail", "3"])
+            .run()
+            .ok_or_log()?;
+        let per = |h: &str| {
+            run.stdout
+                .lines()
+                .filter(|l| l.starts_with(&format!("{h} | tick ")))
+                .count()
+        };
+        (per(&h1) == 3 && per(&h2) == 3)
+            .then_some(run.stdout.clone())
+            .ok_or(format!("{}{}", run.stdout, run.stderr))
+    });
+    assert!(!once.contains(&token), "the secret leaked:\n{once}");
+    assert!(once.contains(&format!("from {h1} token=***")), "{once}");
+    let file = mesh()
+        .args(["logs", "ticker", "--file", "app.log", "--tail", "2"])
+        .run()
+        .ok();
+    assert_eq!(
+        file.stdout
+            .lines()
+            .filter(|l| l.starts_with(&format!("{h2} | file ")))
+            .count(),
+        2,
+        "{}",
+        file.stdout
+    );
+    let traversal = mesh()
+        .args(["logs", "ticker", "--file", "../../../etc/shadow"])
+        .run()
+        .expect_code(2);
+    assert!(traversal.stderr.contains("Fix:"), "{}", traversal.stderr);
+    let none = mesh().args(["logs", "nope"]).run().expect_code(1);
+    assert!(
+        none.stderr.contains("no container of nope"),
+        "{}",
+        none.stderr
+    );
+
+    // --follow: new lines from both hosts as they come, until Ctrl-C.
+    let out_path = lab.dir.join("follow.out");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .arg("-i")
+        .arg(&inv)
+        .args([
+            "--progress",
+            "never",
+            "logs",
+            "ticker",
+            "--follow",
+            "--tail",
+            "1",
+        ])
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = |h: &str| {
+        std::fs::read_to_string(&out_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(&format!("{h} | tick ")))
+            .count()
+    };
+    util::eventually_within(20, || {
+        let (a, b) = (seen(&h1), seen(&h2));
+        (a >= 4 && b >= 4)
+            .then_some(())
+            .ok_or(format!("lines so far: {a} from {h1}, {b} from {h2}"))
+    });
+    let followers = |i: usize| lab.on(i, "pgrep -af 'docker [l]ogs' || true").stdout;
+    assert!(!followers(1).trim().is_empty(), "no docker logs on {h1}");
+    let pid = child.id().to_string();
+    let t0 = std::time::Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    eprintln!(
+        "logs --follow: exit {} {:?} after SIGINT",
+        out.status,
+        t0.elapsed()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(t0.elapsed() < std::time::Duration::from_secs(8));
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    assert!(!text.contains(&token), "the secret leaked:\n{text}");
+    assert!(
+        text.lines()
+            .all(|l| l.starts_with(&format!("{h1} | ")) || l.starts_with(&format!("{h2} | "))),
+        "every line prefixed by its host:\n{text}"
+    );
+    util::eventually_within(5, || {
+        let left: Vec<String> = (1..=2).map(followers).collect();
+        left.iter()
+            .all(|s| s.trim().is_empty())
+            .then_some(())
+            .ok_or(format!("docker logs left on the hosts: {left:?}"))
+    });
+    let ssh = std::process::Command::new("pgrep")
+        .args(["-af", &format!("mesh-{pid}-[0-9a-f]")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ssh.stdout).trim(), "");
 }
 
 /// The image host `i` records as live for `service`.

@@ -128,7 +128,7 @@ pub(super) fn stop_script(filters: &[String], grace: u64) -> Script {
 /// A route check on one bastion: Traefik's service `name` (of `proto`) must
 /// list `want` and not `gone`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct RouteCheck {
+pub(crate) struct RouteCheck {
     pub proto: String,
     pub name: String,
     pub want: Option<String>,
@@ -136,7 +136,7 @@ pub(super) struct RouteCheck {
 }
 
 /// The server URLs/addresses of each Traefik service in a key set.
-pub(super) fn servers(keys: &BTreeMap<String, String>) -> BTreeMap<(String, String), String> {
+pub(crate) fn servers(keys: &BTreeMap<String, String>) -> BTreeMap<(String, String), String> {
     let mut out = BTreeMap::new();
     for (k, v) in keys {
         let parts: Vec<&str> = k.split('/').collect();
@@ -150,7 +150,7 @@ pub(super) fn servers(keys: &BTreeMap<String, String>) -> BTreeMap<(String, Stri
 }
 
 /// What to confirm when S's keys go from `old` to `new`.
-pub(super) fn route_checks(
+pub(crate) fn route_checks(
     old: &BTreeMap<String, String>,
     new: &BTreeMap<String, String>,
 ) -> Vec<RouteCheck> {
@@ -173,7 +173,7 @@ pub(super) fn route_checks(
 }
 
 /// The bastion-side loop that waits until Traefik's API shows every check.
-pub(super) fn confirm_script(api: &TraefikApi, checks: &[RouteCheck], seconds: u64) -> Script {
+pub(crate) fn confirm_script(api: &TraefikApi, checks: &[RouteCheck], seconds: u64) -> Script {
     let mut s = Script::new();
     s.line(
         "end=$(( $(date +%s) + {} )); t0=$(date +%s%N)",

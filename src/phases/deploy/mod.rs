@@ -28,7 +28,7 @@
 //! image fails before it is shipped; after a successful roll, each host
 //! drops the images no rollback needs ([`prune`](crate::phases::prune)).
 
-mod commands;
+pub(crate) mod commands;
 
 use super::services::build::Image;
 use super::services::folder::Strategy;
@@ -561,6 +561,7 @@ impl Deploy {
     async fn audit(&self, ctx: &HostCtx, from: Option<&str>, to: &str, result: &str, seconds: f64) {
         let line = serde_json::json!({
             "time": crate::log::utc_time(":"),
+            "at": crate::log::utc_rfc3339(),
             "who": controller_name(),
             "host": ctx.host.name,
             "service": self.opts.service,

@@ -3,10 +3,10 @@
 
 use super::Firewall;
 use crate::ops::{AptInstall, AptUpdate, AptUpgrade, CommandOp, FileOp, Op, OpFailure};
-use crate::phases::{converge_ops, HostCtx, Step, StepOutcome};
+use crate::phases::{converge_ops, CheckError, HostCtx, Step, StepOutcome};
 use crate::quote::Script;
 use crate::ssh::BoxFut;
-use crate::template::render_builtin;
+use crate::template::{render_builtin, TemplateError};
 
 /// Packages every mesh host needs.
 pub const BASE_PACKAGES: &[&str] = &["ufw", "logrotate"];
@@ -18,11 +18,11 @@ pub struct Basic {
 }
 
 impl Basic {
-    fn journald_conf(&self, ctx: &HostCtx) -> Result<String, String> {
-        render_builtin("journald.conf.j2", &ctx.vars, None).map_err(|e| e.to_string())
+    fn journald_conf(&self, ctx: &HostCtx) -> Result<String, TemplateError> {
+        render_builtin("journald.conf.j2", &ctx.vars, None)
     }
 
-    fn ops(&self, ctx: &HostCtx, ssh_port: u16) -> Result<Vec<Box<dyn Op>>, String> {
+    fn ops(&self, ctx: &HostCtx, ssh_port: u16) -> Result<Vec<Box<dyn Op>>, TemplateError> {
         let mut rotate = Script::new();
         rotate.raw("sed -i -E 's/^rotate [0-9]+$/rotate 2/' /etc/logrotate.conf");
         let mut rotated = Script::new();
@@ -54,8 +54,9 @@ impl Step for Basic {
         "basic"
     }
 
-    fn check(&self, ctx: &HostCtx) -> Result<(), String> {
-        self.journald_conf(ctx).map(|_| ())
+    fn check(&self, ctx: &HostCtx) -> Result<(), CheckError> {
+        self.journald_conf(ctx)?;
+        Ok(())
     }
 
     fn run<'a>(&'a self, ctx: &'a HostCtx) -> BoxFut<'a, Result<StepOutcome, OpFailure>> {

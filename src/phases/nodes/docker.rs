@@ -13,7 +13,8 @@ use crate::ops::{
     apt, converge, AptUpdate, Decision, FileOp, Op, OpCtx, OpError, OpFailure, UnitOp,
 };
 use crate::phases::{
-    converge_ops, on_each_host, ClusterOutcome, ClusterStep, HostCtx, Step, StepOutcome,
+    converge_ops, on_each_host, ArchError, ClusterOutcome, ClusterStep, HostCtx, Step, StepOutcome,
+    TaskFailed,
 };
 use crate::quote::{Cmd, Script};
 use crate::release::ReleaseKey;
@@ -27,6 +28,27 @@ const HOST_DEBS: &str = "/var/cache/mesh/debs";
 
 /// (codename, Debian arch)
 type Key = (String, String);
+
+/// Why a host cannot get Docker's packages.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error(transparent)]
+    Arch(#[from] ArchError),
+    /// Gathering the host's facts failed.
+    #[error(transparent)]
+    Facts(OpError),
+    #[error("no VERSION_CODENAME in /etc/os-release: is this Debian?")]
+    NoCodename,
+    #[error("no Docker packages resolved for {codename}/{arch}")]
+    NotResolved { codename: String, arch: String },
+    #[error("{}: {source}", .path.display())]
+    ReadDeb {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{label}: {source}")]
+    Upload { label: String, source: OpError },
+}
 
 /// Shared by the cluster stage (which resolves) and the host step (which installs).
 pub struct DockerPlan {
@@ -112,11 +134,11 @@ impl DockerPlan {
 }
 
 /// The host's (codename, Debian arch): the inventory's arch wins over `uname -m`.
-async fn host_key(ctx: &HostCtx) -> Result<Key, String> {
+async fn host_key(ctx: &HostCtx) -> Result<Key, DockerError> {
     let arch = ctx.arch().await?;
-    let facts = ctx.facts().await.map_err(|f| f.error.to_string())?;
+    let facts = ctx.facts().await.map_err(|f| DockerError::Facts(f.error))?;
     if facts.codename.is_empty() {
-        return Err("no VERSION_CODENAME in /etc/os-release: is this Debian?".into());
+        return Err(DockerError::NoCodename);
     }
     Ok((facts.codename.clone(), arch.deb_arch().to_string()))
 }
@@ -135,7 +157,7 @@ impl ClusterStep for DockerResolve {
             let found = match on_each_host(hosts, |ctx| async move { host_key(&ctx).await }).await {
                 Ok(found) => found,
                 Err(e) => {
-                    out.abort = Some(e);
+                    out.abort = Some(e.to_string());
                     return out;
                 }
             };
@@ -144,7 +166,9 @@ impl ClusterStep for DockerResolve {
                 match key {
                     Ok(key) if !keys.contains(&key) => keys.push(key),
                     Ok(_) => {}
-                    Err(e) => out.host_failures.push((ctx.host.name.clone(), e)),
+                    Err(e) => out
+                        .host_failures
+                        .push((ctx.host.name.clone(), e.to_string())),
                 }
             }
             let plan = self.0.clone();
@@ -155,7 +179,7 @@ impl ClusterStep for DockerResolve {
                     out.refused = e.is_untrusted_index();
                     out.abort = Some(e.to_string());
                 }
-                Err(e) => out.abort = Some(format!("internal error: {e}")),
+                Err(e) => out.abort = Some(TaskFailed(e).to_string()),
             }
             out
         })
@@ -166,14 +190,17 @@ impl ClusterStep for DockerResolve {
 pub struct Docker(pub Arc<DockerPlan>);
 
 impl Docker {
-    fn debs(&self, key: &Key) -> Result<Arc<Vec<ResolvedDeb>>, String> {
+    fn debs(&self, key: &Key) -> Result<Arc<Vec<ResolvedDeb>>, DockerError> {
         self.0
             .resolved
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(key)
             .cloned()
-            .ok_or_else(|| format!("no Docker packages resolved for {}/{}", key.0, key.1))
+            .ok_or_else(|| DockerError::NotResolved {
+                codename: key.0.clone(),
+                arch: key.1.clone(),
+            })
     }
 }
 
@@ -187,7 +214,7 @@ impl Step for Docker {
             let ops = async {
                 let key = host_key(ctx).await?;
                 let debs = self.debs(&key)?;
-                Ok::<_, String>(vec![
+                Ok::<_, DockerError>(vec![
                     Box::new(AptUpdate {
                         cache_valid_seconds: self.0.apt_cache_valid_seconds,
                     }) as Box<dyn Op>,
@@ -299,13 +326,20 @@ impl Op for DebInstall {
             // Push the .debs (skipped when an identical copy is already there).
             let mut uploads: Vec<Box<dyn Op>> = Vec::new();
             for d in &needed {
-                let op = FileOp::from_local(Self::host_path(d), &d.path)
-                    .map_err(|e| OpError::Other(format!("{}: {e}", d.path.display())))?;
+                let op = FileOp::from_local(Self::host_path(d), &d.path).map_err(|source| {
+                    OpError::Step(Box::new(DockerError::ReadDeb {
+                        path: d.path.clone(),
+                        source,
+                    }))
+                })?;
                 uploads.push(Box::new(op));
             }
-            converge(ctx, &uploads, false)
-                .await
-                .map_err(|f| OpError::Other(format!("{}: {}", f.label, f.error)))?;
+            converge(ctx, &uploads, false).await.map_err(|f| {
+                OpError::Step(Box::new(DockerError::Upload {
+                    label: f.label,
+                    source: f.error,
+                }))
+            })?;
             let files: Vec<String> = needed.iter().map(|d| Self::host_path(d)).collect();
             let script = apt::install_script(&files, &["--allow-downgrades"]);
             ctx.long()

@@ -26,6 +26,36 @@ pub const FIREWALL_PORTS: &[&str] = &[
 
 const DEADMAN_UNIT: &str = "mesh-ufw-deadman";
 
+/// Enabling the firewall locked SSH out.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("a fresh SSH login failed after enabling the firewall with SSH port {ssh_port} allowed; {recovery}. Fix: set firewall.ssh_port in the inventory to the port sshd listens on")]
+    FreshLoginFailed { ssh_port: u16, recovery: Recovery },
+}
+
+/// How the host gets its SSH access back after a lock-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// mesh disabled ufw over the still-open connection.
+    RolledBack,
+    /// The host's dead-man timer disables ufw.
+    DeadMan { seconds: u64 },
+}
+
+impl std::fmt::Display for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Recovery::RolledBack => {
+                f.write_str("mesh disabled the firewall again over the open connection")
+            }
+            Recovery::DeadMan { seconds } => write!(
+                f,
+                "the host's dead-man switch disables the firewall within {seconds} s"
+            ),
+        }
+    }
+}
+
 pub struct Firewall {
     rules: Vec<String>,
     ssh_port: u16,
@@ -167,22 +197,19 @@ impl Op for Firewall {
                     let mut undo = Script::new();
                     undo.raw("ufw --force disable");
                     undo.append(&cancel);
-                    let healed = match ctx
+                    let recovery = match ctx
                         .run("firewall: roll back", undo.as_str(), Input::None)
                         .await
                     {
-                        Ok(out) if out.success() => {
-                            "mesh disabled the firewall again over the open connection".to_string()
-                        }
-                        _ => format!(
-                            "the host's dead-man switch disables the firewall within {} s",
-                            self.deadman_seconds
-                        ),
+                        Ok(out) if out.success() => Recovery::RolledBack,
+                        _ => Recovery::DeadMan {
+                            seconds: self.deadman_seconds,
+                        },
                     };
-                    Err(OpError::Other(format!(
-                        "a fresh SSH login failed after enabling the firewall with SSH port {} allowed; {healed}. Fix: set firewall.ssh_port in the inventory to the port sshd listens on",
-                        self.ssh_port
-                    )))
+                    Err(OpError::Step(Box::new(FirewallError::FreshLoginFailed {
+                        ssh_port: self.ssh_port,
+                        recovery,
+                    })))
                 }
             }
         })

@@ -25,16 +25,17 @@
 //! address per node, so a node advertises its LAN address only when the whole
 //! cluster sits behind its NAT.
 
-use super::Slot;
+use super::{AssetError, Slot};
 use crate::inventory::Host;
 use crate::ops::{FileOp, Op, OpCtx, OpError, OpFailure, UnitOp};
 use crate::phases::{
-    converge_ops, on_each_host, ClusterOutcome, ClusterStep, HostCtx, Step, StepOutcome,
+    converge_ops, on_each_host, ArchError, CheckError, ClusterOutcome, ClusterStep, HostCtx, Step,
+    StepOutcome, TaskFailed,
 };
 use crate::quote::{Cmd, Script};
-use crate::secrets::{random_hex, Secrets};
+use crate::secrets::{random_hex, Secrets, SecretsError};
 use crate::ssh::{BoxFut, Input, Output};
-use crate::template::render_builtin;
+use crate::template::{render_builtin, TemplateError};
 use minijinja::Value;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -48,6 +49,83 @@ const CONFIG: &str = "/etc/garage.toml";
 pub const DEFAULT_CAPACITY: &str = "10G";
 /// Bucket created on first bootstrap unless vars set GARAGE_BUCKET.
 pub const DEFAULT_BUCKET: &str = "mesh";
+
+/// Why a garage stage failed (for the cluster, or for one host).
+#[derive(Debug, thiserror::Error)]
+pub enum GarageError {
+    /// A command on a node failed (its message names it).
+    #[error(transparent)]
+    Remote(#[from] OpError),
+    #[error("garage is not installed on {host} yet")]
+    NotInstalled { host: String },
+    #[error("`garage node id` failed on {host}: {tail}")]
+    NodeIdFailed { host: String, tail: String },
+    #[error("no node id in `garage node id` output on {host}")]
+    NoNodeId { host: String },
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error(transparent)]
+    Task(#[from] TaskFailed),
+    #[error(
+        "{SECRET_NAME} is not in {} and {CONFIG} could not be read on {}; a new secret would split a running cluster. Fix: make the host reachable, or put the cluster's rpc_secret in {} as {SECRET_NAME}",
+        .secrets_path.display(),
+        .unreadable.iter().map(|(host, e)| format!("{host}: {e}")).collect::<Vec<_>>().join("; "),
+        .secrets_path.display()
+    )]
+    SecretUnreadable {
+        secrets_path: PathBuf,
+        /// (host, why its config could not be read)
+        unreadable: Vec<(String, OpError)>,
+    },
+    #[error("random secret: {0}")]
+    RandomSecret(std::io::Error),
+    #[error("garage bootstraps from the first node {first}, which is not in this run (failed, or left out by --limit). Fix: include it")]
+    FirstNotInRun { first: String },
+    #[error("no RPC secret (its stage did not run)")]
+    NoRpcSecret,
+    #[error("the first node's id is unknown")]
+    NoFirstId,
+    #[error("no OVERLAY_IP")]
+    NoOverlayIp,
+    #[error("no zone: garage replicates across zones. Fix: set `zone:` for this host")]
+    NoZone,
+    #[error(transparent)]
+    Capacity(#[from] CapacityError),
+    #[error("no host left to run the layout from")]
+    NoAdminHost,
+    #[error("garage on {host} did not join the cluster within 30 s")]
+    NotJoined { host: String },
+    #[error(
+        "the access key GARAGE_KEY in {} is not in the cluster and cannot be imported (a deleted key id stays reserved). Fix: remove GARAGE_KEY and GARAGE_SECRET from it; mesh then creates a new key",
+        .secrets_path.display()
+    )]
+    KeyNotImportable { secrets_path: PathBuf },
+    #[error("`garage key create` printed no Key ID / Secret key")]
+    NoCreatedKey,
+    #[error("`garage json-api ListKeys` printed no JSON")]
+    NoKeyList,
+    #[error(
+        "the cluster has {count} access keys named \"{KEY_NAME}\" and secrets.env names none of them. Fix: put the one your services use in secrets.env as GARAGE_KEY and GARAGE_SECRET (`garage key info --show-secret <id>` on a node)"
+    )]
+    AmbiguousKeys { count: usize },
+    #[error("`garage json-api GetBucketInfo` printed no id for {bucket}")]
+    NoBucketId { bucket: String },
+    #[error(transparent)]
+    Arch(#[from] ArchError),
+    #[error(transparent)]
+    Asset(#[from] AssetError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+}
+
+/// GARAGE_CAPACITY is not a size garage reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CapacityError {
+    #[error("GARAGE_CAPACITY {text:?} is not a size. Fix: write e.g. 100G")]
+    NotASize { text: String },
+    #[error("GARAGE_CAPACITY {text:?}: unknown unit. Fix: use B, KB, MB, GB, TB")]
+    UnknownUnit { text: String },
+}
 
 /// Shared by the garage stages.
 pub struct GaragePlan {
@@ -141,21 +219,23 @@ fn node_id_script() -> Script {
     s
 }
 
-async fn node_id(ctx: &HostCtx) -> Result<String, String> {
+async fn node_id(ctx: &HostCtx) -> Result<String, GarageError> {
     let out = ctx
         .op_ctx()
         .run("garage node id", node_id_script().as_str(), Input::None)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     match out.code {
         Some(0) => {}
-        Some(3) => return Err(format!("garage is not installed on {} yet", ctx.host.name)),
+        Some(3) => {
+            return Err(GarageError::NotInstalled {
+                host: ctx.host.name.clone(),
+            })
+        }
         _ => {
-            return Err(format!(
-                "`garage node id` failed on {}: {}",
-                ctx.host.name,
-                ctx.log.redact(&out.tail(3))
-            ))
+            return Err(GarageError::NodeIdFailed {
+                host: ctx.host.name.clone(),
+                tail: ctx.log.redact(&out.tail(3)),
+            })
         }
     }
     out.stdout_str()
@@ -163,7 +243,9 @@ async fn node_id(ctx: &HostCtx) -> Result<String, String> {
         .map(str::trim)
         .find(|l| is_node_id(l))
         .map(str::to_string)
-        .ok_or_else(|| format!("no node id in `garage node id` output on {}", ctx.host.name))
+        .ok_or_else(|| GarageError::NoNodeId {
+            host: ctx.host.name.clone(),
+        })
 }
 
 /// `<64 hex digits>@<address>`, as `garage node id -q` prints it: anything
@@ -202,7 +284,7 @@ fn config_rpc_secret(text: &str) -> Option<String> {
 
 /// The `rpc_secret` `host` is configured with, if any; the file's content is
 /// never logged.
-async fn configured_rpc_secret(host: &HostCtx) -> Result<Option<String>, String> {
+async fn configured_rpc_secret(host: &HostCtx) -> Result<Option<String>, OpError> {
     let mut s = Script::new();
     s.line("[ -e {} ] || exit 0", &[CONFIG]);
     s.line("cat {}", &[CONFIG]);
@@ -213,8 +295,7 @@ async fn configured_rpc_secret(host: &HostCtx) -> Result<Option<String>, String>
             s.as_str(),
             Input::None,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     Ok(config_rpc_secret(&out.stdout_str()))
 }
 
@@ -226,8 +307,11 @@ impl GarageSecret {
     /// first node's, else the first other node's that has one) read back and
     /// stored; only when no node has one, a new one. Also says where it came
     /// from when that was not secrets.env.
-    async fn settle(&self, hosts: &[Arc<HostCtx>]) -> Result<(String, Option<String>), String> {
-        let mut secrets = Secrets::load(&self.0.secrets_path).map_err(|e| e.to_string())?;
+    async fn settle(
+        &self,
+        hosts: &[Arc<HostCtx>],
+    ) -> Result<(String, Option<String>), GarageError> {
+        let mut secrets = Secrets::load(&self.0.secrets_path)?;
         if let Some(s) = secrets.get(SECRET_NAME) {
             return Ok((s.to_string(), None));
         }
@@ -244,7 +328,7 @@ impl GarageSecret {
                     break;
                 }
                 Ok(None) => {}
-                Err(e) => unreadable.push(format!("{}: {e}", h.host.name)),
+                Err(e) => unreadable.push((h.host.name.clone(), e)),
             }
         }
         let (secret, message) = match found {
@@ -256,15 +340,13 @@ impl GarageSecret {
                 (secret, message)
             }
             None if !unreadable.is_empty() => {
-                return Err(format!(
-                    "{SECRET_NAME} is not in {} and {CONFIG} could not be read on {}; a new secret would split a running cluster. Fix: make the host reachable, or put the cluster's rpc_secret in {} as {SECRET_NAME}",
-                    self.0.secrets_path.display(),
-                    unreadable.join("; "),
-                    self.0.secrets_path.display()
-                ))
+                return Err(GarageError::SecretUnreadable {
+                    secrets_path: self.0.secrets_path.clone(),
+                    unreadable,
+                })
             }
             None => {
-                let new = random_hex(32).map_err(|e| format!("random secret: {e}"))?;
+                let new = random_hex(32).map_err(GarageError::RandomSecret)?;
                 let message = if self.0.dry_run {
                     format!("would make a new {SECRET_NAME} (no node has one yet)")
                 } else {
@@ -277,9 +359,7 @@ impl GarageSecret {
             }
         };
         if !self.0.dry_run {
-            secrets
-                .set(SECRET_NAME, &secret)
-                .map_err(|e| e.to_string())?;
+            secrets.set(SECRET_NAME, &secret)?;
         }
         Ok((secret, Some(message)))
     }
@@ -317,10 +397,9 @@ impl ClusterStep for GarageFirstId {
     fn run<'a>(&'a self, hosts: &'a [Arc<HostCtx>]) -> BoxFut<'a, ClusterOutcome> {
         Box::pin(async move {
             let Some(first) = hosts.iter().find(|h| h.host.name == self.0.first.name) else {
-                return ClusterOutcome::failed(format!(
-                        "garage bootstraps from the first node {}, which is not in this run (failed, or left out by --limit). Fix: include it",
-                        self.0.first.name
-                    ));
+                return ClusterOutcome::failed(GarageError::FirstNotInRun {
+                    first: self.0.first.name.clone(),
+                });
             };
             match node_id(first).await {
                 Ok(id) => {
@@ -349,24 +428,16 @@ pub struct Garage {
 }
 
 impl Garage {
-    async fn ops(&self, ctx: &HostCtx) -> Result<Vec<Box<dyn Op>>, String> {
+    async fn ops(&self, ctx: &HostCtx) -> Result<Vec<Box<dyn Op>>, GarageError> {
         let binary = super::binary_op(&self.plan.assets, ctx.arch().await?, "garage", BIN)?;
-        let secret = self
-            .plan
-            .rpc_secret
-            .get()
-            .ok_or("no RPC secret (its stage did not run)")?;
+        let secret = self.plan.rpc_secret.get().ok_or(GarageError::NoRpcSecret)?;
         let peers: Vec<String> = if self.first {
             Vec::new()
         } else {
-            let first_id = self
-                .plan
-                .first_id
-                .get()
-                .ok_or("the first node's id is unknown")?;
+            let first_id = self.plan.first_id.get().ok_or(GarageError::NoFirstId)?;
             vec![bootstrap_peer(&first_id, &self.plan.first, &ctx.host)]
         };
-        let overlay_ip = ctx.vars.get("OVERLAY_IP").ok_or("no OVERLAY_IP")?;
+        let overlay_ip = ctx.vars.get("OVERLAY_IP").ok_or(GarageError::NoOverlayIp)?;
         let mut extra = BTreeMap::new();
         extra.insert("rpc_secret".to_string(), Value::from(secret));
         extra.insert(
@@ -378,10 +449,8 @@ impl Garage {
             "replication_factor".to_string(),
             Value::from(self.plan.replication_factor),
         );
-        let config = render_builtin("garage.toml.j2", &ctx.vars, Some(&Value::from(extra)))
-            .map_err(|e| e.to_string())?;
-        let unit =
-            render_builtin("garage.service.j2", &ctx.vars, None).map_err(|e| e.to_string())?;
+        let config = render_builtin("garage.toml.j2", &ctx.vars, Some(&Value::from(extra)))?;
+        let unit = render_builtin("garage.service.j2", &ctx.vars, None)?;
         Ok(vec![
             Box::new(binary),
             Box::new(
@@ -405,11 +474,9 @@ impl Step for Garage {
         (ctx.host.name == self.plan.first.name) == self.first
     }
 
-    fn check(&self, ctx: &HostCtx) -> Result<(), String> {
+    fn check(&self, ctx: &HostCtx) -> Result<(), CheckError> {
         if ctx.host.zone.is_none() {
-            return Err(
-                "no zone: garage replicates across zones. Fix: set `zone:` for this host".into(),
-            );
+            return Err(GarageError::NoZone.into());
         }
         capacity_bytes(&capacity_of(ctx))?;
         super::check_asset(&self.plan.assets, ctx.host.arch, "garage")?;
@@ -432,15 +499,15 @@ fn capacity_of(ctx: &HostCtx) -> String {
 }
 
 /// `10G`, `500GB`, `1T`, `1000000B` → bytes (decimal units, as garage reads them).
-pub fn capacity_bytes(text: &str) -> Result<f64, String> {
+pub fn capacity_bytes(text: &str) -> Result<f64, CapacityError> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("GARAGE_CAPACITY {text:?} is not a size. Fix: write e.g. 100G"))?;
+    let n: f64 = num.parse().map_err(|_| CapacityError::NotASize {
+        text: text.to_string(),
+    })?;
     let mult = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 1.0,
         "K" | "KB" => 1e3,
@@ -454,9 +521,9 @@ pub fn capacity_bytes(text: &str) -> Result<f64, String> {
         "TIB" => 1024f64.powi(4),
         "PIB" => 1024f64.powi(5),
         _ => {
-            return Err(format!(
-                "GARAGE_CAPACITY {text:?}: unknown unit. Fix: use B, KB, MB, GB, TB"
-            ))
+            return Err(CapacityError::UnknownUnit {
+                text: text.to_string(),
+            })
         }
     };
     Ok(n * mult)
@@ -517,12 +584,16 @@ pub fn parse_key(text: &str) -> Option<(String, String)> {
 pub struct GarageLayout(pub Arc<GaragePlan>);
 
 impl GarageLayout {
-    async fn layout(&self, hosts: &[Arc<HostCtx>], out: &mut ClusterOutcome) -> Result<(), String> {
+    async fn layout(
+        &self,
+        hosts: &[Arc<HostCtx>],
+        out: &mut ClusterOutcome,
+    ) -> Result<(), GarageError> {
         let admin = hosts
             .iter()
             .find(|h| h.host.name == self.0.first.name)
             .or(hosts.first())
-            .ok_or("no host left to run the layout from")?;
+            .ok_or(GarageError::NoAdminHost)?;
         let ctx = admin.op_ctx();
         // Node ids, read by the controller from every host at once.
         let mut ids = Vec::new();
@@ -533,7 +604,7 @@ impl GarageLayout {
                     out.message = Some(format!("would bootstrap the layout ({e})"));
                     return Ok(());
                 }
-                Err(e) => out.host_failures.push((h.host.name.clone(), e)),
+                Err(e) => out.host_failures.push((h.host.name.clone(), e.to_string())),
             }
         }
         // Wait until the admin node sees every node.
@@ -541,8 +612,7 @@ impl GarageLayout {
         for _ in 0..60 {
             let s = ctx
                 .run("garage status", &garage(&["status"]).build(), Input::None)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             status = s.stdout_str();
             if ids.iter().all(|(_, id)| status.contains(&id[..16])) {
                 break;
@@ -554,13 +624,10 @@ impl GarageLayout {
             if status.contains(&id[..16]) {
                 connected.push((h, id));
             } else {
-                out.host_failures.push((
-                    h.host.name.clone(),
-                    format!(
-                        "garage on {} did not join the cluster within 30 s",
-                        h.host.name
-                    ),
-                ));
+                let e = GarageError::NotJoined {
+                    host: h.host.name.clone(),
+                };
+                out.host_failures.push((h.host.name.clone(), e.to_string()));
             }
         }
         let show = ctx
@@ -569,8 +636,7 @@ impl GarageLayout {
                 &garage(&["layout", "show"]).build(),
                 Input::None,
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let (roles, version) = parse_layout(&show.stdout_str());
         let mut assign = Script::new();
         let mut assigned = Vec::new();
@@ -613,8 +679,7 @@ impl GarageLayout {
                 &(version + 1).to_string(),
             ]));
             ctx.run_ok("garage layout", assign.as_str(), Input::None)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             out.changed = true;
             out.message = Some(format!(
                 "assigned {}; applied layout version {}",
@@ -634,8 +699,8 @@ impl GarageLayout {
         ctx: &OpCtx<'_>,
         admin: &HostCtx,
         out: &mut ClusterOutcome,
-    ) -> Result<(), String> {
-        let mut secrets = Secrets::load(&self.0.secrets_path).map_err(|e| e.to_string())?;
+    ) -> Result<(), GarageError> {
+        let mut secrets = Secrets::load(&self.0.secrets_path)?;
         let bucket = admin
             .vars
             .get("GARAGE_BUCKET")
@@ -651,15 +716,11 @@ impl GarageLayout {
                 // A rebuilt cluster lacks the saved key: import it, so services keep their credentials.
                 let (script, input) = import_if_missing(&id, &secret);
                 let title = "garage key (import if missing)";
-                let imported = ctx
-                    .run_withheld(title, script.as_str(), input)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let imported = ctx.run_withheld(title, script.as_str(), input).await?;
                 if !imported.success() {
-                    return Err(format!(
-                        "the access key GARAGE_KEY in {} is not in the cluster and cannot be imported (a deleted key id stays reserved). Fix: remove GARAGE_KEY and GARAGE_SECRET from it; mesh then creates a new key",
-                        self.0.secrets_path.display()
-                    ));
+                    return Err(GarageError::KeyNotImportable {
+                        secrets_path: self.0.secrets_path.clone(),
+                    });
                 }
                 if imported.stdout_str().contains(IMPORTED) {
                     key_is_new = true;
@@ -677,17 +738,13 @@ impl GarageLayout {
                                 &garage(&["key", "create", KEY_NAME]).build(),
                                 Input::None,
                             )
-                            .await
-                            .map_err(|e: OpError| e.to_string())?;
+                            .await?;
                         key_is_new = true;
-                        parse_key(&created.stdout_str())
-                            .ok_or("`garage key create` printed no Key ID / Secret key")?
+                        parse_key(&created.stdout_str()).ok_or(GarageError::NoCreatedKey)?
                     }
                 };
-                secrets.set("GARAGE_KEY", &id).map_err(|e| e.to_string())?;
-                secrets
-                    .set("GARAGE_SECRET", &secret)
-                    .map_err(|e| e.to_string())?;
+                secrets.set("GARAGE_KEY", &id)?;
+                secrets.set("GARAGE_SECRET", &secret)?;
                 id
             }
         };
@@ -700,10 +757,7 @@ impl GarageLayout {
         s.cmd(garage(&["bucket", "create", &bucket]));
         s.raw(&format!("echo {BUCKET_CREATED}"));
         s.raw("fi");
-        let made = ctx
-            .run_ok("garage bucket", s.as_str(), Input::None)
-            .await
-            .map_err(|e| e.to_string())?;
+        let made = ctx.run_ok("garage bucket", s.as_str(), Input::None).await?;
         let created = made.stdout_str().contains(BUCKET_CREATED);
         out.changed |= created;
         if created || key_is_new {
@@ -758,7 +812,7 @@ fn import_if_missing(id: &str, secret: &str) -> (Script, Input) {
 async fn read_back_key(
     ctx: &OpCtx<'_>,
     hint: Option<&str>,
-) -> Result<Option<(String, String)>, String> {
+) -> Result<Option<(String, String)>, GarageError> {
     let id = match hint {
         Some(id) => id.to_string(),
         None => {
@@ -768,9 +822,8 @@ async fn read_back_key(
                     &garage(&["json-api", "ListKeys"]).build(),
                     Input::None,
                 )
-                .await
-                .map_err(|e| e.to_string())?;
-            let keys = json_output(&list).ok_or("`garage json-api ListKeys` printed no JSON")?;
+                .await?;
+            let keys = json_output(&list).ok_or(GarageError::NoKeyList)?;
             let mine: Vec<&str> = keys
                 .as_array()
                 .into_iter()
@@ -781,12 +834,7 @@ async fn read_back_key(
             match mine[..] {
                 [] => return Ok(None),
                 [id] => id.to_string(),
-                _ => {
-                    return Err(format!(
-                        "the cluster has {} access keys named \"{KEY_NAME}\" and secrets.env names none of them. Fix: put the one your services use in secrets.env as GARAGE_KEY and GARAGE_SECRET (`garage key info --show-secret <id>` on a node)",
-                        mine.len()
-                    ))
-                }
+                _ => return Err(GarageError::AmbiguousKeys { count: mine.len() }),
             }
         }
     };
@@ -796,8 +844,7 @@ async fn read_back_key(
             &garage(&["json-api", "GetKeyInfo", "-"]).build(),
             payload(serde_json::json!({ "id": id, "showSecretKey": true })),
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     if !info.success() {
         // No such key (any more): a new one is made.
         return Ok(None);
@@ -813,7 +860,7 @@ async fn read_back_key(
 }
 
 /// Read, write and owner rights on `bucket` for the key `key_id` (on stdin).
-async fn allow_bucket(ctx: &OpCtx<'_>, bucket: &str, key_id: &str) -> Result<(), String> {
+async fn allow_bucket(ctx: &OpCtx<'_>, bucket: &str, key_id: &str) -> Result<(), GarageError> {
     let lookup = serde_json::json!({ "globalAlias": bucket }).to_string();
     let info = ctx
         .run_secret(
@@ -821,11 +868,12 @@ async fn allow_bucket(ctx: &OpCtx<'_>, bucket: &str, key_id: &str) -> Result<(),
             &garage(&["json-api", "GetBucketInfo", &lookup]).build(),
             Input::None,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let bucket_id = json_output(&info)
         .and_then(|v| v["id"].as_str().map(str::to_string))
-        .ok_or_else(|| format!("`garage json-api GetBucketInfo` printed no id for {bucket}"))?;
+        .ok_or_else(|| GarageError::NoBucketId {
+            bucket: bucket.to_string(),
+        })?;
     ctx.run_secret(
         "garage bucket allow",
         &garage(&["json-api", "AllowBucketKey", "-"]).build(),
@@ -835,8 +883,7 @@ async fn allow_bucket(ctx: &OpCtx<'_>, bucket: &str, key_id: &str) -> Result<(),
             "permissions": { "read": true, "write": true, "owner": true },
         })),
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     Ok(())
 }
 
@@ -849,7 +896,7 @@ impl ClusterStep for GarageLayout {
         Box::pin(async move {
             let mut out = ClusterOutcome::default();
             if let Err(e) = self.layout(hosts, &mut out).await {
-                out.abort = Some(e);
+                out.abort = Some(e.to_string());
             }
             out
         })

@@ -63,40 +63,62 @@ impl<T: Clone> Default for Slot<T> {
     }
 }
 
+/// A binary mesh installs from `<assets>/<arch>/` is missing or unreadable.
+#[derive(Debug, thiserror::Error)]
+pub enum AssetError {
+    #[error("missing {}. Fix: put the {name} binary for {arch} there (or pass --assets DIR)", .path.display())]
+    Missing {
+        path: PathBuf,
+        name: String,
+        arch: Arch,
+    },
+    #[error(
+        "missing {name} in {} for every architecture ({}). Fix: put the {name} binary for your hosts there (or pass --assets DIR)",
+        .assets.display(),
+        Arch::ALL.map(|a| format!("{a}/{name}")).join(", ")
+    )]
+    MissingForEveryArch { assets: PathBuf, name: String },
+    #[error("{}: {source}", .path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// `<assets>/<arch>/<name>`, which must exist.
-pub fn asset(assets: &Path, arch: Arch, name: &str) -> Result<PathBuf, String> {
+pub fn asset(assets: &Path, arch: Arch, name: &str) -> Result<PathBuf, AssetError> {
     let path = assets.join(arch.to_string()).join(name);
     if path.is_file() {
         Ok(path)
     } else {
-        Err(format!(
-            "missing {}. Fix: put the {name} binary for {arch} there (or pass --assets DIR)",
-            path.display()
-        ))
+        Err(AssetError::Missing {
+            path,
+            name: name.to_string(),
+            arch,
+        })
     }
 }
 
 /// The op installing `<assets>/<arch>/<name>` as the executable `dest`
 /// (id `<name>-bin`, for units to restart on).
-pub fn binary_op(assets: &Path, arch: Arch, name: &str, dest: &str) -> Result<FileOp, String> {
+pub fn binary_op(assets: &Path, arch: Arch, name: &str, dest: &str) -> Result<FileOp, AssetError> {
     let path = asset(assets, arch, name)?;
-    Ok(FileOp::from_local(dest, &path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .mode(0o755)
-        .id(&format!("{name}-bin")))
+    match FileOp::from_local(dest, &path) {
+        Ok(op) => Ok(op.mode(0o755).id(&format!("{name}-bin"))),
+        Err(source) => Err(AssetError::Unreadable { path, source }),
+    }
 }
 
 /// The up-front asset check: the host's own architecture when the inventory
 /// declares it; otherwise (detected on the host later) at least one must exist.
-pub fn check_asset(assets: &Path, arch: Option<Arch>, name: &str) -> Result<(), String> {
+pub fn check_asset(assets: &Path, arch: Option<Arch>, name: &str) -> Result<(), AssetError> {
     match arch {
         Some(arch) => asset(assets, arch, name).map(|_| ()),
         None if Arch::ALL.iter().any(|a| asset(assets, *a, name).is_ok()) => Ok(()),
-        None => Err(format!(
-            "missing {name} in {} for every architecture ({}). Fix: put the {name} binary for your hosts there (or pass --assets DIR)",
-            assets.display(),
-            Arch::ALL.map(|a| format!("{a}/{name}")).join(", ")
-        )),
+        None => Err(AssetError::MissingForEveryArch {
+            assets: assets.to_path_buf(),
+            name: name.to_string(),
+        }),
     }
 }
 
@@ -188,7 +210,9 @@ mod tests {
     #[test]
     fn a_missing_asset_names_its_path_and_the_fix() {
         let dir = tempfile::tempdir().unwrap();
-        let err = asset(dir.path(), Arch::Aarch64, "wesher").unwrap_err();
+        let err = asset(dir.path(), Arch::Aarch64, "wesher")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("aarch64/wesher"), "{err}");
         assert!(err.contains("Fix:"), "{err}");
         std::fs::create_dir_all(dir.path().join("x86_64")).unwrap();
@@ -199,7 +223,9 @@ mod tests {
         );
         // Undeclared arch: fine while any architecture has it.
         check_asset(dir.path(), None, "garage").unwrap();
-        let err = check_asset(dir.path(), None, "wesher").unwrap_err();
+        let err = check_asset(dir.path(), None, "wesher")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("x86_64/wesher, aarch64/wesher"), "{err}");
         assert!(check_asset(dir.path(), Some(Arch::Aarch64), "garage").is_err());
     }

@@ -15,14 +15,16 @@
 //! and the first node's state is read back with the output withheld from
 //! the log.
 
-use super::Slot;
+use super::{AssetError, Slot};
 use crate::inventory::Host;
 use crate::ops::{field, CommandOp, Decision, FileOp, Op, OpCtx, OpError, OpFailure, UnitOp};
-use crate::phases::{converge_ops, ClusterOutcome, ClusterStep, HostCtx, Step, StepOutcome};
+use crate::phases::{
+    converge_ops, ArchError, CheckError, ClusterOutcome, ClusterStep, HostCtx, Step, StepOutcome,
+};
 use crate::quote::Script;
-use crate::secrets::{random_base64, Secrets};
+use crate::secrets::{random_base64, Secrets, SecretsError};
 use crate::ssh::{BoxFut, Input};
-use crate::template::render_builtin;
+use crate::template::{render_builtin, TemplateError};
 use minijinja::Value;
 use std::collections::BTreeMap;
 use std::net::ToSocketAddrs;
@@ -32,6 +34,31 @@ use std::sync::Arc;
 pub const KEY_NAME: &str = "WESHER_CLUSTER_KEY";
 const STATE_FILE: &str = "/var/lib/wesher/wgoverlay.json";
 const BIN: &str = "/usr/local/bin/wesher";
+
+/// Why the overlay cannot be set up (for every host, or for one).
+#[derive(Debug, thiserror::Error)]
+pub enum WesherError {
+    #[error("no routable address for {host} (the wesher key stage did not run)")]
+    NoAddress { host: String },
+    #[error("cannot resolve public_dns {dns} of {host}")]
+    Unresolvable { dns: String, host: String },
+    #[error("{host} is behind NAT without public_ip or public_dns. Fix: set one in the inventory")]
+    NatWithoutPublicAddress { host: String },
+    #[error("reading {STATE_FILE} on {host}: {source}")]
+    ReadState { host: String, source: OpError },
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error("random key: {0}")]
+    RandomKey(std::io::Error),
+    #[error("no cluster key (the wesher key stage did not run)")]
+    NoKey,
+    #[error(transparent)]
+    Arch(#[from] ArchError),
+    #[error(transparent)]
+    Asset(#[from] AssetError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+}
 
 /// Shared by the key stage and the host steps.
 pub struct WesherPlan {
@@ -66,19 +93,19 @@ impl WesherPlan {
         })
     }
 
-    fn address(&self, host: &str) -> Result<String, String> {
+    fn address(&self, host: &str) -> Result<String, WesherError> {
         self.addresses
             .get()
             .and_then(|a| a.get(host).cloned())
-            .ok_or_else(|| {
-                format!("no routable address for {host} (the wesher key stage did not run)")
+            .ok_or_else(|| WesherError::NoAddress {
+                host: host.to_string(),
             })
     }
 }
 
 /// A host's address as seen from the internet: public_ip, else the resolved
 /// public_dns, else its SSH address (never a LAN address behind NAT).
-pub fn routable_address(host: &Host) -> Result<String, String> {
+pub fn routable_address(host: &Host) -> Result<String, WesherError> {
     if let Some(ip) = host.public_ip {
         return Ok(ip.to_string());
     }
@@ -88,13 +115,15 @@ pub fn routable_address(host: &Host) -> Result<String, String> {
             .ok()
             .and_then(|mut a| a.next())
             .map(|a| a.ip().to_string())
-            .ok_or_else(|| format!("cannot resolve public_dns {dns} of {}", host.name));
+            .ok_or_else(|| WesherError::Unresolvable {
+                dns: dns.clone(),
+                host: host.name.clone(),
+            });
     }
     if host.behind_nat {
-        return Err(format!(
-            "{} is behind NAT without public_ip or public_dns. Fix: set one in the inventory",
-            host.name
-        ));
+        return Err(WesherError::NatWithoutPublicAddress {
+            host: host.name.clone(),
+        });
     }
     Ok(host.address.clone())
 }
@@ -109,7 +138,7 @@ fn state_key(text: &str) -> Option<String> {
 pub struct WesherKey(pub Arc<WesherPlan>);
 
 impl WesherKey {
-    async fn settle(&self, hosts: &[Arc<HostCtx>]) -> Result<String, String> {
+    async fn settle(&self, hosts: &[Arc<HostCtx>]) -> Result<String, WesherError> {
         let mut running = None;
         if let Some(first) = hosts.iter().find(|h| h.host.name == self.0.first.name) {
             let mut s = Script::new();
@@ -119,18 +148,21 @@ impl WesherKey {
                 .op_ctx()
                 .run_secret("read wesher state", s.as_str(), Input::None)
                 .await
-                .map_err(|e| format!("reading {STATE_FILE} on {}: {e}", first.host.name))?;
+                .map_err(|source| WesherError::ReadState {
+                    host: first.host.name.clone(),
+                    source,
+                })?;
             running = state_key(&out.stdout_str());
         }
-        let mut secrets = Secrets::load(&self.0.secrets_path).map_err(|e| e.to_string())?;
+        let mut secrets = Secrets::load(&self.0.secrets_path)?;
         let stored = secrets.get(KEY_NAME).map(str::to_string);
         let key = match (running, stored) {
             (Some(k), _) => k,
             (None, Some(k)) => k,
-            (None, None) => random_base64(32).map_err(|e| format!("random key: {e}"))?,
+            (None, None) => random_base64(32).map_err(WesherError::RandomKey)?,
         };
         if secrets.get(KEY_NAME) != Some(key.as_str()) && !self.0.dry_run {
-            secrets.set(KEY_NAME, &key).map_err(|e| e.to_string())?;
+            secrets.set(KEY_NAME, &key)?;
         }
         Ok(key)
     }
@@ -179,7 +211,7 @@ impl ClusterStep for WesherKey {
                     }
                     // Without the first node's address nobody can join.
                     Err(e) if name == first => return ClusterOutcome::failed(e),
-                    Err(e) => out.host_failures.push((name, e)),
+                    Err(e) => out.host_failures.push((name, e.to_string())),
                 }
             }
             self.0.addresses.set(addresses);
@@ -195,14 +227,10 @@ pub struct Wesher {
 }
 
 impl Wesher {
-    async fn ops(&self, ctx: &HostCtx) -> Result<Vec<Box<dyn Op>>, String> {
+    async fn ops(&self, ctx: &HostCtx) -> Result<Vec<Box<dyn Op>>, WesherError> {
         let host = &ctx.host;
         let binary = super::binary_op(&self.plan.assets, ctx.arch().await?, "wesher", BIN)?;
-        let key = self
-            .plan
-            .key
-            .get()
-            .ok_or("no cluster key (the wesher key stage did not run)")?;
+        let key = self.plan.key.get().ok_or(WesherError::NoKey)?;
         let join = if self.first {
             None
         } else {
@@ -222,10 +250,8 @@ impl Wesher {
             Value::from(self.plan.overlay_net.clone()),
         );
         let extra = Value::from(extra);
-        let env =
-            render_builtin("wesher.env.j2", &ctx.vars, Some(&extra)).map_err(|e| e.to_string())?;
-        let unit =
-            render_builtin("wesher.service.j2", &ctx.vars, None).map_err(|e| e.to_string())?;
+        let env = render_builtin("wesher.env.j2", &ctx.vars, Some(&extra))?;
+        let unit = render_builtin("wesher.service.j2", &ctx.vars, None)?;
 
         let mut set_name = Script::new();
         set_name.line(
@@ -264,7 +290,7 @@ impl Step for Wesher {
         (ctx.host.name == self.plan.first.name) == self.first
     }
 
-    fn check(&self, ctx: &HostCtx) -> Result<(), String> {
+    fn check(&self, ctx: &HostCtx) -> Result<(), CheckError> {
         super::check_asset(&self.plan.assets, ctx.host.arch, "wesher")?;
         if ctx.host.behind_nat {
             routable_address(&ctx.host)?;
@@ -330,7 +356,7 @@ impl Op for AdvertiseCheck {
                 .await?;
             match field(&out.stdout_str(), "adv") {
                 Some("yes") => Ok(false),
-                _ => Err(OpError::Other(NO_ADVERTISE.into())),
+                _ => Err(OpError::Refused(NO_ADVERTISE.into())),
             }
         })
     }

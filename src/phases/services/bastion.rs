@@ -8,10 +8,35 @@
 use super::{touch, DATA_DIR, LOG_DIR};
 use crate::inventory::Arch;
 use crate::ops::{AptInstall, CommandOp, DirOp, FileOp, Op, UnitOp};
+use crate::phases::nodes::AssetError;
 use crate::phases::HostCtx;
 use crate::quote::Script;
-use crate::template::render_builtin;
+use crate::template::{render_builtin, TemplateError};
 use std::path::Path;
+
+/// Why a bastion's (or a traefik-kop worker's) ops cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BastionError {
+    #[error("REDIS_PWD is not set. Fix: put REDIS_PWD=... in secrets.env (mesh creates one when the inventory has a bastion)")]
+    NoRedisPassword,
+    #[error("{CROWDSEC_BOUNCER_KEY} is not set. Fix: put it in secrets.env (mesh creates one when the inventory has a bastion)")]
+    NoBouncerKey,
+    #[error("no bastion to publish to. Fix: set traefik_host for this host")]
+    NoBastion,
+    #[error("internal error: no template {name}")]
+    NoBuiltin { name: String },
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Asset(#[from] AssetError),
+}
+
+/// For callers whose errors are still text (the services phase's op list).
+impl From<BastionError> for String {
+    fn from(e: BastionError) -> String {
+        e.to_string()
+    }
+}
 
 /// The port CrowdSec's local API listens on (templates/crowdsec/config.yaml.local:
 /// moved off 8080, which is Traefik's API).
@@ -23,10 +48,11 @@ pub(crate) const REDIS_AUTH_FILE: &str = "/etc/redis/mesh-auth";
 /// The bastion's password variable.
 pub const REDIS_PWD: &str = "REDIS_PWD";
 
-fn redis_password(ctx: &HostCtx) -> Result<String, String> {
-    ctx.vars.get(REDIS_PWD).map(str::to_string).ok_or_else(|| {
-        "REDIS_PWD is not set. Fix: put REDIS_PWD=... in secrets.env (mesh creates one when the inventory has a bastion)".to_string()
-    })
+fn redis_password(ctx: &HostCtx) -> Result<String, BastionError> {
+    ctx.vars
+        .get(REDIS_PWD)
+        .map(str::to_string)
+        .ok_or(BastionError::NoRedisPassword)
 }
 
 /// Redis config value quoting: `"` and `\` escaped.
@@ -35,14 +61,13 @@ fn redis_quote(value: &str) -> String {
 }
 
 /// The bastion's ops, in order.
-pub(crate) fn ops(ctx: &HostCtx, crowdsec: bool) -> Result<Vec<Box<dyn Op>>, String> {
+pub(crate) fn ops(ctx: &HostCtx, crowdsec: bool) -> Result<Vec<Box<dyn Op>>, BastionError> {
     let password = redis_password(ctx)?;
     let extra = minijinja::Value::from(std::collections::BTreeMap::from([(
         "redis_password".to_string(),
         minijinja::Value::from(redis_quote(&password)),
     )]));
-    let conf =
-        render_builtin("redis.conf.j2", &ctx.vars, Some(&extra)).map_err(|e| e.to_string())?;
+    let conf = render_builtin("redis.conf.j2", &ctx.vars, Some(&extra))?;
     let mut ops: Vec<Box<dyn Op>> = vec![
         Box::new(AptInstall::new(["redis-server", "curl"])),
         Box::new(
@@ -69,8 +94,10 @@ pub(crate) fn ops(ctx: &HostCtx, crowdsec: bool) -> Result<Vec<Box<dyn Op>>, Str
 pub const CROWDSEC_BOUNCER_KEY: &str = "CROWDSEC_BOUNCER_KEY";
 
 /// A built-in file, verbatim.
-fn builtin(name: &str) -> Result<&'static str, String> {
-    crate::template::builtin(name).ok_or_else(|| format!("internal error: no template {name}"))
+fn builtin(name: &str) -> Result<&'static str, BastionError> {
+    crate::template::builtin(name).ok_or_else(|| BastionError::NoBuiltin {
+        name: name.to_string(),
+    })
 }
 
 /// CrowdSec and its firewall bouncer from Debian's packages, installed
@@ -79,18 +106,15 @@ fn builtin(name: &str) -> Result<&'static str, String> {
 /// packages' postinst scripts neither register online nor write their own;
 /// then `setup.sh` links the Traefik parsers from the shipped hub, registers
 /// the bouncer and (re)starts both when something they read changed.
-fn crowdsec_ops(ctx: &HostCtx) -> Result<Vec<Box<dyn Op>>, String> {
+fn crowdsec_ops(ctx: &HostCtx) -> Result<Vec<Box<dyn Op>>, BastionError> {
     if ctx.vars.get(CROWDSEC_BOUNCER_KEY).is_none() {
-        return Err(format!(
-            "{CROWDSEC_BOUNCER_KEY} is not set. Fix: put it in secrets.env (mesh creates one when the inventory has a bastion)"
-        ));
+        return Err(BastionError::NoBouncerKey);
     }
     let bouncer = render_builtin(
         "crowdsec/crowdsec-firewall-bouncer.yaml.local.j2",
         &ctx.vars,
         None,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let setup = builtin("crowdsec/setup.sh")?;
     let mut run = Script::new();
     run.raw(setup);
@@ -137,13 +161,12 @@ pub(crate) fn traefik_kop_ops(
     ctx: &HostCtx,
     assets: &Path,
     arch: Arch,
-) -> Result<Vec<Box<dyn Op>>, String> {
+) -> Result<Vec<Box<dyn Op>>, BastionError> {
     let password = redis_password(ctx)?;
     if ctx.vars.get("REDIS_IP").is_none() {
-        return Err("no bastion to publish to. Fix: set traefik_host for this host".into());
+        return Err(BastionError::NoBastion);
     }
-    let unit =
-        render_builtin("traefik-kop.service.j2", &ctx.vars, None).map_err(|e| e.to_string())?;
+    let unit = render_builtin("traefik-kop.service.j2", &ctx.vars, None)?;
     let mut env = Script::new();
     env.line("REDIS_PASS={}", &[&password]);
     Ok(vec![

@@ -13,15 +13,15 @@
 //! heredocs; without it the classic builder is the fallback, and the run
 //! says so once.
 
+use super::cache::{self, CacheError};
 use super::plan::{HostPlan, RenderedFile};
 use crate::inventory::Arch;
 use crate::ops::image::ImageSource;
 use crate::ssh::BoxFut;
 use crate::template::Redactor;
 use std::collections::BTreeMap;
-use std::ffi::OsString;
-use super::cache::{self, CacheError};
 use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -162,7 +162,10 @@ pub(crate) fn build_args(
         args.extend(["--platform".into(), p.into()]);
     }
     args.extend(["--tag".into(), tag.into()]);
-    args.extend(["--label".into(), format!("{SERVICE_LABEL}={service}").into()]);
+    args.extend([
+        "--label".into(),
+        format!("{SERVICE_LABEL}={service}").into(),
+    ]);
     if let Some(t) = target {
         args.extend(["--target".into(), t.into()]);
     }
@@ -357,7 +360,9 @@ pub(crate) async fn build_all(
                 }
                 report.cache = Some(pruned);
             }
-            Err(e) => report.notes.push(format!("controller cache not bounded: {e}")),
+            Err(e) => report
+                .notes
+                .push(format!("controller cache not bounded: {e}")),
         }
     }
     Ok((images, report))
@@ -523,7 +528,14 @@ mod tests {
             ])
         );
         assert_eq!(
-            build_args(Builder::Buildx, "mesh/web:ab-dev", "web", Some("dev"), None, ctx),
+            build_args(
+                Builder::Buildx,
+                "mesh/web:ab-dev",
+                "web",
+                Some("dev"),
+                None,
+                ctx
+            ),
             os(&[
                 "buildx",
                 "build",
@@ -579,7 +591,14 @@ mod tests {
             ])
         );
         assert_eq!(
-            build_args(Builder::Classic, "mesh/web:ab-x", "web", Some("x"), None, ctx),
+            build_args(
+                Builder::Classic,
+                "mesh/web:ab-x",
+                "web",
+                Some("x"),
+                None,
+                ctx
+            ),
             os(&[
                 "build",
                 "--tag",

@@ -15,7 +15,7 @@
 //! `services-up`: `docker compose up -d` on every host ([`up`]), then the
 //! routes are published.
 
-mod bastion;
+pub(crate) mod bastion;
 pub(crate) mod build;
 pub(crate) mod cache;
 pub(crate) mod compose;

@@ -201,7 +201,7 @@ pub(crate) fn plan_host(
         match render_file(path, text.as_bytes(), &vars) {
             Ok((_, bytes)) => match compose::parse(path, &String::from_utf8_lossy(&bytes)) {
                 Ok(doc) => docs.push((path.clone(), doc)),
-                Err(e) => problems.push(e),
+                Err(e) => problems.push(e.to_string()),
             },
             Err(e) => problems.push(e.to_string()),
         }
@@ -210,7 +210,7 @@ pub(crate) fn plan_host(
         return Err(problems);
     }
     let files: Vec<PathBuf> = docs.iter().map(|(p, _)| p.clone()).collect();
-    let doc = compose::merge(docs).map_err(|e| vec![e])?;
+    let doc = compose::merge(docs).map_err(|e| vec![e.to_string()])?;
     let defined = compose::service_names(&doc);
     let bastion = host.is_bastion();
     let run: Vec<String> = if host.services.is_empty() {
@@ -503,7 +503,7 @@ fn render_service(
     for f in &def.files {
         match render_one(&def.dir, f, &vars) {
             Ok(r) => files.push(r),
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(e.to_string()),
         }
     }
     let mut hook = |f: &Option<SourceFile>| {
@@ -511,7 +511,7 @@ fn render_service(
             .and_then(|f| match render_one(&def.dir, f, &vars) {
                 Ok(r) => Some(r.bytes.to_vec()),
                 Err(e) => {
-                    problems.push(e);
+                    problems.push(e.to_string());
                     None
                 }
             })
@@ -543,9 +543,13 @@ fn render_service(
     })
 }
 
-fn render_one(dir: &Path, f: &SourceFile, vars: &VarSet) -> Result<RenderedFile, String> {
+fn render_one(
+    dir: &Path,
+    f: &SourceFile,
+    vars: &VarSet,
+) -> Result<RenderedFile, crate::template::TemplateError> {
     let path = dir.join(&f.rel);
-    let (out, bytes) = render_file(&path, &f.bytes, vars).map_err(|e| e.to_string())?;
+    let (out, bytes) = render_file(&path, &f.bytes, vars)?;
     let rel = out
         .strip_prefix(dir)
         .map(|p| p.to_string_lossy().into_owned())

@@ -237,7 +237,10 @@ pub(crate) async fn read_host(ctx: &HostCtx) -> Result<HostRoutes, String> {
 /// The redis-cli lines a bastion runs for one host: its live services'
 /// keys, then the withdrawal of every other owner of that host (services
 /// that stopped or vanished, and the single owner older mesh versions used).
-fn host_lines(host: &str, live: &BTreeMap<String, BTreeMap<String, String>>) -> Vec<String> {
+pub(crate) fn host_lines(
+    host: &str,
+    live: &BTreeMap<String, BTreeMap<String, String>>,
+) -> Vec<String> {
     let mut lines: Vec<String> = live
         .iter()
         .map(|(owner, keys)| routes::host_script(owner, keys))

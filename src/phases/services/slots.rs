@@ -51,14 +51,19 @@ impl fmt::Display for Slot {
     }
 }
 
-impl FromStr for Slot {
-    type Err = String;
+/// A slot name other than `a` or `b`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown slot {0:?}")]
+pub(crate) struct UnknownSlot(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for Slot {
+    type Err = UnknownSlot;
+
+    fn from_str(s: &str) -> Result<Self, UnknownSlot> {
         match s.trim() {
             "a" => Ok(Slot::A),
             "b" => Ok(Slot::B),
-            other => Err(format!("unknown slot {other:?}")),
+            other => Err(UnknownSlot(other.to_string())),
         }
     }
 }
