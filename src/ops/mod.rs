@@ -75,10 +75,6 @@ pub enum OpError {
     /// A step's own typed error (e.g. the nodes phase's), carried as is.
     #[error(transparent)]
     Step(Box<dyn std::error::Error + Send + Sync>),
-    /// Deprecated: untyped text; use a named variant (or [`OpError::Step`]
-    /// with the phase's own error enum). Kept until every caller is typed.
-    #[error("{0}")]
-    Other(String),
 }
 
 /// A failed op plus what had happened before it on the same host.

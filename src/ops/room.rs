@@ -183,7 +183,7 @@ mod tests {
         fn size(&self) -> Option<u64> {
             self.2
         }
-        fn archive(&self) -> BoxFut<'_, Result<PathBuf, String>> {
+        fn archive(&self) -> BoxFut<'_, Result<PathBuf, crate::ops::image::ArchiveError>> {
             Box::pin(async { Ok(PathBuf::from("/nonexistent")) })
         }
     }

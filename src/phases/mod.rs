@@ -119,12 +119,6 @@ pub enum ArchError {
 }
 
 /// For callers whose errors are still text (the services phase's op list).
-impl From<ArchError> for String {
-    fn from(e: ArchError) -> String {
-        e.to_string()
-    }
-}
-
 /// What a step did on one host.
 #[derive(Debug, Default)]
 pub struct StepOutcome {

@@ -219,15 +219,17 @@ pub(crate) enum DeployError {
     Routing(String),
     #[error("{what}: {error}")]
     Remote { what: String, error: OpError },
-    #[error("{0}")]
-    Ship(String),
+    #[error(transparent)]
+    Ship(#[from] super::services::StepError),
+    #[error("reading its routes and deploy state: {0}")]
+    State(super::services::publish::RoutesError),
 }
 
 impl DeployError {
     fn at(self, label: &str) -> OpFailure {
         OpFailure {
             label: label.into(),
-            error: OpError::Other(self.to_string()),
+            error: OpError::Step(Box::new(self)),
             done: Vec::new(),
         }
     }
@@ -595,7 +597,7 @@ impl Deploy {
         if ctx.dry_run {
             let read = publish::read_host(ctx)
                 .await
-                .map_err(|e| DeployError::Ship(e).at("state"))?;
+                .map_err(|e| DeployError::State(e).at("state"))?;
             let st = read.state(&s.name);
             let image = match self.target {
                 Target::New => s.tag.clone(),
@@ -630,7 +632,7 @@ impl Deploy {
         let mut stages = Stages::new();
         let read = publish::read_host(ctx)
             .await
-            .map_err(|e| DeployError::Ship(e).at("state"))?;
+            .map_err(|e| DeployError::State(e).at("state"))?;
         let st = read.state(&s.name);
         let image = match self.target {
             Target::New => s.tag.clone(),

@@ -234,7 +234,7 @@ impl ImageSource for Image {
         self.size
     }
 
-    fn archive(&self) -> BoxFut<'_, Result<PathBuf, String>> {
+    fn archive(&self) -> BoxFut<'_, Result<PathBuf, crate::ops::image::ArchiveError>> {
         Box::pin(async move {
             self.archive
                 .get_or_try_init(|| {
@@ -242,7 +242,7 @@ impl ImageSource for Image {
                 })
                 .await
                 .cloned()
-                .map_err(|e| e.to_string())
+                .map_err(Into::into)
         })
     }
 }

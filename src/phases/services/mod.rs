@@ -334,6 +334,19 @@ struct Services {
 /// An op and the service it belongs to (its hooks see its changes).
 type Tagged = (Option<usize>, Box<dyn Op>);
 
+/// Why the `services` step could not build a host's operations.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StepError {
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
+    #[error(transparent)]
+    Bastion(#[from] bastion::BastionError),
+    #[error(transparent)]
+    Arch(#[from] crate::phases::ArchError),
+    #[error("internal error (a bug in mesh, please report it): no image for {0}")]
+    NoImage(String),
+}
+
 impl Services {
     /// The host's ops in order; `before` names services whose before-hook
     /// runs ahead of their changes.
@@ -342,7 +355,7 @@ impl Services {
         ctx: &HostCtx,
         plan: &HostPlan,
         before: &BTreeSet<usize>,
-    ) -> Result<Vec<Tagged>, String> {
+    ) -> Result<Vec<Tagged>, StepError> {
         let mut ops: Vec<Tagged> = Vec::new();
         let mut common = |op: Box<dyn Op>| ops.push((None, op));
         let ships_images = !plan.services.is_empty() && !self.build_on_host;
@@ -354,8 +367,8 @@ impl Services {
         for dir in ["/containers", BUILD_DIR, LOG_DIR, DATA_DIR] {
             common(Box::new(DirOp::new(dir)));
         }
-        let logrotate = crate::template::render_builtin("logrotate-containers.j2", &ctx.vars, None)
-            .map_err(|e| e.to_string())?;
+        let logrotate =
+            crate::template::render_builtin("logrotate-containers.j2", &ctx.vars, None)?;
         common(Box::new(FileOp::from_bytes(
             "/etc/logrotate.d/mesh-containers",
             logrotate,
@@ -435,7 +448,7 @@ pub(crate) fn service_ops(
     id: &str,
     images: &BTreeMap<String, Arc<Image>>,
     build_on_host: bool,
-) -> Result<Vec<Box<dyn Op>>, String> {
+) -> Result<Vec<Box<dyn Op>>, StepError> {
     let dir = format!("{BUILD_DIR}/{}", s.name);
     let mut ops: Vec<Box<dyn Op>> = vec![Box::new(DirOp::new(&dir))];
     for f in &s.files {
@@ -469,7 +482,7 @@ pub(crate) fn service_ops(
     } else {
         let image = images
             .get(&s.tag)
-            .ok_or_else(|| format!("internal error: no image for {}", s.tag))?;
+            .ok_or_else(|| StepError::NoImage(s.tag.clone()))?;
         ops.push(Box::new(ImageOp::new(image.clone()).id(id)));
     }
     if let Some(slot) = &s.slot {
@@ -714,9 +727,9 @@ impl Step for Services {
 
     fn run<'a>(&'a self, ctx: &'a HostCtx) -> BoxFut<'a, Result<StepOutcome, OpFailure>> {
         Box::pin(async move {
-            let fail = |e: String| OpFailure {
+            let fail = |e: StepError| OpFailure {
                 label: "services".into(),
-                error: OpError::Other(e),
+                error: OpError::Step(Box::new(e)),
                 done: Vec::new(),
             };
             let plan = &self.plans[&ctx.host.name];

@@ -249,7 +249,7 @@ pub(crate) fn parse(host: &str, text: &str) -> Result<HostRead, ParseError> {
     let manifest = if routes.trim().is_empty() {
         Manifest::default()
     } else {
-        parse_manifest(host, routes).map_err(ParseError::Manifest)?
+        parse_manifest(host, routes).map_err(|e| ParseError::Manifest(e.to_string()))?
     };
     Ok(HostRead {
         now,
