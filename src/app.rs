@@ -59,10 +59,13 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         Command::ServicesUp(args) => command::services_up::run(&mut s, args).await,
         Command::Deploy(args) => command::deploy::run(&mut s, args).await,
         Command::Care(args) => command::care::run(&mut s, args).await,
+        Command::Prune(args) => command::prune::run(&mut s, args).await,
         Command::Exec(args) => command::exec::run(&mut s, args).await,
         Command::Backup(args) => command::backup::run(&mut s, args).await,
         Command::Snapshots(args) => command::backup::snapshots(&mut s, args).await,
         Command::Restore(args) => command::backup::restore(&mut s, args).await,
+        Command::Status(args) => command::status::run(&mut s, args).await,
+        Command::Logs(args) => command::logs::run(&mut s, args).await,
         Command::Bench(args) => command::bench::run(&mut s, args).await,
         Command::Inventory(_) | Command::Completions(_) | Command::Man(_) => {
             unreachable!("handled above")

@@ -113,6 +113,9 @@ pub enum Command {
     /// apt update + dist-upgrade and the care hooks on hosts matching GLOB,
     /// in batches so a group never goes down at once.
     Care(command::care::Args),
+    /// Remove from the hosts the images no service runs and no --rollback
+    /// can reach, and bound the controller's image cache (--dry-run lists).
+    Prune(command::prune::Args),
     /// Run an ad-hoc command on every selected host and show each host's output.
     Exec(command::exec::Args),
     /// Back up the services' state (dumps, paths, volumes) into the fleet's garage with restic.
@@ -121,6 +124,13 @@ pub enum Command {
     Snapshots(command::backup::SnapshotsArgs),
     /// Restore a service from a backup: stop it, replace its data, start it, feed it its dump.
     Restore(command::backup::RestoreArgs),
+    /// What runs where, and whether anything is wrong: each service's live
+    /// slot, image, state, uptime and last deploy, route drift on the
+    /// bastions, disk, daemons, overlay (exit 1 when something is wrong).
+    Status(command::status::Args),
+    /// The live copy's logs of a service from every host that runs it,
+    /// each line prefixed by its host.
+    Logs(command::logs::Args),
     /// Print the resolved hosts, their groups and facts.
     Inventory(command::inventory::Args),
     /// Print a shell completion script for mesh (bash, zsh, fish, …).
@@ -142,10 +152,13 @@ impl Command {
             Command::ServicesUp(_) => "services-up",
             Command::Deploy(_) => "deploy",
             Command::Care(_) => "care",
+            Command::Prune(_) => "prune",
             Command::Exec(_) => "exec",
             Command::Backup(_) => "backup",
             Command::Snapshots(_) => "snapshots",
             Command::Restore(_) => "restore",
+            Command::Status(_) => "status",
+            Command::Logs(_) => "logs",
             Command::Inventory(_) => "inventory",
             Command::Completions(_) => "completions",
             Command::Man(_) => "man",
@@ -160,6 +173,8 @@ impl Command {
             self,
             Command::Exec(_)
                 | Command::Snapshots(_)
+                | Command::Status(_)
+                | Command::Logs(_)
                 | Command::Inventory(_)
                 | Command::Completions(_)
                 | Command::Man(_)

@@ -41,6 +41,10 @@ pub enum Error {
     Care(#[from] command::care::InputError),
     #[error(transparent)]
     Backup(#[from] crate::phases::backup::BackupInputError),
+    #[error(transparent)]
+    Status(#[from] command::status::InputError),
+    #[error(transparent)]
+    Logs(#[from] command::logs::InputError),
     /// The controller itself cannot start the run (temp dir, log dir, runtime).
     #[error("{what}: {source}")]
     Local {

@@ -134,6 +134,13 @@ fn utc_stamp() -> String {
     format!("{y:04}{m:02}{d:02}T{}", hms(secs, ""))
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` now (RFC 3339 in UTC): audit lines that tools read back.
+pub fn utc_rfc3339() -> String {
+    let secs = since_epoch().as_secs();
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    format!("{y:04}-{m:02}-{d:02}T{}Z", hms(secs, ":"))
+}
+
 /// `YYYY-MM-DD HH:MM:SS UTC`, for people.
 pub fn utc_now() -> String {
     let secs = since_epoch().as_secs();

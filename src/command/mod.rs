@@ -10,9 +10,12 @@ pub(crate) mod completions;
 pub(crate) mod deploy;
 pub(crate) mod exec;
 pub(crate) mod inventory;
+pub(crate) mod logs;
 pub(crate) mod nodes;
+pub(crate) mod prune;
 pub(crate) mod services;
 pub(crate) mod services_up;
+pub(crate) mod status;
 
 use crate::cli::Global;
 use crate::error::{Error, EXIT_INTERRUPTED};
@@ -117,7 +120,13 @@ impl Session {
         let log_dir = match &self.log_dir {
             Some(dir) => dir.clone(),
             None => {
-                let logs = self.inv.beside(".mesh/logs");
+                // Reads (`status` from cron every few minutes) rotate their
+                // own logs, never those of the runs that changed hosts.
+                let base = match self.name {
+                    "status" | "logs" => ".mesh/logs-read",
+                    _ => ".mesh/logs",
+                };
+                let logs = self.inv.beside(base);
                 let dir = crate::log::run_dir(&logs, self.name).map_err(|e| {
                     Error::local(
                         format!("creating the log directory under {}", logs.display()),

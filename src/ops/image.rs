@@ -17,9 +17,16 @@ use std::sync::Arc;
 pub trait ImageSource: Send + Sync {
     fn tag(&self) -> &str;
     fn id(&self) -> Option<&str>;
+    /// Its size in bytes (uncompressed layers), when known.
+    fn size(&self) -> Option<u64> {
+        None
+    }
     /// Path of the zstd-compressed `docker save` archive.
-    fn archive(&self) -> BoxFut<'_, Result<PathBuf, String>>;
+    fn archive(&self) -> BoxFut<'_, Result<PathBuf, ArchiveError>>;
 }
+
+/// Why an image's archive could not be made (the source's own typed error).
+pub type ArchiveError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Clone)]
 pub struct ImageOp {
@@ -75,7 +82,7 @@ impl Op for ImageOp {
 
     fn apply<'a>(&'a self, ctx: &'a OpCtx<'a>, _flags: u32) -> BoxFut<'a, Result<bool, OpError>> {
         Box::pin(async move {
-            let archive = self.source.archive().await.map_err(OpError::Other)?;
+            let archive = self.source.archive().await.map_err(OpError::Step)?;
             let mut s = Script::new();
             s.raw("set -e");
             s.raw(
@@ -108,7 +115,7 @@ mod tests {
         fn id(&self) -> Option<&str> {
             self.0
         }
-        fn archive(&self) -> BoxFut<'_, Result<PathBuf, String>> {
+        fn archive(&self) -> BoxFut<'_, Result<PathBuf, ArchiveError>> {
             Box::pin(async { Ok(PathBuf::from("/nonexistent")) })
         }
     }

@@ -13,6 +13,7 @@ pub mod command;
 pub mod dir;
 pub mod file;
 pub mod image;
+pub mod room;
 pub mod unit;
 
 use crate::log::HostLog;
@@ -25,6 +26,7 @@ pub use command::CommandOp;
 pub use dir::DirOp;
 pub use file::FileOp;
 pub use image::{ImageOp, ImageSource};
+pub use room::RoomOp;
 pub use unit::UnitOp;
 
 /// Where mesh keeps its own bookkeeping on a host.
@@ -73,10 +75,6 @@ pub enum OpError {
     /// A step's own typed error (e.g. the nodes phase's), carried as is.
     #[error(transparent)]
     Step(Box<dyn std::error::Error + Send + Sync>),
-    /// Deprecated: untyped text; use a named variant (or [`OpError::Step`]
-    /// with the phase's own error enum). Kept until every caller is typed.
-    #[error("{0}")]
-    Other(String),
 }
 
 /// A failed op plus what had happened before it on the same host.

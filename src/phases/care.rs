@@ -88,7 +88,10 @@ pub enum CareError {
     #[error("its routes go to bastion {bastion}, which is not in this inventory. Fix: check traefik_host, then run mesh services")]
     UnknownBastion { bastion: String },
     #[error("publishing routes on {bastion}: {error}")]
-    Publish { bastion: String, error: String },
+    Publish {
+        bastion: String,
+        error: super::services::publish::RoutesError,
+    },
     #[error("Traefik on {bastion} ({api}) did not show {what} after {seconds:.1} s: {answer}")]
     NotConfirmed {
         bastion: String,
@@ -98,7 +101,7 @@ pub enum CareError {
         answer: String,
     },
     #[error("reading its routes: {0}")]
-    Routes(String),
+    Routes(super::services::publish::RoutesError),
     #[error("the survey's output ended before its routes part (mesh {}); see the host log", env!("CARGO_PKG_VERSION"))]
     Survey,
     #[error("{host} did not come back within {seconds} s after the reboot. Fix: check its console; later batches were not started")]

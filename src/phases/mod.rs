@@ -11,8 +11,12 @@ pub mod care;
 pub mod deploy;
 pub mod exec;
 pub mod facts;
+pub(crate) mod fanout;
+pub(crate) mod logs;
 pub mod nodes;
+pub(crate) mod prune;
 pub mod services;
+pub(crate) mod status;
 
 use crate::inventory::{Arch, Host, ParseArchError};
 use crate::log::HostLog;
@@ -116,12 +120,6 @@ pub enum ArchError {
 }
 
 /// For callers whose errors are still text (the services phase's op list).
-impl From<ArchError> for String {
-    fn from(e: ArchError) -> String {
-        e.to_string()
-    }
-}
-
 /// What a step did on one host.
 #[derive(Debug, Default)]
 pub struct StepOutcome {

@@ -29,6 +29,9 @@ pub enum Input {
     Chain(Vec<Input>),
 }
 
+/// Where [`Transport::exec_streaming`] hands a command's stdout, as it comes.
+pub type StdoutSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
 /// Result of one remote command.
 #[derive(Debug, Clone, Default)]
 pub struct Output {
@@ -129,6 +132,23 @@ pub trait Transport: Send + Sync {
     /// [`Transport::exec_as`] with the normal deadline.
     fn exec<'a>(&'a self, script: &'a str, input: Input) -> BoxFut<'a, Result<Output, SshError>> {
         self.exec_as(script, input, CommandKind::Normal)
+    }
+
+    /// Run `script` with no deadline, handing its stdout to `sink` chunk by
+    /// chunk as it arrives (the returned [`Output`] has no stdout). It runs
+    /// until it ends or the future is dropped; then [`Transport::interrupt`]
+    /// stops it like any other command (`mesh logs --follow`).
+    /// The default runs [`Transport::exec`] and hands over its whole stdout.
+    fn exec_streaming<'a>(
+        &'a self,
+        script: &'a str,
+        sink: StdoutSink,
+    ) -> BoxFut<'a, Result<Output, SshError>> {
+        Box::pin(async move {
+            let mut out = self.exec(script, Input::None).await?;
+            sink(&std::mem::take(&mut out.stdout));
+            Ok(out)
+        })
     }
 
     /// Open a brand-new connection (not the multiplexed master) and run `true`.

@@ -12,7 +12,7 @@
 //! ends the groups still running through the same master: TERM, then KILL
 //! after [`KILL_GRACE`]. A package install (dpkg, apt) is left to finish.
 
-use super::{BoxFut, CommandKind, CommandTimeouts, Input, Output, SshError, Transport};
+use super::{BoxFut, CommandKind, CommandTimeouts, Input, Output, SshError, StdoutSink, Transport};
 use crate::quote::quote;
 use openssh::{Session, Stdio};
 use std::collections::BTreeMap;
@@ -276,26 +276,44 @@ impl SshTransport {
         kind: CommandKind,
     ) -> Result<Output, SshError> {
         let limit = self.limits.commands.of(kind);
+        self.run_bounded(conn, script, input, Some(limit), None)
+            .await
+    }
+
+    /// Run within `limit` (none: until it ends or is dropped), stdout to
+    /// `sink` as it arrives when there is one.
+    async fn run_bounded(
+        &self,
+        conn: &Conn,
+        script: &str,
+        input: Input,
+        limit: Option<Duration>,
+        sink: Option<StdoutSink>,
+    ) -> Result<Output, SshError> {
         let started = std::time::Instant::now();
-        let local = limit + Duration::from_secs(15);
         let id = self.next_command.fetch_add(1, Ordering::Relaxed);
-        let res =
-            tokio::time::timeout(local, self.run_limited(conn, script, input, limit, id)).await;
+        let work = self.run_limited(conn, script, input, limit, id, sink);
+        let res = match limit {
+            Some(limit) => tokio::time::timeout(limit + Duration::from_secs(15), work)
+                .await
+                .ok(),
+            None => Some(work.await),
+        };
         // Finished (or given up on): nothing to stop any more. A command whose
         // future is dropped (Ctrl-C) stays listed for `interrupt`.
         self.running().remove(&id);
-        match res {
-            Ok(Ok(out)) if matches!(out.code, Some(124 | 137)) && started.elapsed() >= limit => {
-                Err(SshError::Timeout {
-                    dest: self.dest.clone(),
-                    seconds: limit.as_secs(),
-                })
+        let timeout = |limit: Duration| SshError::Timeout {
+            dest: self.dest.clone(),
+            seconds: limit.as_secs(),
+        };
+        match (res, limit) {
+            (Some(Ok(out)), Some(limit))
+                if matches!(out.code, Some(124 | 137)) && started.elapsed() >= limit =>
+            {
+                Err(timeout(limit))
             }
-            Ok(res) => res,
-            Err(_) => Err(SshError::Timeout {
-                dest: self.dest.clone(),
-                seconds: limit.as_secs(),
-            }),
+            (Some(res), _) => res,
+            (None, limit) => Err(timeout(limit.unwrap_or_default())),
         }
     }
 
@@ -304,8 +322,9 @@ impl SshTransport {
         conn: &Conn,
         script: &str,
         input: Input,
-        limit: Duration,
+        limit: Option<Duration>,
         id: u64,
+        sink: Option<StdoutSink>,
     ) -> Result<Output, SshError> {
         let wrapped = wrap(script, limit, conn.sudo);
         let channel_err = |e: openssh::Error| SshError::Channel {
@@ -350,8 +369,21 @@ impl SshTransport {
         let stdout = child.stdout().take();
         let stdout = async move {
             let mut buf = Vec::new();
-            if let Some(mut r) = stdout {
-                r.read_to_end(&mut buf).await?;
+            match (stdout, sink) {
+                (Some(mut r), None) => {
+                    r.read_to_end(&mut buf).await?;
+                }
+                (Some(mut r), Some(sink)) => {
+                    let mut chunk = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = r.read(&mut chunk).await?;
+                        if n == 0 {
+                            break;
+                        }
+                        sink(&chunk[..n]);
+                    }
+                }
+                (None, _) => {}
             }
             Ok::<_, std::io::Error>(buf)
         };
@@ -395,14 +427,15 @@ pub const KILL_GRACE: Duration = Duration::from_secs(3);
 const PACKAGE_TOOLS: &[&str] = &["dpkg", "apt", "apt-get", "aptitude", "unattended-upgr"];
 
 /// The command line sent for `script`: `timeout` on the host bounds it and
-/// kills its whole process group past `limit`. The shell first prints its
-/// pid, which `exec timeout` keeps and makes its process group's id
-/// (`timeout` leads a group of its own), then is replaced by it: exit codes
-/// and signals are the command's own.
-fn wrap(script: &str, limit: Duration, sudo: bool) -> String {
+/// kills its whole process group past `limit` (without one, `timeout 0`
+/// makes the group all the same, for [`Transport::interrupt`]). The shell
+/// first prints its pid, which `exec timeout` keeps and makes its process
+/// group's id (`timeout` leads a group of its own), then is replaced by it:
+/// exit codes and signals are the command's own.
+fn wrap(script: &str, limit: Option<Duration>, sudo: bool) -> String {
     let inner = format!(
         "printf '{PGID_MARK}%s\\n' \"$$\" >&2; exec timeout -k 5 {} sh -c {}",
-        limit.as_secs().max(1),
+        limit.map_or(0, |l| l.as_secs().max(1)),
         quote(script)
     );
     if sudo {
@@ -633,6 +666,23 @@ impl Transport for SshTransport {
         })
     }
 
+    fn exec_streaming<'a>(
+        &'a self,
+        script: &'a str,
+        sink: StdoutSink,
+    ) -> BoxFut<'a, Result<Output, SshError>> {
+        Box::pin(async move {
+            let conn = self.connection().await?;
+            let res = self
+                .run_bounded(&conn, script, Input::None, None, Some(sink))
+                .await;
+            if let Err(SshError::Channel { .. }) = &res {
+                *self.conn.lock().await = None;
+            }
+            res
+        })
+    }
+
     fn check_fresh(&self) -> BoxFut<'_, Result<(), SshError>> {
         Box::pin(async move {
             let timeout = self.limits.connect_timeout;
@@ -765,12 +815,17 @@ mod tests {
     #[test]
     fn every_command_tells_its_process_group_first() {
         assert_eq!(
-            wrap("echo 'hi'", Duration::from_secs(600), false),
+            wrap("echo 'hi'", Some(Duration::from_secs(600)), false),
             r#"printf 'mesh-pgid %s\n' "$$" >&2; exec timeout -k 5 600 sh -c 'echo '\''hi'\'''"#
         );
         assert_eq!(
-            wrap("true", Duration::from_millis(10), true),
+            wrap("true", Some(Duration::from_millis(10)), true),
             r#"sudo -n env MESH_SSH_CONNECTION="$SSH_CONNECTION" sh -c 'printf '\''mesh-pgid %s\n'\'' "$$" >&2; exec timeout -k 5 1 sh -c true'"#
+        );
+        // No deadline (a stream): `timeout 0` still leads the process group.
+        assert_eq!(
+            wrap("true", None, false),
+            r#"printf 'mesh-pgid %s\n' "$$" >&2; exec timeout -k 5 0 sh -c true"#
         );
     }
 

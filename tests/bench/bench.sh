@@ -6,7 +6,7 @@
 # (files and unit removed on every host, fresh SSH connections); "warm" is the
 # re-run on the converged hosts; a third run re-hashes every file (--checksum).
 # A converged `nodes --only basic` is timed against `exec -- true` (the cost
-# of one login per host): the warm-run overhead ratio.
+# of one login per host): the warm-run overhead ratio; `status` likewise.
 # Then `nodes --only garage` (real garage binary + config + unit on every host,
 # the cluster layout applied once from the controller), cold and warm. Last,
 # `services` on S hosts (default 10): the example web image (≈150 MB: Debian
@@ -77,6 +77,10 @@ basic=$(timed "$DIR/basic-warm.log" mesh nodes --only basic)
 grep -q "^$N hosts: 0 changed, 0 failed" "$DIR/basic-warm.log" || {
     echo "bench: warm nodes --only basic changed something:" >&2; tail -n 5 "$DIR/basic-warm.log" >&2; exit 1; }
 floor=$(timed "$DIR/exec-true.log" mesh exec -- true)
+# `status` reads every host in one round trip: against the same floor. Exit 1
+# (something is wrong: bench hosts run no services, garage is off) is its answer.
+status_read() { mesh status || [[ $? == 1 ]]; }
+status=$(timed "$DIR/status.log" status_read)
 
 # garage: the real binary (built once, cached) as the asset.
 mkdir -p "$DIR/assets/$(uname -m)"
@@ -136,9 +140,12 @@ printf '    %-36s %6ss\n' "cold (after reset)" "$cold" "warm (re-run, 0 changed)
 echo "  converged nodes --only basic vs one login per host"
 printf '    %-36s %6ss\n' "nodes --only basic (warm)" "$basic" "exec -- true" "$floor"
 printf '    %-36s %6s\n' "ratio" "$(awk -v a="$basic" -v b="$floor" 'BEGIN { printf "%.1f", a / b }')"
+echo "  status (one round trip per host) vs one login per host"
+printf '    %-36s %6ss\n' "status" "$status" "exec -- true" "$floor"
+printf '    %-36s %6s\n' "ratio" "$(awk -v a="$status" -v b="$floor" 'BEGIN { printf "%.1f", a / b }')"
 echo "  nodes --only garage on $G hosts: $(du -m "$DIR/assets/$(uname -m)/garage" | cut -f1) MB binary + config + unit + layout"
 printf '    %-36s %6ss\n' "cold (after reset)" "$gcold" "warm (re-run, 0 changed)" "$gwarm"
 echo "  services on $S hosts: example web image ($size MB), built here once, shipped zstd-compressed"
 printf '    %-36s %6ss\n' "cold (build + ship to all)" "$scold" "warm (re-run: 0 built, 0 shipped)" "$swarm" \
     "bare docker save | ssh docker load" "$sbare"
-echo "logs: $DIR/{cold,warm,checksum,basic-warm,exec-true,garage-cold,garage-warm,services-cold,services-warm}.log"
+echo "logs: $DIR/{cold,warm,checksum,basic-warm,exec-true,status,garage-cold,garage-warm,services-cold,services-warm}.log"

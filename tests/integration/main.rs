@@ -2627,3 +2627,493 @@ volumes:
         "{table}"
     );
 }
+
+#[test]
+fn status_names_a_drifted_route_and_a_stopped_container_and_exits_1() {
+    let lab = Lab::start("status", 3, 33);
+    lab.install_docker();
+    let df = util::example_dockerfiles();
+    let dir = df.path().to_str().unwrap().to_string();
+    let inv = fleet_inventory(
+        &lab,
+        1,
+        &services_vars(&lab, "web.example.test").replace("crowdsec: true", "crowdsec: false"),
+    );
+    let mesh = || Mesh::new(&inv);
+    mesh().args(["services", "--dockerfiles", &dir]).run().ok();
+    mesh().args(["services-up"]).run().ok();
+    let (b1, w2, w3) = (lab.host(1), lab.host(2), lab.host(3));
+    util::eventually(|| match util::http_get(&lab.ip(1), "web.example.test")? {
+        (200, _) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    // A deploy's audit line on w2, as deploy writes it.
+    lab.on(
+        2,
+        r#"mkdir -p /var/log/mesh && echo '{"time":"07:40:01","at":"2025-12-02T07:40:01Z","who":"ops@ctl","host":"x","service":"web","from":"mesh/web:1","to":"mesh/web:2","result":"running","seconds":3.1}' >> /var/log/mesh/deploy.log"#,
+    );
+
+    // A healthy fleet: exit 0, hosts folded into the count; -v lists them.
+    util::eventually(|| mesh().args(["status"]).run().ok_or_log().map(|_| ()));
+    let healthy = mesh().args(["status"]).run().ok();
+    assert_eq!(
+        healthy.stdout, "3 hosts: 3 healthy (-v lists them), 0 with problems, 0 failed\n",
+        "{}",
+        healthy.stderr
+    );
+    let all = mesh().args(["-v", "status"]).run().ok();
+    for (host, svc) in [(&b1, "traefik"), (&w2, "web"), (&w3, "web")] {
+        assert!(
+            all.stdout
+                .lines()
+                .any(|l| l.starts_with(host.as_str()) && l.contains(svc) && l.contains("running")),
+            "{host} {svc}:\n{}",
+            all.stdout
+        );
+    }
+    assert!(
+        all.stdout.contains("ago running ops@ctl"),
+        "the last deploy:\n{}",
+        all.stdout
+    );
+    let json = mesh().args(["--json", "status"]).run().ok();
+    let events = json.events();
+    let w2_event = events
+        .iter()
+        .find(|e| e["event"] == "host_status" && e["host"] == w2.as_str())
+        .unwrap();
+    let web = &w2_event["services"][0];
+    assert_eq!(web["service"], "web");
+    assert_eq!(web["slot"], "a");
+    assert_eq!(web["port"], 8000);
+    assert_eq!(web["state"], "running");
+    assert_eq!(web["health"], "healthy");
+    assert_eq!(web["last_deploy"]["who"], "ops@ctl");
+    let route = format!("traefik/http/services/web/loadbalancer/servers/{w2}/url");
+    assert_eq!(
+        w2_event["routes"][b1.as_str()][&route],
+        format!("http://{}:8000", lab.ip(2))
+    );
+    assert!(w2_event["disks"][0]["avail_kb"].as_u64().unwrap() > 0);
+    assert_eq!(w2_event["overlay"]["assigned"], true);
+    assert_eq!(w2_event["overlay"]["peer_answers"], true);
+    assert_eq!(events.last().unwrap()["event"], "status_summary");
+    assert_eq!(events.last().unwrap()["ok"], true);
+
+    // Drift: w2's route on the bastion points at the standby port; w3's
+    // copy is stopped (its route still there).
+    lab.redis(&format!("SET {route} http://{}:8001", lab.ip(2)));
+    lab.on(
+        3,
+        "docker stop $(docker ps -q --filter label=com.docker.compose.service=web)",
+    );
+    let bad = mesh().args(["status"]).run().expect_code(1);
+    let text = &bad.stdout;
+    for needle in [
+        format!("  ! web: route on {b1} points at :8001, host says :8000."),
+        "  ! web: exited (code ".to_string(),
+        format!("  ! web: route on {b1} points at :8000, but the copy does not serve."),
+        "3 hosts: 1 healthy (-v lists them), 2 with problems, 0 failed".to_string(),
+    ] {
+        assert!(text.contains(&needle), "missing {needle:?} in:\n{text}");
+    }
+    assert!(
+        text.starts_with("HOST ") && !text.contains(&format!("\n{b1} ")),
+        "problems only, the healthy bastion folded:\n{text}"
+    );
+    // --limit and --service narrow it; the bastion outside --limit is still read.
+    let one = mesh()
+        .args(["--limit", &w2, "status", "--service", "web"])
+        .run()
+        .expect_code(1);
+    assert!(
+        one.stdout.contains(":8001, host says :8000") && !one.stdout.contains(&w3),
+        "{}",
+        one.stdout
+    );
+    assert!(one
+        .stdout
+        .ends_with("1 hosts: 0 healthy, 1 with problems, 0 failed\n"));
+    mesh()
+        .args(["--limit", &b1, "status", "--service", "web"])
+        .run()
+        .expect_code(1);
+    mesh()
+        .args(["status", "--service", "../web"])
+        .run()
+        .expect_code(2);
+    // Fixed again: exit 0.
+    mesh().args(["services-up"]).run().ok();
+    util::eventually(|| mesh().args(["status"]).run().ok_or_log().map(|_| ()));
+}
+
+/// A service that prints a numbered line with its host and a secret every
+/// half second, to its output and to /containers/log/ticker/app.log.
+const TICKER_DOCKERFILE: &str = r#"FROM << BASE_IMAGE >>
+CMD ["sh", "-c", "trap 'exit 0' TERM; n=0; while :; do n=$((n+1)); echo \"tick $n from $HOST token=$TOKEN\"; echo \"file $n from $HOST\" >> /var/log/ticker/app.log; sleep 0.5; done"]
+"#;
+
+#[test]
+fn logs_follow_streams_every_host_until_ctrl_c() {
+    let lab = Lab::start("logs", 2, 34);
+    lab.install_docker();
+    let df = tempfile::tempdir_in(util::repo_root().join("target")).unwrap();
+    std::fs::create_dir_all(df.path().join("ticker")).unwrap();
+    std::fs::write(df.path().join("ticker/Dockerfile"), TICKER_DOCKERFILE).unwrap();
+    std::fs::write(df.path().join("ticker/mesh.yml"), "logs: [app.log]\n").unwrap();
+    std::fs::write(
+        df.path().join("lab.yml"),
+        "services:\n  ticker:\n    restart: unless-stopped\n    environment: { HOST: \"<< HOSTNAME >>\", TOKEN: \"<< LOGS_TOKEN >>\" }\n    volumes: [\"/containers/log/ticker:/var/log/ticker\"]\n",
+    )
+    .unwrap();
+    let token = format!("tok{}", util::now_nanos());
+    std::fs::write(lab.dir.join("secrets.env"), format!("LOGS_TOKEN={token}\n")).unwrap();
+    let inv = lab.write_inventory("logs.yml", |text| {
+        format!("vars: {{ BASE_IMAGE: \"{}\" }}\n{text}", util::base_image())
+    });
+    let mesh = || Mesh::new(&inv);
+    let dir = df.path().to_str().unwrap();
+    mesh().args(["services", "--dockerfiles", dir]).run().ok();
+    mesh().args(["services-up"]).run().ok();
+    let (h1, h2) = (lab.host(1), lab.host(2));
+
+    // Each host's last lines, prefixed by the host, the secret redacted.
+    let once = util::eventually(|| {
+        let run = mesh()
+            .args(["logs", "ticker", "--tail", "3"])
+            .run()
+            .ok_or_log()?;
+        let per = |h: &str| {
+            run.stdout
+                .lines()
+                .filter(|l| l.starts_with(&format!("{h} | tick ")))
+                .count()
+        };
+        (per(&h1) == 3 && per(&h2) == 3)
+            .then_some(run.stdout.clone())
+            .ok_or(format!("{}{}", run.stdout, run.stderr))
+    });
+    assert!(!once.contains(&token), "the secret leaked:\n{once}");
+    assert!(once.contains(&format!("from {h1} token=***")), "{once}");
+    let file = mesh()
+        .args(["logs", "ticker", "--file", "app.log", "--tail", "2"])
+        .run()
+        .ok();
+    assert_eq!(
+        file.stdout
+            .lines()
+            .filter(|l| l.starts_with(&format!("{h2} | file ")))
+            .count(),
+        2,
+        "{}",
+        file.stdout
+    );
+    let traversal = mesh()
+        .args(["logs", "ticker", "--file", "../../../etc/shadow"])
+        .run()
+        .expect_code(2);
+    assert!(traversal.stderr.contains("Fix:"), "{}", traversal.stderr);
+    let none = mesh().args(["logs", "nope"]).run().expect_code(1);
+    assert!(
+        none.stderr.contains("no container of nope"),
+        "{}",
+        none.stderr
+    );
+
+    // --follow: new lines from both hosts as they come, until Ctrl-C.
+    let out_path = lab.dir.join("follow.out");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .arg("-i")
+        .arg(&inv)
+        .args([
+            "--progress",
+            "never",
+            "logs",
+            "ticker",
+            "--follow",
+            "--tail",
+            "1",
+        ])
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = |h: &str| {
+        std::fs::read_to_string(&out_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(&format!("{h} | tick ")))
+            .count()
+    };
+    util::eventually_within(20, || {
+        let (a, b) = (seen(&h1), seen(&h2));
+        (a >= 4 && b >= 4)
+            .then_some(())
+            .ok_or(format!("lines so far: {a} from {h1}, {b} from {h2}"))
+    });
+    let followers = |i: usize| lab.on(i, "pgrep -af 'docker [l]ogs' || true").stdout;
+    assert!(!followers(1).trim().is_empty(), "no docker logs on {h1}");
+    let pid = child.id().to_string();
+    let t0 = std::time::Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    eprintln!(
+        "logs --follow: exit {} {:?} after SIGINT",
+        out.status,
+        t0.elapsed()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(t0.elapsed() < std::time::Duration::from_secs(8));
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    assert!(!text.contains(&token), "the secret leaked:\n{text}");
+    assert!(
+        text.lines()
+            .all(|l| l.starts_with(&format!("{h1} | ")) || l.starts_with(&format!("{h2} | "))),
+        "every line prefixed by its host:\n{text}"
+    );
+    util::eventually_within(5, || {
+        let left: Vec<String> = (1..=2).map(followers).collect();
+        left.iter()
+            .all(|s| s.trim().is_empty())
+            .then_some(())
+            .ok_or(format!("docker logs left on the hosts: {left:?}"))
+    });
+    let ssh = std::process::Command::new("pgrep")
+        .args(["-af", &format!("mesh-{pid}-[0-9a-f]")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ssh.stdout).trim(), "");
+}
+
+/// The image host `i` records as live for `service`.
+fn live_image(lab: &Lab, i: usize, service: &str) -> String {
+    lab.on(
+        i,
+        &format!("sed -n 's/^image //p' /var/lib/mesh/deploy/{service}.state"),
+    )
+    .stdout
+    .trim()
+    .to_string()
+}
+
+/// The `mesh/<service>:*` tags host `i` has, sorted.
+fn image_tags(lab: &Lab, i: usize, service: &str) -> Vec<String> {
+    let mut tags: Vec<String> = lab
+        .on(
+            i,
+            &format!("docker image ls --format '{{{{.Repository}}}}:{{{{.Tag}}}}' mesh/{service}"),
+        )
+        .stdout
+        .lines()
+        .map(str::to_string)
+        .collect();
+    tags.sort();
+    tags
+}
+
+/// What the `images` step said on `host` in a `--json` run.
+fn images_output(run: &util::Run, host: &str) -> String {
+    run.events()
+        .into_iter()
+        .find(|e| e["event"] == "step_done" && e["step"] == "images" && e["host"] == host)
+        .unwrap_or_else(|| panic!("no images step on {host}:\n{}", run.stdout))["output"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn hosts_keep_exactly_the_live_image_and_the_rollback_window_and_prune_the_rest() {
+    let lab = Lab::start("gc", 3, 35);
+    lab.install_docker();
+    let df = util::example_dockerfiles();
+    let dir = df.path().to_str().unwrap().to_string();
+    let inv = lab.services_inventory(
+        "gc.yml",
+        &services_vars(&lab, "web.example.test").replace("crowdsec: true", "crowdsec: false"),
+    );
+    let mesh = || Mesh::new(&inv);
+    mesh().args(["services", "--dockerfiles", &dir]).run().ok();
+    mesh().args(["services-up"]).run().ok();
+    let bastion = lab.ip(1);
+    let index = df.path().join("web/index.html");
+    let deploy = |extra: &[&str]| {
+        mesh()
+            .args([
+                "--json",
+                "deploy",
+                "--service",
+                "web",
+                "--dockerfiles",
+                &dir,
+            ])
+            .args(extra)
+            .run()
+            .ok()
+    };
+
+    // Five deploys: b1 (services-up) .. b6.
+    let mut builds = vec![live_image(&lab, 2, "web")];
+    let mut last = None;
+    for n in 2..=6 {
+        std::fs::write(&index, format!("gc build {n}\n")).unwrap();
+        last = Some(deploy(&[]));
+        builds.push(live_image(&lab, 2, "web"));
+    }
+    assert_eq!(
+        builds
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        6,
+        "{builds:?}"
+    );
+    let last = last.unwrap();
+    let mut window: Vec<String> = builds[2..].to_vec();
+    window.sort();
+    for i in 2..=3 {
+        assert_eq!(live_image(&lab, i, "web"), builds[5]);
+        // Exactly the live image and the three --rollback can reach.
+        assert_eq!(image_tags(&lab, i, "web"), window, "host {i}");
+        let said = images_output(&last, &lab.host(i));
+        assert!(said.starts_with("removed 1 image, freed "), "{said}");
+        assert!(said.contains(" on /var/lib/docker"), "{said}");
+    }
+    // The bastion keeps its one traefik image.
+    assert_eq!(image_tags(&lab, 1, "traefik").len(), 1);
+
+    // --rollback still reaches the previous build.
+    deploy(&["--rollback"]);
+    for i in 2..=3 {
+        assert_eq!(live_image(&lab, i, "web"), builds[4]);
+    }
+    for _ in 0..4 {
+        let body = util::http_get(&bastion, "web.example.test").unwrap().1;
+        assert!(body.contains("gc build 5"), "rolled back: {body}");
+    }
+    // Forward to b6 again, then b7 without the collection: b3 stays behind.
+    deploy(&[]);
+    std::fs::write(&index, "gc build 7\n").unwrap();
+    deploy(&["--skip", "images"]);
+    let b3 = builds[2].clone();
+    for i in 2..=3 {
+        assert!(image_tags(&lab, i, "web").contains(&b3), "host {i}");
+    }
+    // A stopped container on host 2 uses b3: that host keeps it.
+    assert_eq!(
+        lab.on(2, &format!("docker create --name gc-keep {b3} true"))
+            .code,
+        0
+    );
+
+    // --dry-run lists and changes nothing.
+    let dry = mesh().args(["--json", "--dry-run", "prune"]).run().ok();
+    let said = images_output(&dry, &lab.host(3));
+    assert!(said.starts_with("would remove 1 image ("), "{said}");
+    assert!(said.ends_with(&format!("): {b3}")), "{said}");
+    assert_eq!(images_output(&dry, &lab.host(2)), "");
+    assert!(image_tags(&lab, 3, "web").contains(&b3));
+    assert!(
+        dry.stdout.contains("\"event\":\"controller_cache\""),
+        "{}",
+        dry.stdout
+    );
+
+    // prune removes it where nothing uses it; a re-run changes nothing.
+    let run = mesh().args(["--json", "prune"]).run().ok();
+    assert!(
+        images_output(&run, &lab.host(3)).starts_with("removed 1 image, freed "),
+        "{}",
+        run.stdout
+    );
+    assert!(!image_tags(&lab, 3, "web").contains(&b3));
+    assert!(image_tags(&lab, 2, "web").contains(&b3), "in use on host 2");
+    for i in 2..=3 {
+        assert_eq!(image_tags(&lab, i, "web").len(), 4 + usize::from(i == 2));
+    }
+    let again = mesh().args(["--json", "prune"]).run().ok();
+    for h in again.summary()["hosts"].as_array().unwrap() {
+        assert_eq!(h["changed"], 0, "{h}");
+    }
+    let body = util::http_get(&bastion, "web.example.test").unwrap().1;
+    assert!(body.contains("gc build 7"), "{body}");
+}
+
+#[test]
+fn a_host_without_room_for_the_image_fails_before_anything_is_written() {
+    let lab = Lab::start("room", 3, 36);
+    lab.install_docker();
+    // Host 3's Docker data root: a 640 MB tmpfs mounted before Docker
+    // starts again, then truly filled up to 50 MB free.
+    let fill = lab.on(
+        3,
+        "systemctl stop docker.socket docker && mount -t tmpfs -o size=640m mesh-room /var/lib/docker \
+         && systemctl start docker && test \"$(docker info --format '{{.DockerRootDir}}')\" = /var/lib/docker \
+         && free=$(df -Pk /var/lib/docker | awk 'NR==2 {print $4}') \
+         && fallocate -l $((free - 50 * 1024))k /var/lib/docker/filler",
+    );
+    assert_eq!(fill.code, 0, "{}{}", fill.stdout, fill.stderr);
+    let df = util::example_dockerfiles();
+    let dir = df.path().to_str().unwrap().to_string();
+    let inv = lab.services_inventory(
+        "room.yml",
+        &services_vars(&lab, "web.example.test").replace("crowdsec: true", "crowdsec: false"),
+    );
+    let mesh = || Mesh::new(&inv);
+    let run = mesh()
+        .args(["--json", "services", "--dockerfiles", &dir])
+        .run()
+        .expect_code(1);
+    let summary = run.summary();
+    util::assert_only_failed(
+        &summary,
+        &lab.host(3),
+        " MB free on /var/lib/docker, the image mesh/web:",
+    );
+    let error = summary["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == lab.host(3))
+        .unwrap()["failed"]
+        .as_str()
+        .unwrap();
+    eprintln!("host 3 said: {error}");
+    // About the 50 MB left, said by the host's name.
+    let free = error
+        .split_once(": ")
+        .and_then(|(_, rest)| rest.split_once(" MB free"))
+        .map(|(head, _)| head.rsplit(' ').next().unwrap().parse::<u64>().unwrap());
+    assert!(
+        error.contains(&format!("{}: ", lab.host(3)))
+            && free.is_some_and(|f| (45..=55).contains(&f)),
+        "{error}"
+    );
+    assert!(
+        error.contains(" needs ") && error.contains("nothing was shipped"),
+        "{error}"
+    );
+    // Nothing was written on host 3; host 2 got everything.
+    assert_eq!(
+        lab.on(3, "test -e /containers").code,
+        1,
+        "host 3 was written to"
+    );
+    assert_eq!(image_tags(&lab, 3, "web"), Vec::<String>::new());
+    assert_eq!(image_tags(&lab, 2, "web").len(), 1);
+    assert_eq!(lab.on(2, "test -f /containers/build/web/app.py").code, 0);
+
+    // Room made: the same run succeeds there too.
+    assert_eq!(lab.on(3, "rm /var/lib/docker/filler").code, 0);
+    mesh().args(["services", "--dockerfiles", &dir]).run().ok();
+    assert_eq!(image_tags(&lab, 3, "web").len(), 1);
+}

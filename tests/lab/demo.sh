@@ -7,7 +7,8 @@
 # by the web service on lab-2 and lab-3; then `mesh deploy --service web` with a
 # changed page under a request loop that must see no failure; last `mesh care
 # --group 'web*'` (upgrade one web host at a time, then the example backup hook
-# dockerfiles/care/10-backup.sh).
+# dockerfiles/care/10-backup.sh); it ends with `mesh status` (exit 1 if any
+# container, route, disk or daemon is wrong).
 #
 # Lab stand-ins, because this machine reaches no network but package registries:
 # - Docker's .debs come from a local mirror in download.docker.com's layout,
@@ -141,3 +142,5 @@ curl -fsS -m 3 -H 'Host: web.example.test' "http://$first/"
 echo "--- care: upgrade the web hosts one at a time, then the example backup hook ---"
 mesh care --group 'web*' --dockerfiles "$DIR/dockerfiles"
 mesh --limit 'web*' exec -- 'ls /var/backups/mesh'
+echo "--- status: what runs where, each route checked against the bastion's Redis (exit 1 on any problem) ---"
+mesh -v status

@@ -24,7 +24,9 @@
 //! both copies running and says so. Hosts go in batches (`--batch`); a
 //! failed batch stops the next ones and the hosts this run switched go back
 //! (unless `--no-rollback`). `--rollback` pops the host's stack of previous
-//! images. Every host gets an audit line.
+//! images. Every host gets an audit line. A host without room for the new
+//! image fails before it is shipped; after a successful roll, each host
+//! drops the images no rollback needs ([`prune`](crate::phases::prune)).
 
 pub(crate) mod commands;
 
@@ -34,7 +36,9 @@ use super::services::plan::{Backend, HostPlan, ServicePlan};
 use super::services::publish::{self, HostRoutes};
 use super::services::slots::{state_file, Slot, State, SLOT_DIR};
 use super::services::up::pick_compose;
-use super::services::{firewall_ops, service_ops, shared_ops, Hook, BUILD_DIR, ROUTES_FILE};
+use super::services::{
+    firewall_ops, room_op, service_ops, shared_ops, Hook, BUILD_DIR, ROUTES_FILE,
+};
 use super::{HostCtx, Phase, Step, StepOutcome};
 use crate::inventory::{Publisher, TraefikApi};
 use crate::ops::{converge, AptInstall, FileOp, Op, OpError, OpFailure, OpReport, Outcome};
@@ -144,8 +148,15 @@ impl Deploy {
         }
     }
 
+    /// The roll, then the image collection on each host that rolled.
     pub fn phase(self) -> Phase {
-        Phase::of_steps("deploy", vec![Box::new(self)])
+        Phase::of_steps(
+            "deploy",
+            vec![
+                Box::new(self),
+                Box::new(crate::phases::prune::Images::after_run()),
+            ],
+        )
     }
 
     fn service(&self, ctx: &HostCtx) -> Option<&ServicePlan> {
@@ -208,15 +219,17 @@ pub(crate) enum DeployError {
     Routing(String),
     #[error("{what}: {error}")]
     Remote { what: String, error: OpError },
-    #[error("{0}")]
-    Ship(String),
+    #[error(transparent)]
+    Ship(#[from] super::services::StepError),
+    #[error("reading its routes and deploy state: {0}")]
+    State(super::services::publish::RoutesError),
 }
 
 impl DeployError {
     fn at(self, label: &str) -> OpFailure {
         OpFailure {
             label: label.into(),
-            error: OpError::Other(self.to_string()),
+            error: OpError::Step(Box::new(self)),
             done: Vec::new(),
         }
     }
@@ -318,7 +331,11 @@ impl Deploy {
     async fn ship(&self, ctx: &HostCtx, s: &ServicePlan) -> Result<Vec<OpReport>, OpFailure> {
         let plan = &self.plans[&ctx.host.name];
         let id = format!("svc:{}", s.name);
-        let mut ops: Vec<Box<dyn Op>> = vec![Box::new(AptInstall::new(["zstd", "curl"]))];
+        // First: a host without room fails in the probe, before any write.
+        let mut ops: Vec<Box<dyn Op>> = vec![
+            Box::new(room_op(ctx, std::slice::from_ref(s), &self.images)),
+            Box::new(AptInstall::new(["zstd", "curl"])),
+        ];
         for op in shared_ops(plan) {
             ops.push(Box::new(op));
         }
@@ -546,6 +563,7 @@ impl Deploy {
     async fn audit(&self, ctx: &HostCtx, from: Option<&str>, to: &str, result: &str, seconds: f64) {
         let line = serde_json::json!({
             "time": crate::log::utc_time(":"),
+            "at": crate::log::utc_rfc3339(),
             "who": controller_name(),
             "host": ctx.host.name,
             "service": self.opts.service,
@@ -579,7 +597,7 @@ impl Deploy {
         if ctx.dry_run {
             let read = publish::read_host(ctx)
                 .await
-                .map_err(|e| DeployError::Ship(e).at("state"))?;
+                .map_err(|e| DeployError::State(e).at("state"))?;
             let st = read.state(&s.name);
             let image = match self.target {
                 Target::New => s.tag.clone(),
@@ -614,7 +632,7 @@ impl Deploy {
         let mut stages = Stages::new();
         let read = publish::read_host(ctx)
             .await
-            .map_err(|e| DeployError::Ship(e).at("state"))?;
+            .map_err(|e| DeployError::State(e).at("state"))?;
         let st = read.state(&s.name);
         let image = match self.target {
             Target::New => s.tag.clone(),

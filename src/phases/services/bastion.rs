@@ -32,12 +32,6 @@ pub(crate) enum BastionError {
 }
 
 /// For callers whose errors are still text (the services phase's op list).
-impl From<BastionError> for String {
-    fn from(e: BastionError) -> String {
-        e.to_string()
-    }
-}
-
 /// The port CrowdSec's local API listens on (templates/crowdsec/config.yaml.local:
 /// moved off 8080, which is Traefik's API).
 pub(crate) const CROWDSEC_LAPI_PORT: u16 = 8081;

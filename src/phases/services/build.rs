@@ -3,7 +3,9 @@
 //! Every distinct rendered context (one tag) is built once, whatever the
 //! number of hosts that run it; a tag the local Docker already has is not
 //! rebuilt. An image is saved and compressed (`docker save | zstd`) only
-//! when a host turns out to lack it, once, into a cache shared by later runs.
+//! when a host turns out to lack it, once, into a cache shared by later runs
+//! and bounded after every build ([`cache`](super::cache)). Images carry
+//! the label `mesh.service=<service>`, so hosts can tell their leftovers.
 //!
 //! With `docker buildx` on the controller (looked for once per run) images
 //! are built by BuildKit (`docker buildx build --load`), so Dockerfiles can
@@ -11,20 +13,22 @@
 //! heredocs; without it the classic builder is the fallback, and the run
 //! says so once.
 
+use super::cache::{self, CacheError};
 use super::plan::{HostPlan, RenderedFile};
 use crate::inventory::Arch;
 use crate::ops::image::ImageSource;
 use crate::ssh::BoxFut;
 use crate::template::Redactor;
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokio::process::Command;
 
-/// Archives kept in the cache (newest first); older ones are removed.
-const KEEP_ARCHIVES: usize = 20;
+/// The label every image mesh builds carries: its service.
+pub(crate) const SERVICE_LABEL: &str = "mesh.service";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -48,12 +52,16 @@ pub enum BuildError {
         what: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
 }
 
 /// One image to have: a tag and the rendered context it is built from.
 #[derive(Debug, Clone)]
 pub(crate) struct ImageSpec {
     pub tag: String,
+    /// The service it is built for (its `mesh.service` label).
+    pub service: String,
     pub arch: Arch,
     /// The service folder, for messages.
     pub dir: PathBuf,
@@ -141,6 +149,7 @@ async fn builder() -> Builder {
 pub(crate) fn build_args(
     builder: Builder,
     tag: &str,
+    service: &str,
     target: Option<&str>,
     platform: Option<&str>,
     context: &Path,
@@ -153,6 +162,10 @@ pub(crate) fn build_args(
         args.extend(["--platform".into(), p.into()]);
     }
     args.extend(["--tag".into(), tag.into()]);
+    args.extend([
+        "--label".into(),
+        format!("{SERVICE_LABEL}={service}").into(),
+    ]);
     if let Some(t) = target {
         args.extend(["--target".into(), t.into()]);
     }
@@ -181,6 +194,7 @@ pub(crate) fn specs(folder_root: &Path, plans: &BTreeMap<String, HostPlan>) -> V
                 .entry(s.tag.clone())
                 .or_insert_with(|| ImageSpec {
                     tag: s.tag.clone(),
+                    service: s.name.clone(),
                     arch: s.arch,
                     dir: folder_root.join(&s.name),
                     files: s.files.clone(),
@@ -199,7 +213,11 @@ pub(crate) fn specs(folder_root: &Path, plans: &BTreeMap<String, HostPlan>) -> V
 pub(crate) struct Image {
     tag: String,
     id: Option<String>,
+    /// Bytes of its layers, uncompressed (what a host needs room for).
+    size: Option<u64>,
+    /// The archives' directory and its size cap.
     cache: PathBuf,
+    cap: u64,
     archive: tokio::sync::OnceCell<PathBuf>,
 }
 
@@ -212,12 +230,19 @@ impl ImageSource for Image {
         self.id.as_deref()
     }
 
-    fn archive(&self) -> BoxFut<'_, Result<PathBuf, String>> {
+    fn size(&self) -> Option<u64> {
+        self.size
+    }
+
+    fn archive(&self) -> BoxFut<'_, Result<PathBuf, crate::ops::image::ArchiveError>> {
         Box::pin(async move {
             self.archive
-                .get_or_try_init(|| save(&self.tag, self.id.as_deref(), &self.cache))
+                .get_or_try_init(|| {
+                    cache::archive(&self.tag, self.id.as_deref(), &self.cache, self.cap)
+                })
                 .await
                 .cloned()
+                .map_err(Into::into)
         })
     }
 }
@@ -231,7 +256,9 @@ impl Image {
         Image {
             tag: tag.into(),
             id: Some(id.into()),
+            size: Some(1000),
             cache: archive.to_path_buf(),
+            cap: cache::DEFAULT_CAP,
             archive: cell,
         }
     }
@@ -247,20 +274,23 @@ pub(crate) struct BuildReport {
     /// What the user should know about how they were built (e.g.
     /// [`CLASSIC_BUILDER`]), each once.
     pub notes: Vec<String>,
+    /// What bounding the controller's cache removed.
+    pub cache: Option<cache::CacheReport>,
 }
 
-/// The local image id of `tag`, if Docker has it.
-async fn local_id(tag: &str) -> Result<Option<String>, BuildError> {
+/// The local image id and size of `tag`, if Docker has it.
+async fn local_image(tag: &str) -> Result<Option<(String, Option<u64>)>, BuildError> {
     let out = Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", tag])
+        .args(["image", "inspect", "--format", "{{.Id}} {{.Size}}", tag])
         .stdin(Stdio::null())
         .output()
         .await
         .map_err(|e| BuildError::NoDocker(e.to_string()))?;
     if out.status.success() {
-        return Ok(Some(
-            String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        ));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut words = text.split_whitespace();
+        let id = words.next().unwrap_or_default().to_string();
+        return Ok(Some((id, words.next().and_then(|s| s.parse().ok()))));
     }
     let err = String::from_utf8_lossy(&out.stderr);
     if err.contains("Cannot connect") || err.contains("permission denied") {
@@ -269,18 +299,20 @@ async fn local_id(tag: &str) -> Result<Option<String>, BuildError> {
     Ok(None)
 }
 
-/// Build every image the local Docker lacks; `progress` hears one line per image.
+/// Build every image the local Docker lacks, then bound the controller's
+/// cache (archives up to `cap` bytes); `progress` hears one line per image.
 pub(crate) async fn build_all(
     specs: &[ImageSpec],
     dry_run: bool,
     cache: &Path,
+    cap: u64,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<(BTreeMap<String, std::sync::Arc<Image>>, BuildReport), BuildError> {
     let mut images = BTreeMap::new();
     let mut report = BuildReport::default();
     for spec in specs {
-        let mut id = local_id(&spec.tag).await?;
-        if id.is_some() {
+        let mut found = local_image(&spec.tag).await?;
+        if found.is_some() {
             report.up_to_date.push(spec.tag.clone());
         } else if dry_run {
             report.would_build.push(spec.tag.clone());
@@ -302,18 +334,36 @@ pub(crate) async fn build_all(
                 spec.hosts.join(", ")
             ));
             build(spec, builder, cache).await?;
-            id = local_id(&spec.tag).await?;
+            found = local_image(&spec.tag).await?;
             report.built.push(spec.tag.clone());
         }
+        let (id, size) = found.map_or((None, None), |(i, s)| (Some(i), s));
         images.insert(
             spec.tag.clone(),
             std::sync::Arc::new(Image {
                 tag: spec.tag.clone(),
                 id,
-                cache: cache.join("images"),
+                size,
+                cache: cache::archives_dir(cache),
+                cap,
                 archive: tokio::sync::OnceCell::new(),
             }),
         );
+    }
+    if !dry_run {
+        // Bounding the cache never fails a run: it is said, and tried again next time.
+        let keep: BTreeSet<String> = specs.iter().map(|s| s.tag.clone()).collect();
+        match cache::prune(cache, &keep, cap, false).await {
+            Ok(pruned) => {
+                if let Some(line) = pruned.summary() {
+                    progress(&line);
+                }
+                report.cache = Some(pruned);
+            }
+            Err(e) => report
+                .notes
+                .push(format!("controller cache not bounded: {e}")),
+        }
     }
     Ok((images, report))
 }
@@ -353,7 +403,7 @@ async fn check_buildx(spec: &ImageSpec) -> Result<(), BuildError> {
 async fn build(spec: &ImageSpec, builder: Builder, cache: &Path) -> Result<(), BuildError> {
     let local = |what: String| move |source| BuildError::Local { what, source };
     let base = cache.join("build");
-    std::fs::create_dir_all(&base).map_err(local(format!("creating {}", base.display())))?;
+    cache::private_dir(&base)?;
     let dir = tempfile_dir(&base)
         .map_err(local(format!("creating a directory in {}", base.display())))?;
     let result = async {
@@ -379,6 +429,7 @@ async fn build(spec: &ImageSpec, builder: Builder, cache: &Path) -> Result<(), B
             .args(build_args(
                 builder,
                 &spec.tag,
+                &spec.service,
                 spec.target.as_deref(),
                 platform,
                 dir.path(),
@@ -452,57 +503,6 @@ impl Drop for TempDir {
     }
 }
 
-/// `docker save TAG | zstd` into the cache, once per image id.
-async fn save(tag: &str, id: Option<&str>, cache: &Path) -> Result<PathBuf, String> {
-    let id = id.ok_or_else(|| format!("{tag} is not built on this machine"))?;
-    let name = id.trim_start_matches("sha256:");
-    std::fs::create_dir_all(cache).map_err(|e| format!("creating {}: {e}", cache.display()))?;
-    let path = cache.join(format!("{name}.tar.zst"));
-    if path.is_file() {
-        return Ok(path);
-    }
-    let tmp = cache.join(format!(".{name}.{}.tmp", std::process::id()));
-    let out = Command::new("bash")
-        .args([
-            "-c",
-            "set -o pipefail; docker save \"$1\" | zstd -q -3 -T0 -f -o \"$2\"",
-            "mesh-save",
-            tag,
-        ])
-        .arg(&tmp)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("running docker save | zstd: {e}"))?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(format!(
-            "docker save {tag} | zstd failed: {}. Fix: check that zstd is installed on this machine",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    std::fs::rename(&tmp, &path).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
-    prune(cache);
-    Ok(path)
-}
-
-/// Keep the newest [`KEEP_ARCHIVES`] archives.
-fn prune(cache: &Path) {
-    let Ok(entries) = std::fs::read_dir(cache) else {
-        return;
-    };
-    let mut archives: Vec<(std::time::SystemTime, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "zst"))
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .collect();
-    archives.sort_by_key(|a| std::cmp::Reverse(a.0));
-    for (_, p) in archives.into_iter().skip(KEEP_ARCHIVES) {
-        let _ = std::fs::remove_file(p);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,24 +515,35 @@ mod tests {
     fn buildkit_loads_the_image_and_passes_the_target() {
         let ctx = Path::new("/c/ctx-1");
         assert_eq!(
-            build_args(Builder::Buildx, "mesh/web:ab", None, None, ctx),
+            build_args(Builder::Buildx, "mesh/web:ab", "web", None, None, ctx),
             os(&[
                 "buildx",
                 "build",
                 "--load",
                 "--tag",
                 "mesh/web:ab",
+                "--label",
+                "mesh.service=web",
                 "/c/ctx-1"
             ])
         );
         assert_eq!(
-            build_args(Builder::Buildx, "mesh/web:ab-dev", Some("dev"), None, ctx),
+            build_args(
+                Builder::Buildx,
+                "mesh/web:ab-dev",
+                "web",
+                Some("dev"),
+                None,
+                ctx
+            ),
             os(&[
                 "buildx",
                 "build",
                 "--load",
                 "--tag",
                 "mesh/web:ab-dev",
+                "--label",
+                "mesh.service=web",
                 "--target",
                 "dev",
                 "/c/ctx-1"
@@ -542,6 +553,7 @@ mod tests {
             build_args(
                 Builder::Buildx,
                 "mesh/web:cd",
+                "web",
                 Some("app"),
                 Some("linux/arm64"),
                 ctx
@@ -554,6 +566,8 @@ mod tests {
                 "linux/arm64",
                 "--tag",
                 "mesh/web:cd",
+                "--label",
+                "mesh.service=web",
                 "--target",
                 "app",
                 "/c/ctx-1"
@@ -566,15 +580,31 @@ mod tests {
     fn the_classic_builder_is_docker_build_without_buildkit() {
         let ctx = Path::new("/c/ctx-2");
         assert_eq!(
-            build_args(Builder::Classic, "mesh/web:ab", None, None, ctx),
-            os(&["build", "--tag", "mesh/web:ab", "/c/ctx-2"])
+            build_args(Builder::Classic, "mesh/web:ab", "web", None, None, ctx),
+            os(&[
+                "build",
+                "--tag",
+                "mesh/web:ab",
+                "--label",
+                "mesh.service=web",
+                "/c/ctx-2"
+            ])
         );
         assert_eq!(
-            build_args(Builder::Classic, "mesh/web:ab-x", Some("x"), None, ctx),
+            build_args(
+                Builder::Classic,
+                "mesh/web:ab-x",
+                "web",
+                Some("x"),
+                None,
+                ctx
+            ),
             os(&[
                 "build",
                 "--tag",
                 "mesh/web:ab-x",
+                "--label",
+                "mesh.service=web",
                 "--target",
                 "x",
                 "/c/ctx-2"
@@ -608,6 +638,7 @@ mod tests {
     fn spec(mode: u32, redactor: Option<Redactor>) -> ImageSpec {
         ImageSpec {
             tag: "mesh/web:ab".into(),
+            service: "web".into(),
             arch: Arch::native(),
             dir: PathBuf::from("dockerfiles/web"),
             files: vec![RenderedFile {

@@ -10,8 +10,31 @@ use std::path::{Path, PathBuf};
 /// Top-level compose keys merged across group files (by name).
 const MERGED: &[&str] = &["services", "volumes", "networks", "configs", "secrets"];
 
+/// Why a group's compose file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ComposeError {
+    #[error("{}{at}: YAML syntax error: {msg}. Fix: correct the compose file at that position", .path.display())]
+    Syntax {
+        path: PathBuf,
+        /// `:line:col`, when known.
+        at: String,
+        msg: String,
+    },
+    #[error("{}: a compose file must be a mapping with a `services:` key. Fix: start it with `services:`", .path.display())]
+    NotAMapping { path: PathBuf },
+    #[error("{}: `{key}:` must be a mapping of names. Fix: write {key}: {{ NAME: {{ ... }} }}", .path.display())]
+    NotNames { path: PathBuf, key: String },
+    #[error("{key} \"{name}\" is defined differently in {} and {}. Fix: define it once, or identically in both group files", .first.display(), .second.display())]
+    Conflict {
+        key: String,
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+}
+
 /// Parse one rendered compose file.
-pub(crate) fn parse(path: &Path, text: &str) -> Result<Map<String, Value>, String> {
+pub(crate) fn parse(path: &Path, text: &str) -> Result<Map<String, Value>, ComposeError> {
     let value: Value = serde_saphyr::from_str(text).map_err(|e| {
         let at = e
             .location()
@@ -22,18 +45,18 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Map<String, Value>, Strin
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
-        format!(
-            "{}{at}: YAML syntax error: {msg}. Fix: correct the compose file at that position",
-            path.display()
-        )
+        ComposeError::Syntax {
+            path: path.to_path_buf(),
+            at,
+            msg,
+        }
     })?;
     match value {
         Value::Object(map) => Ok(map),
         Value::Null => Ok(Map::new()),
-        _ => Err(format!(
-            "{}: a compose file must be a mapping with a `services:` key. Fix: start it with `services:`",
-            path.display()
-        )),
+        _ => Err(ComposeError::NotAMapping {
+            path: path.to_path_buf(),
+        }),
     }
 }
 
@@ -41,7 +64,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Map<String, Value>, Strin
 /// key defined differently in two files is an error naming both.
 pub(crate) fn merge(
     docs: Vec<(PathBuf, Map<String, Value>)>,
-) -> Result<Map<String, Value>, String> {
+) -> Result<Map<String, Value>, ComposeError> {
     let mut out = Map::new();
     let mut origin: BTreeMap<(String, String), PathBuf> = BTreeMap::new();
     for (path, doc) in docs {
@@ -53,10 +76,7 @@ pub(crate) fn merge(
             }
             let Value::Object(items) = value else {
                 if !value.is_null() {
-                    return Err(format!(
-                        "{}: `{key}:` must be a mapping of names. Fix: write {key}: {{ NAME: {{ ... }} }}",
-                        path.display()
-                    ));
+                    return Err(ComposeError::NotNames { path, key });
                 }
                 continue;
             };
@@ -70,11 +90,12 @@ pub(crate) fn merge(
                 match slot.get(&name) {
                     Some(existing) if *existing != def => {
                         let first = &origin[&(key.clone(), name.clone())];
-                        return Err(format!(
-                            "{key} \"{name}\" is defined differently in {} and {}. Fix: define it once, or identically in both group files",
-                            first.display(),
-                            path.display()
-                        ));
+                        return Err(ComposeError::Conflict {
+                            key,
+                            name,
+                            first: first.clone(),
+                            second: path,
+                        });
                     }
                     Some(_) => {}
                     None => {
@@ -338,7 +359,9 @@ mod tests {
         let m = merge(vec![("a.yml".into(), a.clone()), ("b.yml".into(), b)]).unwrap();
         assert_eq!(service_names(&m), ["api", "web"]);
         let c = doc("services:\n  web: { image: z }\n");
-        let err = merge(vec![("a.yml".into(), a), ("c.yml".into(), c)]).unwrap_err();
+        let err = merge(vec![("a.yml".into(), a), ("c.yml".into(), c)])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("a.yml") && err.contains("c.yml") && err.contains("Fix:"),
             "{err}"
@@ -425,10 +448,13 @@ volumes:
 
     #[test]
     fn syntax_errors_are_located() {
-        let err = parse(Path::new("web.yml"), "services:\n  web: [\n").unwrap_err();
+        let err = parse(Path::new("web.yml"), "services:\n  web: [\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("web.yml:"), "{err}");
         assert!(parse(Path::new("x.yml"), "- a\n")
             .unwrap_err()
+            .to_string()
             .contains("services"));
     }
 }

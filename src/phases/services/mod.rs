@@ -6,14 +6,18 @@
 //! images it lacks, its services' rendered contexts under
 //! `/containers/build/<service>/`, its compose file, data and log
 //! directories, the hooks of the services whose files changed, and — on a
-//! bastion — Redis and CrowdSec ([`bastion`]). Services that vanished from
-//! the folder are removed. Last, the routes are published ([`publish`]).
+//! bastion — Redis and CrowdSec ([`bastion`]); a host without room on
+//! Docker's data root for the images it lacks fails before anything is
+//! written ([`RoomOp`]). Services that vanished from the folder are
+//! removed. Then the routes are published ([`publish`]), and each host
+//! drops the images no rollback needs ([`prune`](crate::phases::prune)).
 //!
 //! `services-up`: `docker compose up -d` on every host ([`up`]), then the
 //! routes are published.
 
-mod bastion;
+pub(crate) mod bastion;
 pub(crate) mod build;
+pub(crate) mod cache;
 pub(crate) mod compose;
 pub(crate) mod folder;
 pub(crate) mod plan;
@@ -29,7 +33,8 @@ pub use folder::FolderError;
 use super::{HostCtx, Phase, Stage, Step, StepOutcome};
 use crate::inventory::{Inventory, Publisher};
 use crate::ops::{
-    converge, AptInstall, CommandOp, DirOp, FileOp, ImageOp, Op, OpCtx, OpError, OpFailure, Outcome,
+    converge, AptInstall, CommandOp, DirOp, FileOp, ImageOp, ImageSource, Op, OpCtx, OpError,
+    OpFailure, Outcome, RoomOp,
 };
 use crate::quote::Script;
 use crate::ssh::{BoxFut, Input};
@@ -71,6 +76,8 @@ pub enum ServicesError {
     Plan(Vec<String>),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
 }
 
 /// What `services` settled on the controller before touching a host.
@@ -95,6 +102,15 @@ impl Prepared {
     /// One line for the user: what was built.
     fn summary(&self) -> String {
         let r = &self.report;
+        let line = self.build_line();
+        match r.cache.as_ref().and_then(|c| c.summary()) {
+            Some(c) => format!("{line}\n{c}"),
+            None => line,
+        }
+    }
+
+    fn build_line(&self) -> String {
+        let r = &self.report;
         if !r.would_build.is_empty() {
             format!(
                 "images: {} would be built, {} up to date",
@@ -114,7 +130,7 @@ impl Prepared {
     fn json(&self) -> serde_json::Value {
         serde_json::json!({ "event": "images", "built": self.report.built,
             "up_to_date": self.report.up_to_date, "would_build": self.report.would_build,
-            "notes": self.report.notes })
+            "notes": self.report.notes, "cache": self.report.cache })
     }
 }
 
@@ -164,11 +180,12 @@ pub async fn prepare(
     if !problems.is_empty() {
         return Err(ServicesError::Plan(problems));
     }
+    let cap = cache::cap_from_env()?;
     let specs = build::specs(&folder.root, &plans);
     let (images, report) = if opts.build_on_host {
         (BTreeMap::new(), build::BuildReport::default())
     } else {
-        build::build_all(&specs, opts.dry_run, &opts.cache, progress).await?
+        build::build_all(&specs, opts.dry_run, &opts.cache, cap, progress).await?
     };
     Ok(Prepared {
         plans,
@@ -245,7 +262,11 @@ pub fn phase(
         assets: opts.assets.clone(),
         prune: opts.prune,
     };
-    with_routes("services", Box::new(step), inv, bastions, false)
+    let mut phase = with_routes("services", Box::new(step), inv, bastions, false);
+    phase.stages.push(Stage::Hosts(Box::new(
+        crate::phases::prune::Images::after_run(),
+    )));
+    phase
 }
 
 /// The `services-up` phase: compose up on every host, then the routes
@@ -313,6 +334,19 @@ struct Services {
 /// An op and the service it belongs to (its hooks see its changes).
 type Tagged = (Option<usize>, Box<dyn Op>);
 
+/// Why the `services` step could not build a host's operations.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StepError {
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
+    #[error(transparent)]
+    Bastion(#[from] bastion::BastionError),
+    #[error(transparent)]
+    Arch(#[from] crate::phases::ArchError),
+    #[error("internal error (a bug in mesh, please report it): no image for {0}")]
+    NoImage(String),
+}
+
 impl Services {
     /// The host's ops in order; `before` names services whose before-hook
     /// runs ahead of their changes.
@@ -321,18 +355,20 @@ impl Services {
         ctx: &HostCtx,
         plan: &HostPlan,
         before: &BTreeSet<usize>,
-    ) -> Result<Vec<Tagged>, String> {
+    ) -> Result<Vec<Tagged>, StepError> {
         let mut ops: Vec<Tagged> = Vec::new();
         let mut common = |op: Box<dyn Op>| ops.push((None, op));
         let ships_images = !plan.services.is_empty() && !self.build_on_host;
         if ships_images {
+            // First: a host without room fails in the probe, before any write.
+            common(Box::new(room_op(ctx, &plan.services, &self.images)));
             common(Box::new(AptInstall::new(["zstd"])));
         }
         for dir in ["/containers", BUILD_DIR, LOG_DIR, DATA_DIR] {
             common(Box::new(DirOp::new(dir)));
         }
-        let logrotate = crate::template::render_builtin("logrotate-containers.j2", &ctx.vars, None)
-            .map_err(|e| e.to_string())?;
+        let logrotate =
+            crate::template::render_builtin("logrotate-containers.j2", &ctx.vars, None)?;
         common(Box::new(FileOp::from_bytes(
             "/etc/logrotate.d/mesh-containers",
             logrotate,
@@ -412,7 +448,7 @@ pub(crate) fn service_ops(
     id: &str,
     images: &BTreeMap<String, Arc<Image>>,
     build_on_host: bool,
-) -> Result<Vec<Box<dyn Op>>, String> {
+) -> Result<Vec<Box<dyn Op>>, StepError> {
     let dir = format!("{BUILD_DIR}/{}", s.name);
     let mut ops: Vec<Box<dyn Op>> = vec![Box::new(DirOp::new(&dir))];
     for f in &s.files {
@@ -430,7 +466,14 @@ pub(crate) fn service_ops(
         let mut check = Script::new();
         check.line("docker image inspect {} >/dev/null", &[&s.tag]);
         let mut run = Script::new();
-        run.line("docker build --tag {} {}", &[&s.tag, &dir]);
+        run.line(
+            "docker build --tag {} --label {} {}",
+            &[
+                &s.tag,
+                &format!("{}={}", build::SERVICE_LABEL, s.name),
+                &dir,
+            ],
+        );
         ops.push(Box::new(
             CommandOp::new(format!("build {} on the host", s.tag), run)
                 .unless(check)
@@ -439,7 +482,7 @@ pub(crate) fn service_ops(
     } else {
         let image = images
             .get(&s.tag)
-            .ok_or_else(|| format!("internal error: no image for {}", s.tag))?;
+            .ok_or_else(|| StepError::NoImage(s.tag.clone()))?;
         ops.push(Box::new(ImageOp::new(image.clone()).id(id)));
     }
     if let Some(slot) = &s.slot {
@@ -476,6 +519,22 @@ pub(crate) fn service_ops(
         }
     }
     Ok(ops)
+}
+
+/// The room check for the images of `services` a host is about to get.
+pub(crate) fn room_op(
+    ctx: &HostCtx,
+    services: &[ServicePlan],
+    images: &BTreeMap<String, Arc<Image>>,
+) -> RoomOp {
+    let mut wanted: Vec<Arc<dyn ImageSource>> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for s in services {
+        if let Some(image) = images.get(&s.tag).filter(|_| seen.insert(&s.tag)) {
+            wanted.push(image.clone());
+        }
+    }
+    RoomOp::new(&ctx.host.name, wanted)
 }
 
 /// The named volumes and networks of the host's compose files, created by
@@ -668,9 +727,9 @@ impl Step for Services {
 
     fn run<'a>(&'a self, ctx: &'a HostCtx) -> BoxFut<'a, Result<StepOutcome, OpFailure>> {
         Box::pin(async move {
-            let fail = |e: String| OpFailure {
+            let fail = |e: StepError| OpFailure {
                 label: "services".into(),
-                error: OpError::Other(e),
+                error: OpError::Step(Box::new(e)),
                 done: Vec::new(),
             };
             let plan = &self.plans[&ctx.host.name];

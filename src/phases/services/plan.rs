@@ -201,7 +201,7 @@ pub(crate) fn plan_host(
         match render_file(path, text.as_bytes(), &vars) {
             Ok((_, bytes)) => match compose::parse(path, &String::from_utf8_lossy(&bytes)) {
                 Ok(doc) => docs.push((path.clone(), doc)),
-                Err(e) => problems.push(e),
+                Err(e) => problems.push(e.to_string()),
             },
             Err(e) => problems.push(e.to_string()),
         }
@@ -210,7 +210,7 @@ pub(crate) fn plan_host(
         return Err(problems);
     }
     let files: Vec<PathBuf> = docs.iter().map(|(p, _)| p.clone()).collect();
-    let doc = compose::merge(docs).map_err(|e| vec![e])?;
+    let doc = compose::merge(docs).map_err(|e| vec![e.to_string()])?;
     let defined = compose::service_names(&doc);
     let bastion = host.is_bastion();
     let run: Vec<String> = if host.services.is_empty() {
@@ -264,7 +264,7 @@ pub(crate) fn plan_host(
         match backend(host, name, def, ports, &vars) {
             Ok(Some(b)) => plan.backends.push(b),
             Ok(None) => {}
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(e.to_string()),
         }
         match folder.services.get(name) {
             Some(sdef) => match render_service(
@@ -343,6 +343,19 @@ pub(crate) fn plan_host(
 /// A slotted service's own compose file, in its folder on the host.
 pub(crate) const SLOT_COMPOSE: &str = ".mesh-compose.yml";
 
+/// Why a service's Traefik labels give no route.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BackendError {
+    #[error("host {host}: service \"{service}\": {problem}")]
+    Labels {
+        host: String,
+        service: String,
+        problem: Box<routes::RouteError>,
+    },
+    #[error("host {host}: service \"{service}\" has Traefik routers but no port to route to. Fix: add `ports: [LIVE, STANDBY]` to its mesh.yml, or the label traefik.http.services.{service}.loadbalancer.server.port")]
+    NoPort { host: String, service: String },
+}
+
 /// The route a compose service publishes, if it has Traefik labels.
 fn backend(
     host: &Host,
@@ -350,7 +363,7 @@ fn backend(
     def: &serde_json::Value,
     ports: Option<(u16, u16)>,
     vars: &VarSet,
-) -> Result<Option<Backend>, String> {
+) -> Result<Option<Backend>, BackendError> {
     let port = ports.map(|p| p.0);
     let Some(labels) = def.get("labels") else {
         return Ok(None);
@@ -359,20 +372,23 @@ fn backend(
     // renders to compose's `${MESH_PORT_WEB:-8000}`: the live port here,
     // since mesh writes each route's server URL itself.
     let labels = settle_port_refs(labels);
-    let labels = routes::traefik_labels(&labels)
-        .map_err(|e| format!("host {}: service \"{name}\": {e}", host.name))?;
+    let labels = routes::traefik_labels(&labels).map_err(|e| BackendError::Labels {
+        host: host.name.clone(),
+        service: name.to_string(),
+        problem: Box::new(e),
+    })?;
     if !labels
         .iter()
         .any(|(k, _)| k.starts_with("traefik.http.routers."))
     {
         return Ok(None);
     }
-    let port = port.or_else(|| routes::label_port(&labels)).ok_or_else(|| {
-        format!(
-            "host {}: service \"{name}\" has Traefik routers but no port to route to. Fix: add `ports: [LIVE, STANDBY]` to its mesh.yml, or the label traefik.http.services.{name}.loadbalancer.server.port",
-            host.name
-        )
-    })?;
+    let port = port
+        .or_else(|| routes::label_port(&labels))
+        .ok_or_else(|| BackendError::NoPort {
+            host: host.name.clone(),
+            service: name.to_string(),
+        })?;
     let ip = vars.get("OVERLAY_IP").unwrap_or(&host.address);
     Ok(Some(Backend {
         host: host.name.clone(),

@@ -65,10 +65,20 @@ impl Manifest {
     }
 }
 
-pub(crate) fn parse_manifest(host: &str, text: &str) -> Result<Manifest, String> {
-    let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        format!("{ROUTES_FILE} is not valid JSON ({e}). Fix: run `mesh services` again")
-    })?;
+/// Why a host's routes could not be read or published.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RoutesError {
+    #[error("{ROUTES_FILE} is not valid JSON ({0}). Fix: run `mesh services` again")]
+    BadManifest(serde_json::Error),
+    #[error(transparent)]
+    Remote(#[from] crate::ops::OpError),
+    /// Redis answered something else than the keys each line changed (redacted).
+    #[error("unexpected answer from Redis: {0}")]
+    RedisAnswer(String),
+}
+
+pub(crate) fn parse_manifest(host: &str, text: &str) -> Result<Manifest, RoutesError> {
+    let doc: serde_json::Value = serde_json::from_str(text).map_err(RoutesError::BadManifest)?;
     // `bastion` (one name) is what mesh wrote before routes went to several.
     let bastions = match (&doc["bastions"], doc["bastion"].as_str()) {
         (serde_json::Value::Array(a), _) => a
@@ -181,7 +191,7 @@ pub(crate) fn read_script() -> Script {
 }
 
 /// What [`read_script`] printed.
-pub(crate) fn parse_read(host: &str, text: &str) -> Result<HostRoutes, String> {
+pub(crate) fn parse_read(host: &str, text: &str) -> Result<HostRoutes, RoutesError> {
     let (manifest, rest) = text
         .split_once(&format!("{STATES_MARK}\n"))
         .unwrap_or((text, ""));
@@ -225,12 +235,11 @@ pub(crate) fn parse_read(host: &str, text: &str) -> Result<HostRoutes, String> {
 }
 
 /// Read one host's routes over its own connection.
-pub(crate) async fn read_host(ctx: &HostCtx) -> Result<HostRoutes, String> {
+pub(crate) async fn read_host(ctx: &HostCtx) -> Result<HostRoutes, RoutesError> {
     let out = ctx
         .op_ctx()
         .run("read routes", read_script().as_str(), Input::None)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     parse_read(&ctx.host.name, &out.stdout_str())
 }
 
@@ -385,7 +394,7 @@ impl ClusterStep for Routes {
 }
 
 /// Run redis-cli `lines` (EVALs) on the bastion; the number of keys each changed.
-pub(crate) async fn publish(bastion: &HostCtx, lines: &[String]) -> Result<Vec<i64>, String> {
+pub(crate) async fn publish(bastion: &HostCtx, lines: &[String]) -> Result<Vec<i64>, RoutesError> {
     let ip = bastion
         .vars
         .get("OVERLAY_IP")
@@ -404,24 +413,15 @@ pub(crate) async fn publish(bastion: &HostCtx, lines: &[String]) -> Result<Vec<i
             s.as_str(),
             Input::Bytes(Arc::new(input.into_bytes())),
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let text = out.stdout_str();
     let counts = text
         .lines()
         .map(|l| routes::parse_changes(l).map(|n| n as i64))
         .collect::<Result<Vec<i64>, _>>()
-        .map_err(|_| {
-            format!(
-                "unexpected answer from Redis: {}",
-                bastion.log.redact(text.trim())
-            )
-        })?;
+        .map_err(|_| RoutesError::RedisAnswer(bastion.log.redact(text.trim())))?;
     if counts.len() != lines.len() {
-        return Err(format!(
-            "unexpected answer from Redis: {}",
-            bastion.log.redact(text.trim())
-        ));
+        return Err(RoutesError::RedisAnswer(bastion.log.redact(text.trim())));
     }
     Ok(counts)
 }
@@ -450,7 +450,10 @@ mod tests {
         assert_eq!(m.bastions, ["edge", "edge2"]);
         assert_eq!(m.backends, vec![backend()]);
         assert!(parse_manifest("w1", "{}").unwrap().backends.is_empty());
-        assert!(parse_manifest("w1", "nope").unwrap_err().contains("Fix:"));
+        assert!(parse_manifest("w1", "nope")
+            .unwrap_err()
+            .to_string()
+            .contains("Fix:"));
         // What older mesh versions wrote: one bastion.
         let old = parse_manifest("w1", r#"{"bastion": "edge", "backends": []}"#).unwrap();
         assert_eq!(old.bastions, ["edge"]);

@@ -325,7 +325,9 @@ impl Step for Up {
                         msg.push_str(&format!("  {l}\n"));
                     }
                 }
-                return Err(fail(OpError::Other(ctx.log.redact(msg.trim_end()))));
+                return Err(fail(OpError::Step(Box::new(UpError::Unhealthy(
+                    ctx.log.redact(msg.trim_end()),
+                )))));
             }
             let summary: Vec<String> = containers
                 .iter()
@@ -352,6 +354,15 @@ impl Step for Up {
             })
         })
     }
+}
+
+/// Why `compose up` failed on a host.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpError {
+    /// Containers not running or not healthy in time: each with its state
+    /// and last log lines (redacted).
+    #[error("{0}")]
+    Unhealthy(String),
 }
 
 #[cfg(test)]
