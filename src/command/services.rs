@@ -4,7 +4,9 @@
 use super::Session;
 use crate::error::Error;
 use crate::phases::services;
+use crate::phases::{backup, HostCtx, Stage};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -33,6 +35,11 @@ pub(crate) fn bastion_secrets(s: &mut Session) -> Result<(), Error> {
 
 pub(crate) async fn run(s: &mut Session, args: &Args) -> Result<u8, Error> {
     bastion_secrets(s)?;
+    let backs_up = crate::phases::services::folder::Folder::load(&args.dockerfiles)
+        .is_ok_and(|f| f.services.values().any(|d| d.options.backup.is_some()));
+    if backs_up {
+        s.ensure_secret(backup::PASSWORD)?;
+    }
     let ctxs = s.selected()?;
     let bastions = s.bastions_for(&s.hosts.clone())?;
     let opts = services::ServicesOptions {
@@ -46,6 +53,28 @@ pub(crate) async fn run(s: &mut Session, args: &Args) -> Result<u8, Error> {
     };
     let prepared = services::prepare(&opts, &s.inv, &ctxs, &s.progress()).await?;
     prepared.print(s.global.json);
-    let phase = services::phase(prepared, &opts, &s.inv, bastions);
+    let mut phase = services::phase(prepared, &opts, &s.inv, bastions);
+    if backs_up {
+        phase.stages.extend(backup_timers(s, args, &ctxs)?);
+    }
     s.run_phase(phase, ctxs, None).await
+}
+
+/// restic and the backup timer on the hosts that run a service with a
+/// `backup:` section, once `mesh nodes` has made the backups' bucket key.
+fn backup_timers(s: &Session, args: &Args, ctxs: &[Arc<HostCtx>]) -> Result<Vec<Stage>, Error> {
+    let fleet = match backup::plan_fleet(&args.dockerfiles, &s.inv, ctxs, None) {
+        Ok(fleet) => fleet,
+        Err(backup::BackupInputError::NothingToBackUp { .. }) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    if !ctxs.iter().all(|c| backup::has_bucket_key(&c.vars)) {
+        (s.progress())("note: no backup timers yet: the backups' bucket key is made by `mesh nodes` (garage step); run it, then `mesh services` again");
+        return Ok(Vec::new());
+    }
+    Ok(backup::setup_stages(backup::Setup {
+        fleet: Arc::new(fleet),
+        policy: s.inv.backup.clone(),
+        timer: true,
+    }))
 }

@@ -7,8 +7,10 @@
 # by the web service on lab-2 and lab-3; then `mesh deploy --service web` with a
 # changed page under a request loop that must see no failure; last `mesh care
 # --group 'web*'` (upgrade one web host at a time, then the example backup hook
-# dockerfiles/care/10-backup.sh); it ends with `mesh status` (exit 1 if any
-# container, route, disk or daemon is wrong).
+# dockerfiles/care/10-backup.sh); then `mesh backup` of the web service's
+# data into the fleet's garage, a file deleted and brought back by `mesh
+# restore`; it ends with `mesh status` (exit 1 if any container, route, disk
+# or daemon is wrong).
 #
 # Lab stand-ins, because this machine reaches no network but package registries:
 # - Docker's .debs come from a local mirror in download.docker.com's layout,
@@ -142,5 +144,19 @@ curl -fsS -m 3 -H 'Host: web.example.test' "http://$first/"
 echo "--- care: upgrade the web hosts one at a time, then the example backup hook ---"
 mesh care --group 'web*' --dockerfiles "$DIR/dockerfiles"
 mesh --limit 'web*' exec -- 'ls /var/backups/mesh'
+echo "--- backup: the web service's data into the fleet's garage (restic), then a restore ---"
+w=$(mesh inventory --json | python3 -c 'import json, sys; print([h["name"] for h in map(json.loads, sys.stdin) if "web" in h["groups"]][0])')
+mesh --limit "$w" exec -- 'echo "uploaded before the backup" > /containers/data/web/uploads/note.txt'
+t0=$SECONDS
+mesh backup --dockerfiles "$DIR/dockerfiles"
+echo "backup took $((SECONDS - t0)) s"
+mesh snapshots --dockerfiles "$DIR/dockerfiles"
+mesh --limit "$w" exec -- 'rm /containers/data/web/uploads/note.txt'
+t0=$SECONDS
+mesh restore --service web --host "$w" --dockerfiles "$DIR/dockerfiles"
+echo "restore took $((SECONDS - t0)) s"
+got=$(mesh --limit "$w" exec -- 'cat /containers/data/web/uploads/note.txt')
+grep -q 'uploaded before the backup' <<<"$got" || { echo "demo: the restore did not bring note.txt back on $w" >&2; exit 1; }
+echo "$w: note.txt is back"
 echo "--- status: what runs where, each route checked against the bastion's Redis (exit 1 on any problem) ---"
 mesh -v status

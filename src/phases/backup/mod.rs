@@ -196,7 +196,7 @@ impl Step for Setup {
 
 /// `restic init` once, from one host, before any host backs up (two hosts
 /// initialising at once could make two repositories in one bucket).
-pub(crate) struct InitRepo;
+pub(crate) struct InitRepo(Arc<Fleet>);
 
 /// The script that initialises the repository unless it exists.
 pub(crate) fn init_script() -> Script {
@@ -214,7 +214,7 @@ impl ClusterStep for InitRepo {
 
     fn run<'a>(&'a self, hosts: &'a [Arc<HostCtx>]) -> BoxFut<'a, ClusterOutcome> {
         Box::pin(async move {
-            let Some(first) = hosts.first() else {
+            let Some(first) = hosts.iter().find(|h| self.0.contains_key(&h.host.name)) else {
                 return ClusterOutcome::default();
             };
             if first.dry_run {
@@ -450,14 +450,28 @@ impl Step for RunBackup {
 
 /// The `backup` phase: setup on every host, the repository once, then the backups.
 pub(crate) fn phase(setup: Setup, run: RunBackup) -> Phase {
+    let mut stages = setup_stages(setup);
+    stages.push(Stage::Hosts(Box::new(run)));
     Phase {
         name: "backup",
-        stages: vec![
-            Stage::Hosts(Box::new(setup)),
-            Stage::Cluster(Box::new(InitRepo)),
-            Stage::Hosts(Box::new(run)),
-        ],
+        stages,
     }
+}
+
+/// restic, its env file, script and timer on the fleet's hosts, then the
+/// repository once (`mesh backup`, and `mesh services` for the timer).
+pub(crate) fn setup_stages(setup: Setup) -> Vec<Stage> {
+    let init = InitRepo(setup.fleet.clone());
+    vec![
+        Stage::Hosts(Box::new(setup)),
+        Stage::Cluster(Box::new(init)),
+    ]
+}
+
+/// Whether the bucket key `mesh nodes` makes for the backups is known
+/// (secrets.env or the environment).
+pub(crate) fn has_bucket_key(vars: &crate::template::VarSet) -> bool {
+    [KEY, KEY_SECRET].iter().all(|k| vars.get(k).is_some())
 }
 
 #[cfg(test)]
