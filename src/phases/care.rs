@@ -605,14 +605,7 @@ impl Care {
             .find_map(|l| l.strip_prefix("waited "))
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(CONFIRM_SECONDS * 1000);
-        let what: Vec<String> = checks
-            .iter()
-            .map(|c| match (&c.want, &c.gone) {
-                (Some(w), _) => format!("{}@redis → {w}", c.name),
-                (None, Some(g)) => format!("{}@redis without {g}", c.name),
-                _ => c.name.clone(),
-            })
-            .collect();
+        let what: Vec<String> = checks.iter().map(RouteCheck::describe).collect();
         Err(CareError::NotConfirmed {
             bastion: name.to_string(),
             api: api.base,

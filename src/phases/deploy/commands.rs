@@ -135,6 +135,17 @@ pub(crate) struct RouteCheck {
     pub gone: Option<String>,
 }
 
+impl RouteCheck {
+    /// What Traefik should show, for an error that says it did not.
+    pub(crate) fn describe(&self) -> String {
+        match (&self.want, &self.gone) {
+            (Some(w), _) => format!("{}@redis → {w}", self.name),
+            (None, Some(g)) => format!("{}@redis without {g}", self.name),
+            _ => self.name.clone(),
+        }
+    }
+}
+
 /// The server URLs/addresses of each Traefik service in a key set.
 pub(crate) fn servers(keys: &BTreeMap<String, String>) -> BTreeMap<(String, String), String> {
     let mut out = BTreeMap::new();

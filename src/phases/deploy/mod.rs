@@ -445,14 +445,8 @@ impl Deploy {
                 Some(t) => slowest = slowest.max(t),
                 None => {
                     let waited = ms("waited ").unwrap_or(CONFIRM_SECONDS * 1000);
-                    let want: Vec<String> = checks
-                        .iter()
-                        .map(|c| match (&c.want, &c.gone) {
-                            (Some(w), _) => format!("{}@redis → {w}", c.name),
-                            (None, Some(g)) => format!("{}@redis without {g}", c.name),
-                            _ => c.name.clone(),
-                        })
-                        .collect();
+                    let want: Vec<String> =
+                        checks.iter().map(commands::RouteCheck::describe).collect();
                     return Err(DeployError::Routing(format!(
                         "Traefik on {name} ({}) did not show {} after {:.1} s",
                         api.base,
