@@ -2601,6 +2601,16 @@ volumes:
     assert_eq!(runs_of(&mesh, "pg", &h1), pg_before);
     let kv_after = runs_of(&mesh, "kv", &h2);
     assert_ne!(kv_after, kv_before);
+    // `mesh status` shows each service's last backup; a failed one is a problem.
+    let status = mesh()
+        .args(["status", "--service", "pg"])
+        .run()
+        .expect_code(1);
+    assert!(
+        status.stdout.contains("pg: the last backup (") && status.stdout.contains("failed: dump"),
+        "{}",
+        status.stdout
+    );
     // Retention: keep last 2.
     assert_eq!(kv_after.len(), 2, "{kv_after:?}");
 
@@ -2620,6 +2630,13 @@ volumes:
         .unwrap();
     let pg_after = runs_of(&mesh, "pg", &h1);
     assert_ne!(pg_after, pg_before, "the timer's backup made a snapshot");
+    let status = mesh().args(["-v", "status", "--service", "pg"]).run();
+    assert!(status.stdout.contains(" ago ok"), "{}", status.stdout);
+    assert!(
+        !status.stdout.contains("last backup ("),
+        "{}",
+        status.stdout
+    );
     assert_eq!(pg_after.len(), 2);
     let table = mesh().args(["snapshots"]).run().ok().stdout;
     assert!(

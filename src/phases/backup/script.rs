@@ -108,6 +108,15 @@ TMP=$(mktemp -d /tmp/mesh-backup.XXXXXXXX) || die "cannot create a temp dir"
 trap 'rm -rf "$TMP"' EXIT
 umask 077
 
+# A service's result for the controller, also kept (with its time) for
+# `mesh status`: /var/lib/mesh/backup/<service>.last, written atomically.
+result_line() {
+  echo "result $1"
+  mkdir -p /var/lib/mesh/backup
+  printf '%s %s\n' "$(date +%s)" "${1#* }" > "/var/lib/mesh/backup/.${1%% *}.tmp" &&
+    mv "/var/lib/mesh/backup/.${1%% *}.tmp" "/var/lib/mesh/backup/${1%% *}.last"
+}
+
 # The running container of a service: its live slot's, else the host project's.
 container() {
   slot=$(sed -n 's/^slot //p' "/var/lib/mesh/deploy/$1.state" 2>/dev/null)
@@ -154,11 +163,11 @@ has_stdin_command() { restic backup --help 2>/dev/null | grep -q -- --stdin-from
 # Back up one service: its dump (through stdin), then its paths and volumes.
 backup_one() {
   svc=$1
-  conf "$svc" || { echo "result $svc failed this host does not run it with a backup: section"; return 1; }
+  conf "$svc" || { result_line "$svc failed this host does not run it with a backup: section"; return 1; }
   start=$(date +%s)
   added=0 total=0 dumpid=
   if [ -n "$DUMP" ]; then
-    c=$(container "$svc") || { echo "result $svc failed no running container to dump from"; return 1; }
+    c=$(container "$svc") || { result_line "$svc failed no running container to dump from"; return 1; }
     if has_stdin_command; then
       restic backup --json --retry-lock "$RETRY" --host "$HOST" --tag mesh --tag "host=$HOST" --tag "service=$svc" --tag "run=$RUN" --tag part=dump \
         --stdin-filename "$svc.dump" --stdin-from-command -- docker exec "$c" sh -c "$DUMP" >"$TMP/out" 2>"$TMP/err"
@@ -177,7 +186,7 @@ backup_one() {
       fi
     fi
     if [ "$rc" != 0 ]; then
-      echo "result $svc failed dump \`$DUMP\` exited $rc: $(tail_of "$TMP/err")"
+      result_line "$svc failed dump \`$DUMP\` exited $rc: $(tail_of "$TMP/err")"
       return 1
     fi
     set -- $(summary "$TMP/out")
@@ -186,11 +195,11 @@ backup_one() {
   set --
   IFS=$NL
   for p in $PATHS; do
-    [ -e "$p" ] || { unset IFS; echo "result $svc failed $p does not exist"; return 1; }
+    [ -e "$p" ] || { unset IFS; result_line "$svc failed $p does not exist"; return 1; }
     set -- "$@" "$p"
   done
   for v in $VOLS; do
-    m=$(docker volume inspect -f '{{.Mountpoint}}' "$v" 2>/dev/null) || { unset IFS; echo "result $svc failed volume $v does not exist"; return 1; }
+    m=$(docker volume inspect -f '{{.Mountpoint}}' "$v" 2>/dev/null) || { unset IFS; result_line "$svc failed volume $v does not exist"; return 1; }
     set -- "$@" "$m"
   done
   ex=''
@@ -204,14 +213,14 @@ backup_one() {
     if [ "$rc" != 0 ]; then
       # No snapshot may claim to hold the service: the run's dump goes too.
       [ -z "$dumpid" ] || restic forget --retry-lock "$RETRY" "$dumpid" >/dev/null 2>&1
-      echo "result $svc failed restic backup exited $rc: $(tail_of "$TMP/err")"
+      result_line "$svc failed restic backup exited $rc: $(tail_of "$TMP/err")"
       return 1
     fi
     set -- $(summary "$TMP/out")
     added=$((added + ${1:-0})) total=$((total + ${2:-0}))
   fi
   unset IFS
-  echo "result $svc ok $added $total $(( $(date +%s) - start ))"
+  result_line "$svc ok $added $total $(( $(date +%s) - start ))"
 }
 
 cmd_backup() {

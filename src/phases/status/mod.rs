@@ -106,6 +106,8 @@ pub(crate) struct ServiceStatus {
     pub uptime: Option<i64>,
     /// The service's last deploy audit line on this host.
     pub last_deploy: Option<serde_json::Value>,
+    /// The service's last backup on this host (services with `backup:`).
+    pub last_backup: Option<probe::LastBackup>,
     pub problems: Vec<String>,
 }
 
@@ -312,6 +314,14 @@ fn service(read: &HostRead, name: String) -> ServiceStatus {
             });
         }
     }
+    let last_backup = read.backups.get(&name).cloned();
+    if let Some(b) = last_backup.as_ref().filter(|b| !b.ok) {
+        problems.push(format!(
+            "{name}: the last backup ({} ago) failed: {}",
+            table::fmt_age(read.now - b.at),
+            b.detail
+        ));
+    }
     let uptime = container
         .as_ref()
         .filter(|c| c.status == "running")
@@ -326,6 +336,7 @@ fn service(read: &HostRead, name: String) -> ServiceStatus {
             .or(state.image.clone()),
         uptime,
         last_deploy: read.deploys.get(&name).cloned(),
+        last_backup,
         container,
         problems,
         service: name,

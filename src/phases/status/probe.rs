@@ -17,6 +17,9 @@ use std::collections::BTreeMap;
 /// Where `deploy` appends its audit line on each host.
 pub(crate) const DEPLOY_LOG: &str = "/var/log/mesh/deploy.log";
 
+/// Where the host's backup script keeps each service's last result.
+pub(crate) const BACKUP_DIR: &str = "/var/lib/mesh/backup";
+
 /// The units `status` reads (a unit that is not installed is `not-found`).
 pub(crate) const UNITS: &[&str] = &[
     "docker",
@@ -83,6 +86,8 @@ pub(crate) fn script(probe: &Probe) -> Script {
             "[ ! -f {} ] || awk {} {}",
             &[DEPLOY_LOG, LAST_DEPLOYS_AWK, DEPLOY_LOG],
         );
+        s.raw("echo @@mesh-backups");
+        s.raw(&last_backups(BACKUP_DIR));
         s.raw("echo @@mesh-disk");
         s.raw("root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null)");
         s.raw("for p in / \"$root\"; do [ -n \"$p\" ] || continue; d=$(df -Pk \"$p\" 2>/dev/null | tail -n 1) && echo \"$p $d\"; done");
@@ -189,6 +194,9 @@ pub(crate) struct HostRead {
     pub containers: Vec<Container>,
     /// The last audit line of each service.
     pub deploys: BTreeMap<String, serde_json::Value>,
+    /// Each backed-up service's last backup: when, and its result
+    /// (`ok ADDED TOTAL SECONDS` or `failed REASON`).
+    pub backups: BTreeMap<String, LastBackup>,
     pub disks: Vec<Disk>,
     /// Installed units (without `.service`) and their active state.
     pub units: BTreeMap<String, String>,
@@ -265,11 +273,44 @@ pub(crate) fn parse(host: &str, text: &str) -> Result<HostRead, ParseError> {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter_map(|v| Some((v["service"].as_str()?.to_string(), v)))
             .collect(),
+        backups: get("backups").lines().filter_map(parse_backup).collect(),
         disks: get("disk").lines().filter_map(parse_disk).collect(),
         units: parse_units(get("units")),
         overlay: parse_overlay(get("overlay")),
         redis: s.get("redis").map(|t| parse_redis(t)),
     })
+}
+
+/// Each `<service>.last` in `dir` as `SERVICE TIME RESULT…`.
+fn last_backups(dir: &str) -> String {
+    format!(
+        "for f in {}/*.last; do [ -f \"$f\" ] || continue; n=${{f##*/}}; echo \"${{n%.last}} $(head -n 1 \"$f\")\"; done",
+        crate::quote::quote(dir)
+    )
+}
+
+/// A service's last backup on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LastBackup {
+    /// Unix time of the result.
+    pub at: i64,
+    pub ok: bool,
+    /// `ADDED TOTAL SECONDS` after ok, the reason after failed.
+    pub detail: String,
+}
+
+/// `SERVICE TIME ok|failed DETAIL`.
+fn parse_backup(line: &str) -> Option<(String, LastBackup)> {
+    let mut w = line.splitn(4, ' ');
+    let service = w.next()?.to_string();
+    let at = w.next()?.parse().ok()?;
+    let ok = match w.next()? {
+        "ok" => true,
+        "failed" => false,
+        _ => return None,
+    };
+    let detail = w.next().unwrap_or("").to_string();
+    Some((service, LastBackup { at, ok, detail }))
 }
 
 fn parse_states(text: &str) -> BTreeMap<String, State> {
@@ -384,6 +425,45 @@ mod tests {
             peer_ip: Some("10.1.0.3".into()),
             redis_ip: Some("10.1.0.2".into()),
         }
+    }
+
+    #[test]
+    fn the_backup_loop_prints_each_service_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pg.last"), "1764661400 ok 1 2 3\n").unwrap();
+        std::fs::write(dir.path().join(".kv.tmp"), "x\n").unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-c", &last_backups(dir.path().to_str().unwrap())])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "pg 1764661400 ok 1 2 3\n"
+        );
+        let empty = tempfile::tempdir().unwrap();
+        let none = std::process::Command::new("sh")
+            .args(["-c", &last_backups(empty.path().to_str().unwrap())])
+            .output()
+            .unwrap();
+        assert!(none.status.success() && none.stdout.is_empty());
+    }
+
+    #[test]
+    fn last_backups_are_read_per_service() {
+        let (svc, b) =
+            parse_backup("pg 1764661400 failed dump `pg_dumpall` exited 1: boom").unwrap();
+        assert_eq!(svc, "pg");
+        assert_eq!(b.at, 1764661400);
+        assert!(!b.ok);
+        assert_eq!(b.detail, "dump `pg_dumpall` exited 1: boom");
+        assert!(parse_backup("kv 1764661400 ok 2048 10240 3").unwrap().1.ok);
+        assert!(parse_backup("kv soon ok").is_none());
+        assert!(parse_backup("kv 1 maybe").is_none());
     }
 
     #[test]

@@ -30,6 +30,12 @@ fn disk_cell(disks: &[Disk]) -> String {
 }
 
 /// `2h5m ago running root@ctl` (the time of day for older audit lines).
+/// `3h ago ok`, `10m ago FAILED`.
+fn backup_cell(b: &super::probe::LastBackup, now: i64) -> String {
+    let result = if b.ok { "ok" } else { "FAILED" };
+    format!("{} ago {result}", fmt_age(now - b.at))
+}
+
 fn deploy_cell(v: &serde_json::Value, now: i64) -> String {
     let s = |k: &str| v[k].as_str().unwrap_or("?").to_string();
     let when = v["at"]
@@ -65,7 +71,7 @@ fn slot_cell(s: &ServiceStatus) -> String {
     }
 }
 
-const HEADER: [&str; 8] = [
+const HEADER: [&str; 9] = [
     "HOST",
     "SERVICE",
     "SLOT",
@@ -73,6 +79,7 @@ const HEADER: [&str; 8] = [
     "STATE",
     "UP",
     "LAST DEPLOY",
+    "LAST BACKUP",
     "DISK FREE",
 ];
 
@@ -81,7 +88,7 @@ const HEADER: [&str; 8] = [
 pub(crate) fn render(hosts: &[HostStatus], verbose: bool) -> String {
     let mut order: Vec<&HostStatus> = hosts.iter().filter(|h| verbose || !h.is_ok()).collect();
     order.sort_by_key(|h| (h.error.is_none(), h.is_ok()));
-    let mut rows: Vec<[String; 8]> = vec![HEADER.map(String::from)];
+    let mut rows: Vec<[String; 9]> = vec![HEADER.map(String::from)];
     // After which row the problems of a host go.
     let mut notes: Vec<(usize, Vec<String>)> = Vec::new();
     for h in order {
@@ -94,6 +101,7 @@ pub(crate) fn render(hosts: &[HostStatus], verbose: bool) -> String {
                 "-".into(),
                 "-".into(),
                 state.into(),
+                "-".into(),
                 "-".into(),
                 "-".into(),
                 disk.clone(),
@@ -113,6 +121,9 @@ pub(crate) fn render(hosts: &[HostStatus], verbose: bool) -> String {
                 s.last_deploy
                     .as_ref()
                     .map_or_else(|| "-".into(), |d| deploy_cell(d, h.now)),
+                s.last_backup
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |b| backup_cell(b, h.now)),
                 if first { disk.clone() } else { String::new() },
             ]);
         }
@@ -121,7 +132,7 @@ pub(crate) fn render(hosts: &[HostStatus], verbose: bool) -> String {
             notes.push((rows.len() - 1, problems));
         }
     }
-    let mut widths = [0usize; 8];
+    let mut widths = [0usize; 9];
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
@@ -188,6 +199,11 @@ pub(crate) fn host_json(h: &HostStatus) -> serde_json::Value {
                 "started_at": c.map(|c| c.started_at.clone()),
                 "uptime_seconds": s.uptime,
                 "last_deploy": s.last_deploy,
+                "last_backup": s.last_backup.as_ref().map(|b| serde_json::json!({
+                    "at": b.at,
+                    "ok": b.ok,
+                    "detail": b.detail,
+                })),
                 "problems": s.problems,
             })
         })
@@ -251,6 +267,17 @@ mod tests {
     }
 
     #[test]
+    fn a_backup_cell_says_when_and_how_it_ended() {
+        let b = |ok| super::super::probe::LastBackup {
+            at: 1000,
+            ok,
+            detail: String::new(),
+        };
+        assert_eq!(backup_cell(&b(true), 1000 + 3 * 3600 + 300), "3h5m ago ok");
+        assert_eq!(backup_cell(&b(false), 1600), "10m ago FAILED");
+    }
+
+    #[test]
     fn ages() {
         assert_eq!(fmt_age(-3), "0s");
         assert_eq!(fmt_age(40), "40s");
@@ -273,10 +300,10 @@ mod tests {
         assert_eq!(
             render(&hosts, false),
             "\
-HOST  SERVICE  SLOT     IMAGE  STATE              UP  LAST DEPLOY              DISK FREE
-w3    -        -        -      FAILED             -   -
+HOST  SERVICE  SLOT     IMAGE  STATE              UP  LAST DEPLOY              LAST BACKUP  DISK FREE
+w3    -        -        -      FAILED             -   -                        -
   ! failed: cannot connect
-w2    web      b :8001  2      running (healthy)  3m  3m ago running root@ctl  / 24%
+w2    web      b :8001  2      running (healthy)  3m  3m ago running root@ctl  -            / 24%
   ! web: route on b1 points at :8000, host says :8001
 3 hosts: 1 healthy (-v lists them), 1 with problems, 1 failed
 "
