@@ -16,7 +16,15 @@ pub(crate) async fn run(s: &mut Session, _args: &Args) -> Result<u8, Error> {
     let cap = cache::cap_from_env().map_err(ServicesError::from)?;
     // The controller first: no host depends on its cache. A controller
     // without Docker (it builds on the hosts) has none to bound.
-    match cache::prune(&crate::mirror::cache_root(), &BTreeSet::new(), cap, dry_run).await {
+    match cache::prune(
+        &crate::mirror::cache_root(),
+        &BTreeSet::new(),
+        cap,
+        dry_run,
+        cache::LocalImages::Remove,
+    )
+    .await
+    {
         Ok(report) if s.global.json => println!(
             "{}",
             serde_json::json!({ "event": "controller_cache", "report": report })

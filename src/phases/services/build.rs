@@ -353,7 +353,7 @@ pub(crate) async fn build_all(
     if !dry_run {
         // Bounding the cache never fails a run: it is said, and tried again next time.
         let keep: BTreeSet<String> = specs.iter().map(|s| s.tag.clone()).collect();
-        match cache::prune(cache, &keep, cap, false).await {
+        match cache::prune(cache, &keep, cap, false, cache::LocalImages::Keep).await {
             Ok(pruned) => {
                 if let Some(line) = pruned.summary() {
                     progress(&line);

@@ -469,14 +469,27 @@ impl CacheReport {
     }
 }
 
+/// Which local images a cache prune may remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LocalImages {
+    /// `mesh prune`: old `mesh/*` builds leave the controller's Docker.
+    Remove,
+    /// After a build: leave them. A build served from BuildKit's cache
+    /// keeps its old creation time, so age cannot tell a build another
+    /// run on this controller is about to ship from a forgotten one.
+    Keep,
+}
+
 /// Bound the controller's cache: old `mesh/*` builds leave its Docker
-/// (never one of `keep`, this run's builds), then archives of images it no
-/// longer has, then the oldest archives past `cap`.
+/// (with [`LocalImages::Remove`]; never one of `keep`, this run's builds),
+/// then archives of images it no longer has, then the oldest archives past
+/// `cap`.
 pub(crate) async fn prune(
     cache: &Path,
     keep: &BTreeSet<String>,
     cap: u64,
     dry_run: bool,
+    local: LocalImages,
 ) -> Result<CacheReport, CacheError> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -488,7 +501,11 @@ pub(crate) async fn prune(
         ..Default::default()
     };
     let mut gone: BTreeSet<String> = BTreeSet::new();
-    for image in local_removals(&images, keep, now) {
+    let removals = match local {
+        LocalImages::Remove => local_removals(&images, keep, now),
+        LocalImages::Keep => Vec::new(),
+    };
+    for image in removals {
         // Without -f: an image a local container uses stays.
         if dry_run || docker(&["rmi", &image.tag]).await?.status.success() {
             report.images.push(image.tag.clone());
@@ -502,8 +519,17 @@ pub(crate) async fn prune(
         .collect();
     let dir = archives_dir(cache);
     let all = list(&dir);
-    let (orphans, kept): (Vec<Archive>, Vec<Archive>) =
-        all.into_iter().partition(|a| !live.contains(&a.id));
+    // An archive made or used in the last hour may be in another run's
+    // hands (its image retagged since by an identical build elsewhere).
+    let recent = |a: &Archive| {
+        a.modified
+            .elapsed()
+            .is_ok_and(|age| age.as_secs() < RECENT_SECS as u64)
+            || a.modified.elapsed().is_err()
+    };
+    let (orphans, kept): (Vec<Archive>, Vec<Archive>) = all
+        .into_iter()
+        .partition(|a| !live.contains(&a.id) && !recent(a));
     let sizes: Vec<u64> = kept.iter().map(|a| a.size).collect();
     let mut going = orphans;
     going.extend(
