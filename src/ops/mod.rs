@@ -253,6 +253,16 @@ pub trait Op: Send + Sync {
         })
     }
 
+    /// [`Op::apply`] that may also say what it did, which then replaces the
+    /// decided reason in the report (e.g. the bytes an image took to ship).
+    fn apply_reporting<'a>(
+        &'a self,
+        ctx: &'a OpCtx<'a>,
+        flags: u32,
+    ) -> BoxFut<'a, Result<(bool, Option<String>), OpError>> {
+        Box::pin(async move { Ok((self.apply(ctx, flags).await?, None)) })
+    }
+
     /// Later probes may depend on this op's effect (installs, commands).
     fn system_changing(&self) -> bool {
         false
@@ -616,10 +626,11 @@ pub async fn converge(
             continue;
         }
         ctx.log.line(&format!("apply {}: {reason}", op.label()));
-        let changed = op
-            .apply(ctx, flags)
+        let (changed, done) = op
+            .apply_reporting(ctx, flags)
             .await
             .map_err(|e| fail(op.label(), e, &reports))?;
+        let reason = done.unwrap_or(reason);
         if changed {
             if let Some(id) = op.id() {
                 changed_ids.insert(id.to_string());

@@ -169,7 +169,6 @@ impl Op for RoomOp {
 mod tests {
     use super::*;
     use crate::ssh::BoxFut;
-    use std::path::PathBuf;
 
     struct Img(&'static str, Option<&'static str>, Option<u64>);
 
@@ -183,8 +182,16 @@ mod tests {
         fn size(&self) -> Option<u64> {
             self.2
         }
-        fn archive(&self) -> BoxFut<'_, Result<PathBuf, crate::ops::image::ArchiveError>> {
-            Box::pin(async { Ok(PathBuf::from("/nonexistent")) })
+        fn diff_ids(&self) -> &[String] {
+            &[]
+        }
+        fn layers(
+            &self,
+        ) -> BoxFut<
+            '_,
+            Result<std::sync::Arc<crate::ops::image::Layered>, crate::ops::image::ArchiveError>,
+        > {
+            Box::pin(async { Err("not in this test".into()) })
         }
     }
 

@@ -3134,3 +3134,112 @@ fn a_host_without_room_for_the_image_fails_before_anything_is_written() {
     mesh().args(["services", "--dockerfiles", &dir]).run().ok();
     assert_eq!(image_tags(&lab, 3, "web").len(), 1);
 }
+
+/// The detail of the `image mesh/<service>:…` op on `host` in a `--json`
+/// run (what came which way), if it changed there.
+fn image_shipped(run: &util::Run, host: &str, service: &str) -> Option<String> {
+    let prefix = format!("image mesh/{service}:");
+    run.events()
+        .into_iter()
+        .filter(|e| e["event"] == "step_done" && e["host"] == host)
+        .flat_map(|e| e["ops"].as_array().cloned().unwrap_or_default())
+        .find(|op| op["label"].as_str().is_some_and(|l| l.starts_with(&prefix)))
+        .map(|op| op["detail"].as_str().unwrap_or_default().to_string())
+}
+
+/// `(layers sent, layers in the image, bytes by ssh)` from an image op's detail.
+fn shipped_counts(detail: &str) -> (usize, usize, u64) {
+    let num = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .unwrap_or_else(|_| panic!("{s:?} in {detail}"))
+    };
+    let (sent, rest) = detail
+        .split_once(" of ")
+        .unwrap_or_else(|| panic!("{detail}"));
+    let of = rest.split_whitespace().next().unwrap();
+    let ssh = detail
+        .split(" by ssh")
+        .next()
+        .and_then(|head| head.rsplit(['(', ':']).next())
+        .map(|s| {
+            s.trim()
+                .trim_end_matches(" bytes)")
+                .trim_end_matches(" bytes")
+        })
+        .map(num)
+        .unwrap_or_else(|| panic!("no ssh bytes in {detail}"));
+    (num(sent) as usize, num(of) as usize, ssh)
+}
+
+#[test]
+fn a_one_file_change_ships_only_the_top_layer_and_every_host_loads_the_controllers_image() {
+    let lab = Lab::start("layers", 3, 41);
+    lab.install_docker();
+    let df = util::example_dockerfiles();
+    let dir = df.path().to_str().unwrap().to_string();
+    let inv = lab.services_inventory(
+        "layers.yml",
+        &services_vars(&lab, "web.example.test").replace("crowdsec: true", "crowdsec: false"),
+    );
+    let mesh = || Mesh::new(&inv);
+    let first = mesh()
+        .args(["--json", "services", "--dockerfiles", &dir])
+        .run()
+        .ok();
+    mesh().args(["services-up"]).run().ok();
+    for i in 2..=3 {
+        let said = image_shipped(&first, &lab.host(i), "web").expect("the web image shipped");
+        let (sent, of, ssh) = shipped_counts(&said);
+        assert_eq!(sent, of, "a new host gets every layer: {said}");
+        assert!(ssh > 10_000_000, "the whole image: {said}");
+    }
+
+    // One file changes: each host gets the new top layer only.
+    std::fs::write(df.path().join("web/index.html"), "one line changed\n").unwrap();
+    let deploy = mesh()
+        .args([
+            "--json",
+            "deploy",
+            "--service",
+            "web",
+            "--dockerfiles",
+            &dir,
+        ])
+        .run()
+        .ok();
+    let tag = live_image(&lab, 2, "web");
+    let controller = std::process::Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", &tag])
+        .output()
+        .unwrap();
+    let controller = String::from_utf8_lossy(&controller.stdout).to_string();
+    assert!(controller.starts_with("sha256:"), "{tag} on the controller");
+    for i in 2..=3 {
+        let said = image_shipped(&deploy, &lab.host(i), "web").expect("the new build shipped");
+        let (sent, of, ssh) = shipped_counts(&said);
+        assert_eq!(sent, 1, "only the top layer: {said}");
+        assert!(of >= 3, "{said}");
+        assert!(ssh < 50_000, "a few kB, not the image: {said}");
+        assert_eq!(live_image(&lab, i, "web"), tag);
+        let on_host = lab.on(
+            i,
+            &format!("docker image inspect --format '{{{{.Id}}}}' {tag}"),
+        );
+        assert_eq!(on_host.stdout.trim(), controller.trim(), "host {i}");
+        // Nothing staged is left behind.
+        let left = lab.on(i, "ls /var/lib/docker/tmp | grep -c '^mesh-load' || true");
+        assert_eq!(left.stdout.trim(), "0", "host {i}");
+    }
+    let body = util::http_get(&lab.ip(1), "web.example.test").unwrap().1;
+    assert!(body.contains("one line changed"), "{body}");
+
+    // Converged: nothing ships.
+    let again = mesh()
+        .args(["--json", "services", "--dockerfiles", &dir])
+        .run()
+        .ok();
+    for i in 2..=3 {
+        assert_eq!(image_shipped(&again, &lab.host(i), "web"), None);
+    }
+}

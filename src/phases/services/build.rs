@@ -14,9 +14,10 @@
 //! says so once.
 
 use super::cache::{self, CacheError};
+use super::layers;
 use super::plan::{HostPlan, RenderedFile};
 use crate::inventory::Arch;
-use crate::ops::image::ImageSource;
+use crate::ops::image::{ImageSource, Layered};
 use crate::ssh::BoxFut;
 use crate::template::Redactor;
 use std::collections::BTreeMap;
@@ -209,16 +210,17 @@ pub(crate) fn specs(folder_root: &Path, plans: &BTreeMap<String, HostPlan>) -> V
     by_tag.into_values().collect()
 }
 
-/// A built (or, in a dry run, planned) image and its lazily made archive.
+/// A built (or, in a dry run, planned) image and its lazily made layer files.
 pub(crate) struct Image {
     tag: String,
     id: Option<String>,
     /// Bytes of its layers, uncompressed (what a host needs room for).
     size: Option<u64>,
-    /// The archives' directory and its size cap.
-    cache: PathBuf,
-    cap: u64,
-    archive: tokio::sync::OnceCell<PathBuf>,
+    /// Its layers' diff ids, bottom first (empty in a dry run before the build).
+    diff_ids: Vec<String>,
+    /// The layer store's directory.
+    store: PathBuf,
+    layers: tokio::sync::OnceCell<std::sync::Arc<Layered>>,
 }
 
 impl ImageSource for Image {
@@ -234,11 +236,19 @@ impl ImageSource for Image {
         self.size
     }
 
-    fn archive(&self) -> BoxFut<'_, Result<PathBuf, crate::ops::image::ArchiveError>> {
+    fn diff_ids(&self) -> &[String] {
+        &self.diff_ids
+    }
+
+    fn layers(
+        &self,
+    ) -> BoxFut<'_, Result<std::sync::Arc<Layered>, crate::ops::image::ArchiveError>> {
         Box::pin(async move {
-            self.archive
-                .get_or_try_init(|| {
-                    cache::archive(&self.tag, self.id.as_deref(), &self.cache, self.cap)
+            self.layers
+                .get_or_try_init(|| async {
+                    layers::layered(&self.tag, self.id.as_deref(), &self.store)
+                        .await
+                        .map(std::sync::Arc::new)
                 })
                 .await
                 .cloned()
@@ -249,17 +259,19 @@ impl ImageSource for Image {
 
 #[cfg(test)]
 impl Image {
-    /// An image "built" with this id whose archive is `archive`.
-    pub(crate) fn fake(tag: &str, id: &str, archive: &Path) -> Self {
+    /// An image "built" with this id whose layers are `layered`.
+    pub(crate) fn fake(layered: Layered) -> Self {
         let cell = tokio::sync::OnceCell::new();
-        cell.set(archive.to_path_buf()).expect("fresh cell");
+        let diff_ids = layered.layers.iter().map(|l| l.diff_id.clone()).collect();
+        let (tag, id) = (layered.tag.clone(), layered.id.clone());
+        cell.set(std::sync::Arc::new(layered)).expect("fresh cell");
         Image {
-            tag: tag.into(),
-            id: Some(id.into()),
+            tag,
+            id: Some(id),
             size: Some(1000),
-            cache: archive.to_path_buf(),
-            cap: cache::DEFAULT_CAP,
-            archive: cell,
+            diff_ids,
+            store: PathBuf::from("/nonexistent"),
+            layers: cell,
         }
     }
 }
@@ -278,10 +290,23 @@ pub(crate) struct BuildReport {
     pub cache: Option<cache::CacheReport>,
 }
 
-/// The local image id and size of `tag`, if Docker has it.
-async fn local_image(tag: &str) -> Result<Option<(String, Option<u64>)>, BuildError> {
+/// What the controller's Docker says about a tag it has.
+struct Local {
+    id: String,
+    size: Option<u64>,
+    diff_ids: Vec<String>,
+}
+
+/// The local image id, size and layers of `tag`, if Docker has it.
+async fn local_image(tag: &str) -> Result<Option<Local>, BuildError> {
     let out = Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}} {{.Size}}", tag])
+        .args([
+            "image",
+            "inspect",
+            "--format",
+            "{{.Id}} {{.Size}}{{range .RootFS.Layers}} {{.}}{{end}}",
+            tag,
+        ])
         .stdin(Stdio::null())
         .output()
         .await
@@ -290,7 +315,12 @@ async fn local_image(tag: &str) -> Result<Option<(String, Option<u64>)>, BuildEr
         let text = String::from_utf8_lossy(&out.stdout);
         let mut words = text.split_whitespace();
         let id = words.next().unwrap_or_default().to_string();
-        return Ok(Some((id, words.next().and_then(|s| s.parse().ok()))));
+        let size = words.next().and_then(|s| s.parse().ok());
+        return Ok(Some(Local {
+            id,
+            size,
+            diff_ids: words.map(str::to_string).collect(),
+        }));
     }
     let err = String::from_utf8_lossy(&out.stderr);
     if err.contains("Cannot connect") || err.contains("permission denied") {
@@ -337,16 +367,18 @@ pub(crate) async fn build_all(
             found = local_image(&spec.tag).await?;
             report.built.push(spec.tag.clone());
         }
-        let (id, size) = found.map_or((None, None), |(i, s)| (Some(i), s));
+        let (id, size, diff_ids) = found.map_or((None, None, Vec::new()), |l| {
+            (Some(l.id), l.size, l.diff_ids)
+        });
         images.insert(
             spec.tag.clone(),
             std::sync::Arc::new(Image {
                 tag: spec.tag.clone(),
                 id,
                 size,
-                cache: cache::archives_dir(cache),
-                cap,
-                archive: tokio::sync::OnceCell::new(),
+                diff_ids,
+                store: layers::layers_dir(cache),
+                layers: tokio::sync::OnceCell::new(),
             }),
         );
     }

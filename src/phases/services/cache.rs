@@ -1,23 +1,22 @@
 //! The controller's image cache: the `mesh/*` images its Docker keeps and
-//! the compressed archives (`docker save | zstd`) shipped to hosts that
-//! lack an image, under `<cache root>/images` (a 0700 directory, 0600 files).
-//!
-//! An archive is named `<image id>.<sha256 of the file>.tar.zst` and used
-//! only while its content still hashes to its name; otherwise it is made
-//! again. Both are bounded after every build and by `mesh prune`:
+//! the layer store ([`super::layers`]: each layer compressed once, shipped
+//! to hosts that lack it) under `<cache root>/layers` (a 0700 directory,
+//! 0600 files). Both are bounded after every build and by `mesh prune`:
 //! - per service, Docker keeps the newest [`KEEP_BUILDS`] builds (a host
 //!   keeps its live build and [`KEEP_PREVIOUS`] to roll back to, so an
 //!   older one is never shipped again), the builds this run uses, and any
 //!   built in the last [`RECENT_SECS`] (another run may still ship it);
-//! - archives stay only for images Docker still has, newest first, up to a
-//!   size cap: [`DEFAULT_CAP`] (5 GiB), or `MESH_IMAGE_CACHE_MAX`;
-//! - files this mesh never uses (an interrupted save's temporary file, an
-//!   archive named the older way, without its hash) go once an hour old.
+//! - layer files and configs stay only for images Docker still has, newest
+//!   first, up to a size cap: [`DEFAULT_CAP`] (5 GiB), or `MESH_IMAGE_CACHE_MAX`;
+//! - files this mesh never uses (an interrupted save's temporary files, the
+//!   whole-image archives older mesh versions kept under `images/`) go once
+//!   an hour old.
 
+use super::layers::{self, layers_dir};
 use super::slots::KEEP_PREVIOUS;
 use crate::ops::room::human_bytes;
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
@@ -32,7 +31,6 @@ pub(crate) const RECENT_SECS: i64 = 3600;
 pub(crate) const DEFAULT_CAP: u64 = 5 << 30;
 /// The environment variable that sets the cap (`800M`, `20G`, bytes).
 pub(crate) const CAP_ENV: &str = "MESH_IMAGE_CACHE_MAX";
-const ARCHIVE_EXT: &str = ".tar.zst";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -51,7 +49,7 @@ pub enum CacheError {
     },
 }
 
-fn local(what: String) -> impl FnOnce(std::io::Error) -> CacheError {
+pub(crate) fn local(what: String) -> impl FnOnce(std::io::Error) -> CacheError {
     move |source| CacheError::Local { what, source }
 }
 
@@ -91,183 +89,12 @@ pub(crate) fn private_dir(dir: &Path) -> Result<(), CacheError> {
         .map_err(local(format!("chmod 700 {}", dir.display())))
 }
 
-/// The archives' directory under the cache root.
-pub(crate) fn archives_dir(cache: &Path) -> PathBuf {
+/// Where older mesh versions kept whole-image archives (removed as leftovers).
+fn old_archives_dir(cache: &Path) -> PathBuf {
     cache.join("images")
 }
 
-fn archive_name(id: &str, sha: &str) -> String {
-    format!("{id}.{sha}{ARCHIVE_EXT}")
-}
-
-/// `(image id, content sha256)` of an archive's file name.
-fn parse_archive_name(name: &str) -> Option<(&str, &str)> {
-    let (id, sha) = name.strip_suffix(ARCHIVE_EXT)?.split_once('.')?;
-    let hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (hex64(id) && hex64(sha)).then_some((id, sha))
-}
-
-fn hash_file(path: &Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
-    Ok(crate::ops::file::hex(&hasher.finalize()))
-}
-
-/// The archive of image `id` (tag `tag`), made on first need: an existing
-/// one whose content hash matches its name, or a new `docker save | zstd`
-/// written privately and renamed into place. The cache is then held to `cap`.
-pub(crate) async fn archive(
-    tag: &str,
-    id: Option<&str>,
-    dir: &Path,
-    cap: u64,
-) -> Result<PathBuf, CacheError> {
-    let id = id
-        .ok_or_else(|| CacheError::NotBuilt { tag: tag.into() })?
-        .trim_start_matches("sha256:")
-        .to_string();
-    private_dir(dir)?;
-    if let Some(found) = verified(dir, &id).await? {
-        // Used now: the cap removes the least recently used first.
-        let _ = std::fs::File::options()
-            .append(true)
-            .open(&found)
-            .and_then(|f| f.set_modified(SystemTime::now()));
-        return Ok(found);
-    }
-    let tmp = dir.join(format!(
-        ".{id}.{}.{}.tmp",
-        std::process::id(),
-        crate::secrets::random_hex(4).map_err(local("picking a temporary name".into()))?
-    ));
-    let file = std::fs::File::options()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(local(format!("creating {}", tmp.display())))?;
-    let mut save = Command::new("bash");
-    save.args([
-        "-c",
-        "set -o pipefail; docker save \"$1\" | zstd -q -3 -T0 -c",
-        "mesh-save",
-        tag,
-    ]);
-    let made = into_file(save, file, &tmp, tag).await;
-    let named = match made {
-        Ok(()) => {
-            let t = tmp.clone();
-            tokio::task::spawn_blocking(move || hash_file(&t))
-                .await
-                .map_err(|e| local("hashing an archive".into())(std::io::Error::other(e)))?
-                .map_err(local(format!("hashing {}", tmp.display())))
-        }
-        Err(e) => Err(e),
-    };
-    let sha = match named {
-        Ok(sha) => sha,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    let path = dir.join(archive_name(&id, &sha));
-    std::fs::rename(&tmp, &path).map_err(local(format!("renaming {}", tmp.display())))?;
-    cap_archives(dir, cap, Some(&path));
-    Ok(path)
-}
-
-/// Run `cmd` with its stdout going straight to `file` (at `path`), its
-/// stderr kept for the error; an empty result is a failure too.
-async fn into_file(
-    mut cmd: Command,
-    file: std::fs::File,
-    path: &Path,
-    tag: &str,
-) -> Result<(), CacheError> {
-    let failed = |detail: String| CacheError::Save {
-        tag: tag.into(),
-        detail,
-    };
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(file)
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| failed(e.to_string()))?;
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    if !out.status.success() {
-        return Err(failed(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    match std::fs::metadata(path) {
-        Ok(m) if m.len() > 0 => Ok(()),
-        _ => Err(failed("it wrote nothing".into())),
-    }
-}
-
-/// An archive of `id` whose content matches its name; mismatching ones go.
-async fn verified(dir: &Path, id: &str) -> Result<Option<PathBuf>, CacheError> {
-    let candidates: Vec<(PathBuf, String)> = list(dir)
-        .into_iter()
-        .filter(|a| a.id == id)
-        .map(|a| (a.path, a.sha))
-        .collect();
-    for (path, sha) in candidates {
-        let p = path.clone();
-        let got = tokio::task::spawn_blocking(move || hash_file(&p))
-            .await
-            .map_err(|e| local("hashing an archive".into())(std::io::Error::other(e)))?;
-        match got {
-            Ok(h) if h == sha => return Ok(Some(path)),
-            _ => {
-                let _ = std::fs::remove_file(&path);
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// One archive in the cache.
-#[derive(Debug, Clone)]
-struct Archive {
-    path: PathBuf,
-    id: String,
-    sha: String,
-    size: u64,
-    modified: SystemTime,
-}
-
-/// The well-named archives in `dir`, newest first.
-fn list(dir: &Path) -> Vec<Archive> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out: Vec<Archive> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let (id, sha) = parse_archive_name(&name)?;
-            let meta = e.metadata().ok()?;
-            Some(Archive {
-                path: e.path(),
-                id: id.to_string(),
-                sha: sha.to_string(),
-                size: meta.len(),
-                modified: meta.modified().ok()?,
-            })
-        })
-        .collect();
-    out.sort_by_key(|a| std::cmp::Reverse(a.modified));
-    out
-}
-
-/// Of archive sizes, newest first, the indexes past `cap`: from the first
+/// Of file sizes, newest first, the indexes past `cap`: from the first
 /// that does not fit, every older one (`keep` never).
 pub(crate) fn over_cap(sizes: &[u64], cap: u64, keep: Option<usize>) -> Vec<usize> {
     let mut total = keep.map_or(0, |k| sizes[k]);
@@ -287,18 +114,6 @@ pub(crate) fn over_cap(sizes: &[u64], cap: u64, keep: Option<usize>) -> Vec<usiz
     out
 }
 
-/// Remove the oldest archives past `cap` (never `keep`); what went.
-fn cap_archives(dir: &Path, cap: u64, keep: Option<&Path>) -> Vec<Archive> {
-    let all = list(dir);
-    let sizes: Vec<u64> = all.iter().map(|a| a.size).collect();
-    let keep = keep.and_then(|k| all.iter().position(|a| a.path == k));
-    over_cap(&sizes, cap, keep)
-        .into_iter()
-        .map(|i| all[i].clone())
-        .filter(|a| std::fs::remove_file(&a.path).is_ok())
-        .collect()
-}
-
 /// A `mesh/*` tag in the controller's Docker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LocalImage {
@@ -306,6 +121,8 @@ pub(crate) struct LocalImage {
     pub tag: String,
     /// Unix seconds it was built (`None`: unknown, kept).
     pub created: Option<i64>,
+    /// Its layers' diff ids.
+    pub layers: Vec<String>,
 }
 
 /// The service a `mesh/<service>:<hash>` tag belongs to.
@@ -410,22 +227,32 @@ async fn list_local() -> Result<Vec<LocalImage>, CacheError> {
         .collect();
     let ids: BTreeSet<&str> = tags.iter().map(|(i, _)| i.as_str()).collect();
     let mut created: BTreeMap<String, i64> = BTreeMap::new();
+    let mut layers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     if !ids.is_empty() {
-        let mut args = vec!["image", "inspect", "--format", "{{.Id}} {{.Created}}"];
+        let mut args = vec![
+            "image",
+            "inspect",
+            "--format",
+            "{{.Id}} {{.Created}}{{range .RootFS.Layers}} {{.}}{{end}}",
+        ];
         args.extend(ids.iter().copied());
         let out = docker(&args).await?;
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if let Some((id, t)) = line.split_once(' ') {
-                if let Some(secs) = unix_seconds(t) {
-                    created.insert(id.to_string(), secs);
-                }
+            let mut words = line.split_whitespace();
+            let (Some(id), Some(t)) = (words.next(), words.next()) else {
+                continue;
+            };
+            if let Some(secs) = unix_seconds(t) {
+                created.insert(id.to_string(), secs);
             }
+            layers.insert(id.to_string(), words.map(str::to_string).collect());
         }
     }
     Ok(tags
         .into_iter()
         .map(|(id, tag)| LocalImage {
             created: created.get(&id).copied(),
+            layers: layers.get(&id).cloned().unwrap_or_default(),
             id,
             tag,
         })
@@ -438,7 +265,7 @@ pub(crate) struct CacheReport {
     pub dry_run: bool,
     /// Tags removed from the controller's Docker.
     pub images: Vec<String>,
-    /// Archives removed, and their bytes.
+    /// Layer store files removed, and their bytes.
     pub archives: usize,
     pub archive_bytes: u64,
 }
@@ -458,7 +285,7 @@ impl CacheReport {
         Some(format!(
             "controller cache: {verb} {} and {} ({}){}",
             plural(self.images.len(), "image"),
-            plural(self.archives, "archive"),
+            plural(self.archives, "cached layer file"),
             human_bytes(self.archive_bytes),
             if self.images.is_empty() {
                 String::new()
@@ -482,8 +309,7 @@ pub(crate) enum LocalImages {
 
 /// Bound the controller's cache: old `mesh/*` builds leave its Docker
 /// (with [`LocalImages::Remove`]; never one of `keep`, this run's builds),
-/// then archives of images it no longer has, then the oldest archives past
-/// `cap`.
+/// then layer files of images it no longer has, then the oldest past `cap`.
 pub(crate) async fn prune(
     cache: &Path,
     keep: &BTreeSet<String>,
@@ -512,55 +338,61 @@ pub(crate) async fn prune(
             gone.insert(image.tag);
         }
     }
+    // Live: the configs and layers of the images Docker still has.
     let live: BTreeSet<String> = images
         .iter()
         .filter(|i| !gone.contains(&i.tag))
-        .map(|i| i.id.trim_start_matches("sha256:").to_string())
+        .flat_map(|i| std::iter::once(&i.id).chain(&i.layers))
+        .map(|d| d.trim_start_matches("sha256:").to_string())
         .collect();
-    let dir = archives_dir(cache);
-    let all = list(&dir);
-    // An archive made or used in the last hour may be in another run's
-    // hands (its image retagged since by an identical build elsewhere).
-    let recent = |a: &Archive| {
-        a.modified
+    let dir = layers_dir(cache);
+    let all = layers::list(&dir);
+    // A file made or used in the last hour may be in another run's hands
+    // (its image retagged since by an identical build elsewhere).
+    let recent = |s: &layers::Stored| {
+        s.modified
             .elapsed()
             .is_ok_and(|age| age.as_secs() < RECENT_SECS as u64)
-            || a.modified.elapsed().is_err()
+            || s.modified.elapsed().is_err()
     };
-    let (orphans, kept): (Vec<Archive>, Vec<Archive>) = all
+    let (orphans, kept): (Vec<layers::Stored>, Vec<layers::Stored>) = all
         .into_iter()
-        .partition(|a| !live.contains(&a.id) && !recent(a));
-    let sizes: Vec<u64> = kept.iter().map(|a| a.size).collect();
+        .partition(|s| !layers::is_live(s, &live) && !recent(s));
+    let sizes: Vec<u64> = kept.iter().map(|s| s.size).collect();
     let mut going = orphans;
     going.extend(
         over_cap(&sizes, cap, None)
             .into_iter()
             .map(|i| kept[i].clone()),
     );
-    for a in going {
-        if dry_run || std::fs::remove_file(&a.path).is_ok() {
+    for s in going {
+        if dry_run || std::fs::remove_file(&s.path).is_ok() {
             report.archives += 1;
-            report.archive_bytes += a.size;
+            report.archive_bytes += s.size;
         }
     }
-    for (path, size) in stale(&dir, now) {
-        if dry_run || std::fs::remove_file(&path).is_ok() {
-            report.archives += 1;
-            report.archive_bytes += size;
+    for d in [dir, old_archives_dir(cache)] {
+        for (path, size) in stale(&d, now) {
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            if dry_run || removed.is_ok() {
+                report.archives += 1;
+                report.archive_bytes += size;
+            }
         }
     }
     Ok(report)
 }
 
-/// Whether a file in the archives' directory is one this mesh never uses:
-/// a temporary file of an interrupted save, or an archive named the way
-/// older mesh versions did (`<image id>.tar.zst`, without a content hash).
+/// Whether a file in the layer store (or the old archives' directory) is
+/// one this mesh never uses: a temporary file or directory of an
+/// interrupted save, or a whole-image archive of an older mesh version.
 pub(crate) fn is_leftover(name: &str) -> bool {
     let temp = name.starts_with('.') && name.ends_with(".tmp");
-    let unhashed = name
-        .strip_suffix(ARCHIVE_EXT)
-        .is_some_and(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()));
-    temp || unhashed
+    temp || name.ends_with(".tar.zst")
 }
 
 /// Leftovers (see [`is_leftover`]) older than [`RECENT_SECS`] (a run
@@ -587,24 +419,13 @@ fn stale(dir: &Path, now: i64) -> Vec<(PathBuf, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
-
-    /// Write `bytes` to a new 0600 file.
-    fn write_private(path: &Path, bytes: &[u8]) {
-        let mut f = std::fs::File::options()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .unwrap();
-        f.write_all(bytes).unwrap();
-    }
 
     fn img(tag: &str, created: Option<i64>) -> LocalImage {
         LocalImage {
             id: format!("sha256:{}", crate::ops::file::sha256_hex(tag.as_bytes())),
             tag: tag.into(),
             created,
+            layers: Vec::new(),
         }
     }
 
@@ -705,81 +526,25 @@ mod tests {
     }
 
     #[test]
-    fn a_save_writes_straight_into_its_private_file_and_fails_loudly() {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let run = |script: &str, name: &str| {
-            let path = dir.path().join(name);
-            let file = std::fs::File::options()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .unwrap();
-            let mut cmd = Command::new("sh");
-            cmd.args(["-c", script]);
-            (
-                rt.block_on(into_file(cmd, file, &path, "mesh/web:ab")),
-                path,
-            )
-        };
-        let (ok, path) = run("printf layers; echo chatter >&2", "a");
-        ok.unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"layers");
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let (failed, _) = run("echo 'zstd: not found' >&2; exit 127", "b");
-        let e = failed.unwrap_err().to_string();
-        assert!(
-            e.starts_with("docker save mesh/web:ab | zstd failed: zstd: not found."),
-            "{e}"
-        );
-        let (empty, _) = run("true", "c");
-        assert!(empty.unwrap_err().to_string().contains("it wrote nothing"));
-    }
-
-    #[test]
-    fn archive_names_carry_the_image_id_and_the_content_hash() {
+    fn leftovers_are_temporary_files_and_old_whole_image_archives() {
         let id = "a".repeat(64);
-        let sha = "b".repeat(64);
-        let name = archive_name(&id, &sha);
-        assert_eq!(parse_archive_name(&name), Some((id.as_str(), sha.as_str())));
-        // The old `<id>.tar.zst` and temporary files are not archives.
-        assert_eq!(parse_archive_name(&format!("{id}.tar.zst")), None);
-        assert_eq!(parse_archive_name(&format!(".{id}.1.ab.tmp")), None);
-        // Those are leftovers; a well-named archive is not.
         assert!(is_leftover(&format!("{id}.tar.zst")));
-        assert!(is_leftover(&format!(".{id}.1.ab.tmp")));
-        assert!(!is_leftover(&name));
+        assert!(is_leftover(&format!("{id}.{id}.tar.zst")));
+        assert!(is_leftover(".save.1.ab.tmp"));
+        assert!(!is_leftover(&format!("{id}.{id}.zst")));
+        assert!(!is_leftover(&format!("{id}.json")));
         assert!(!is_leftover("notes.txt"));
     }
 
     #[test]
-    fn a_tampered_archive_is_not_used_and_the_cache_dir_is_private() {
+    fn the_cache_dir_is_private() {
         let dir = tempfile::tempdir().unwrap();
-        let images = dir.path().join("cache/images");
-        private_dir(&images).unwrap();
+        let layers = dir.path().join("cache/layers");
+        private_dir(&layers).unwrap();
         // An existing, too open directory is made private again.
-        std::fs::set_permissions(&images, std::fs::Permissions::from_mode(0o755)).unwrap();
-        private_dir(&images).unwrap();
-        let mode = std::fs::metadata(&images).unwrap().permissions().mode();
+        std::fs::set_permissions(&layers, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&layers).unwrap();
+        let mode = std::fs::metadata(&layers).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
-        let id = "c".repeat(64);
-        let good = images.join(archive_name(&id, &crate::ops::file::sha256_hex(b"layers")));
-        write_private(&good, b"layers");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        assert_eq!(
-            rt.block_on(verified(&images, &id)).unwrap(),
-            Some(good.clone())
-        );
-        // Changed after it was named: removed, so the next use makes it again.
-        std::fs::write(&good, b"tampered").unwrap();
-        assert_eq!(rt.block_on(verified(&images, &id)).unwrap(), None);
-        assert!(!good.exists());
     }
 }

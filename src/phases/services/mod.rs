@@ -20,6 +20,7 @@ pub(crate) mod build;
 pub(crate) mod cache;
 pub(crate) mod compose;
 pub(crate) mod folder;
+pub(crate) mod layers;
 pub(crate) mod plan;
 pub(crate) mod publish;
 pub(crate) mod routes;
@@ -849,7 +850,17 @@ mod tests {
             .map(|s| {
                 (
                     s.tag.clone(),
-                    Arc::new(Image::fake(&s.tag, "sha256:ab", &archive)),
+                    Arc::new(Image::fake(crate::ops::image::Layered {
+                        id: "sha256:ab".into(),
+                        tag: s.tag.clone(),
+                        config: Arc::new(b"{}".to_vec()),
+                        layers: vec![crate::ops::image::LayerFile {
+                            diff_id: "sha256:cd".into(),
+                            path: archive.clone(),
+                            size: 1,
+                            sha256: "0".repeat(64),
+                        }],
+                    })),
                 )
             })
             .collect();
