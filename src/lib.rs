@@ -24,6 +24,7 @@ pub(crate) mod quote;
 pub(crate) mod release;
 pub(crate) mod run;
 pub(crate) mod runlock;
+pub(crate) mod s3;
 pub(crate) mod secrets;
 pub(crate) mod ssh;
 pub(crate) mod template;

@@ -129,7 +129,11 @@ pub fn utc_time(sep: &str) -> String {
 
 /// `YYYYMMDDTHHMMSS` in UTC (sorts by time).
 fn utc_stamp() -> String {
-    let secs = since_epoch().as_secs();
+    utc_compact(since_epoch().as_secs())
+}
+
+/// `YYYYMMDDTHHMMSS` in UTC of `secs` since the epoch.
+pub(crate) fn utc_compact(secs: u64) -> String {
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     format!("{y:04}{m:02}{d:02}T{}", hms(secs, ""))
 }

@@ -774,6 +774,56 @@ fn nodes_brings_up_docker_overlay_and_a_3_zone_garage_then_joins_a_4th_host() {
     let back = lab.on(3, &format!("{s3} http://127.0.0.1:3900/mesh/o"));
     assert_eq!(back.stdout.trim(), "across-nodes", "{back:?}");
 
+    // The backups' and the images' buckets, each with its own key allowed on it
+    // alone (from both sides: the key's buckets, the bucket's keys); the
+    // images' key reads and writes but does not own its bucket.
+    let json = |i: usize, script: &str| -> serde_json::Value {
+        let out = lab.on(i, script);
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{script}: {e}: {out:?}"))
+    };
+    for (bucket, id_var, owner) in [
+        ("mesh-backups", "BACKUP_KEY", true),
+        ("mesh-images", "IMAGES_KEY", false),
+    ] {
+        let key = json(
+            2,
+            &format!("garage json-api GetKeyInfo '{{\"search\":\"{bucket}\"}}'"),
+        );
+        assert_eq!(key["accessKeyId"], get(id_var), "key named {bucket}");
+        let buckets = key["buckets"].as_array().unwrap();
+        assert_eq!(buckets.len(), 1, "{bucket}: {buckets:?}");
+        assert_eq!(buckets[0]["globalAliases"], serde_json::json!([bucket]));
+        let rights = serde_json::json!({ "read": true, "write": true, "owner": owner });
+        assert_eq!(buckets[0]["permissions"], rights, "{bucket}");
+        let info = json(
+            2,
+            &format!("garage json-api GetBucketInfo '{{\"globalAlias\":\"{bucket}\"}}'"),
+        );
+        let keys: Vec<&str> = info["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["accessKeyId"].as_str().unwrap())
+            .collect();
+        assert_eq!(keys, [get(id_var)], "{bucket}'s keys");
+    }
+    // Over S3: the images' key writes its bucket, and no other.
+    let images_s3 = format!(
+        "curl -sS -f --aws-sigv4 aws:amz:garage:s3 --user {}:{} -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD'",
+        get("IMAGES_KEY"),
+        get("IMAGES_SECRET")
+    );
+    let put = |bucket: &str| {
+        lab.on(
+            1,
+            &format!("{images_s3} -T /tmp/o http://127.0.0.1:3900/{bucket}/o"),
+        )
+    };
+    util::eventually(|| put("mesh-images").ok_or_log());
+    for other in ["mesh", "mesh-backups"] {
+        assert_ne!(put(other).code, 0, "the images' key wrote {other}");
+    }
+
     // A 4th host joins; the others are not disturbed; exactly one new layout version.
     let join = mesh(&four).args(["--json"]).run().ok();
     let summary = join.summary();
@@ -808,6 +858,10 @@ fn nodes_brings_up_docker_overlay_and_a_3_zone_garage_then_joins_a_4th_host() {
         "WESHER_CLUSTER_KEY",
         "GARAGE_KEY",
         "GARAGE_SECRET",
+        "BACKUP_KEY",
+        "BACKUP_SECRET",
+        "IMAGES_KEY",
+        "IMAGES_SECRET",
     ];
     let saved: Vec<String> = keys.iter().map(|k| get(k)).collect();
     let rpc_before = secret(1);

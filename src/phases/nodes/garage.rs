@@ -12,7 +12,10 @@
 //! created and the key is saved as GARAGE_KEY / GARAGE_SECRET (a key named
 //! `mesh` the cluster already has is read back instead); the same way, the
 //! bucket `mesh-backups` and a key `mesh-backups` allowed on it alone
-//! (BACKUP_KEY / BACKUP_SECRET) for the fleet's restic repository.
+//! (BACKUP_KEY / BACKUP_SECRET) for the fleet's restic repository, and the
+//! bucket `mesh-images` and a key `mesh-images` allowed to read and write it
+//! alone, not to own it (IMAGES_KEY / IMAGES_SECRET) for image layers, which
+//! the controller signs requests with (`crate::s3`).
 //!
 //! Secrets never ride in a script (a script is visible in the host's process
 //! list while it runs): `rpc_secret` reaches a node inside its 0600 config
@@ -35,6 +38,7 @@ use crate::phases::{
     StepOutcome, TaskFailed,
 };
 use crate::quote::{Cmd, Script};
+use crate::s3::IMAGES_BUCKET;
 use crate::secrets::{random_hex, Secrets, SecretsError};
 use crate::ssh::{BoxFut, Input, Output};
 use crate::template::{render_builtin, TemplateError};
@@ -705,12 +709,15 @@ impl GarageLayout {
             // The backups' own bucket and a key that may use only it.
             self.key_and_bucket(&ctx, &KeySpec::BACKUP, BACKUP_BUCKET, out)
                 .await?;
+            // The same for image layers.
+            self.key_and_bucket(&ctx, &KeySpec::IMAGES, IMAGES_BUCKET, out)
+                .await?;
         }
         Ok(())
     }
 
-    /// On first bootstrap: an access key (saved to secrets.env) and a bucket
-    /// it owns (the only one it is allowed on).
+    /// On first bootstrap: an access key (saved to secrets.env) and a bucket,
+    /// the only one it is allowed on (as owner when `spec.owner`).
     async fn key_and_bucket(
         &self,
         ctx: &OpCtx<'_>,
@@ -774,17 +781,19 @@ impl GarageLayout {
         let created = made.stdout_str().contains(BUCKET_CREATED);
         out.changed |= created;
         if created || key_is_new {
-            allow_bucket(ctx, bucket, &key_id).await?;
+            allow_bucket(ctx, bucket, &key_id, spec.owner).await?;
         }
         Ok(())
     }
 }
 
-/// An access key mesh creates: its name in garage and where secrets.env keeps it.
+/// An access key mesh creates: its name in garage, where secrets.env keeps
+/// it, and whether it owns its bucket (besides reading and writing it).
 pub(crate) struct KeySpec {
     pub name: &'static str,
     pub id_var: &'static str,
     pub secret_var: &'static str,
+    pub owner: bool,
 }
 
 impl KeySpec {
@@ -793,12 +802,22 @@ impl KeySpec {
         name: "mesh",
         id_var: "GARAGE_KEY",
         secret_var: "GARAGE_SECRET",
+        owner: true,
     };
     /// restic's key, allowed on [`BACKUP_BUCKET`] only.
     pub(crate) const BACKUP: KeySpec = KeySpec {
         name: "mesh-backups",
         id_var: "BACKUP_KEY",
         secret_var: "BACKUP_SECRET",
+        owner: true,
+    };
+    /// The image layers' key, allowed to read and write [`IMAGES_BUCKET`]
+    /// only, not to own it (no bucket settings, no website, no other keys).
+    pub(crate) const IMAGES: KeySpec = KeySpec {
+        name: "mesh-images",
+        id_var: "IMAGES_KEY",
+        secret_var: "IMAGES_SECRET",
+        owner: false,
     };
 }
 
@@ -902,8 +921,14 @@ async fn read_back_key(
     }
 }
 
-/// Read, write and owner rights on `bucket` for the key `key_id` (on stdin).
-async fn allow_bucket(ctx: &OpCtx<'_>, bucket: &str, key_id: &str) -> Result<(), GarageError> {
+/// Read and write rights on `bucket` for the key `key_id` (on stdin), and
+/// owner rights when `owner`.
+async fn allow_bucket(
+    ctx: &OpCtx<'_>,
+    bucket: &str,
+    key_id: &str,
+    owner: bool,
+) -> Result<(), GarageError> {
     let lookup = serde_json::json!({ "globalAlias": bucket }).to_string();
     let info = ctx
         .run_secret(
@@ -923,7 +948,7 @@ async fn allow_bucket(ctx: &OpCtx<'_>, bucket: &str, key_id: &str) -> Result<(),
         payload(serde_json::json!({
             "bucketId": bucket_id,
             "accessKeyId": key_id,
-            "permissions": { "read": true, "write": true, "owner": true },
+            "permissions": { "read": true, "write": true, "owner": owner },
         })),
     )
     .await?;
@@ -1349,6 +1374,47 @@ Current cluster layout version: 4
         let secrets = lab.secrets();
         assert_eq!(secrets.get("GARAGE_KEY"), Some(KEY_ID));
         assert_eq!(secrets.get("GARAGE_SECRET"), Some(KEY_SECRET));
+        assert_no_secret_in_a_script(&lab, &[RPC, KEY_ID, KEY_SECRET]);
+    }
+
+    #[test]
+    fn the_images_key_may_read_and_write_its_bucket_alone_but_not_own_it() {
+        let lab = garage_lab(&format!("RPC_SECRET={RPC}\n"), nodes_without_config);
+        run_garage(&lab);
+        let calls = lab.conns[0].calls();
+        let stdins = lab.inputs[0].lock().unwrap().clone();
+        assert!(calls
+            .iter()
+            .any(|c| c.ends_with(&format!("key create {}", KeySpec::IMAGES.name))));
+        assert!(calls
+            .iter()
+            .any(|c| c.contains(&format!("bucket create {IMAGES_BUCKET}\n"))));
+        // Each bucket's AllowBucketKey follows the lookup of its id.
+        let mut bucket = None;
+        let mut allowed = BTreeMap::new();
+        for (script, stdin) in calls.iter().zip(&stdins) {
+            for b in [DEFAULT_BUCKET, BACKUP_BUCKET, IMAGES_BUCKET] {
+                if script.contains(&format!("GetBucketInfo '{{\"globalAlias\":\"{b}\"}}'")) {
+                    bucket = Some(b);
+                }
+            }
+            if script.contains("AllowBucketKey") {
+                let payload: serde_json::Value = serde_json::from_slice(stdin).unwrap();
+                allowed.insert(bucket.take().unwrap(), payload["permissions"].clone());
+            }
+        }
+        let rights = |owner| serde_json::json!({ "read": true, "write": true, "owner": owner });
+        assert_eq!(allowed.len(), 3, "{allowed:?}");
+        assert_eq!(allowed[IMAGES_BUCKET], rights(false));
+        assert_eq!(allowed[BACKUP_BUCKET], rights(true));
+        assert_eq!(allowed[DEFAULT_BUCKET], rights(true));
+        let secrets = lab.secrets();
+        assert_eq!(secrets.get("IMAGES_KEY"), Some(KEY_ID));
+        assert_eq!(secrets.get("IMAGES_SECRET"), Some(KEY_SECRET));
+        assert_eq!(
+            crate::s3::images_key(&secrets).map(|k| k.id),
+            Some(KEY_ID.to_string())
+        );
         assert_no_secret_in_a_script(&lab, &[RPC, KEY_ID, KEY_SECRET]);
     }
 
