@@ -14,9 +14,6 @@
 //! IP. [`parse_list`] reads a ListObjectsV2 result without an XML crate: the
 //! shape is flat and element text never holds a `<`.
 
-// Until the image shipping (issue 14) calls it.
-#![allow(dead_code)]
-
 use crate::quote::Cmd;
 use crate::secrets::Secrets;
 use sha2::{Digest, Sha256};
@@ -83,7 +80,6 @@ pub(crate) fn images_key(secrets: &Secrets) -> Option<S3Key> {
 pub(crate) enum Method {
     Get,
     Put,
-    Head,
     Delete,
 }
 
@@ -92,7 +88,6 @@ impl Method {
         match self {
             Method::Get => "GET",
             Method::Put => "PUT",
-            Method::Head => "HEAD",
             Method::Delete => "DELETE",
         }
     }
@@ -128,10 +123,6 @@ impl Request {
 
     pub(crate) fn get(endpoint: &str, bucket: &str, key: &str) -> Self {
         Self::object(Method::Get, endpoint, bucket, key, EMPTY_SHA256)
-    }
-
-    pub(crate) fn head(endpoint: &str, bucket: &str, key: &str) -> Self {
-        Self::object(Method::Head, endpoint, bucket, key, EMPTY_SHA256)
     }
 
     pub(crate) fn delete(endpoint: &str, bucket: &str, key: &str) -> Self {
@@ -185,7 +176,7 @@ pub(crate) struct Signed {
 pub(crate) enum Body<'a> {
     /// No body sent, the response's (if any) on stdout.
     None,
-    /// PUT this file (an absolute path on the host), streamed with its
+    /// PUT this file (a path on the host), streamed with its
     /// size known; the object key must not end in `/` (curl would append
     /// the file's name to the URL).
     Upload(&'a str),
@@ -225,7 +216,6 @@ impl Signed {
         };
         match (self.method, body) {
             (Method::Get, _) | (Method::Put, Body::Upload(_)) => c,
-            (Method::Head, _) => c.arg("--head"),
             (Method::Put, _) => c.args(["-X", "PUT"]),
             (Method::Delete, _) => c.args(["-X", "DELETE"]),
         }
@@ -236,33 +226,21 @@ impl Signed {
         let c = match body {
             Body::None => c,
             Body::Upload(path) => {
-                debug_assert!(path.starts_with('/') && !self.url.ends_with('/'));
+                debug_assert!(!self.url.ends_with('/'));
                 c.args(["-T", path])
             }
-            Body::Download(path) => {
-                debug_assert!(path.starts_with('/'));
-                c.args(["-o", path])
-            }
+            Body::Download(path) => c.args(["-o", path]),
         };
         c.arg(&self.url)
     }
 
-    /// `curl -fsS …` for a host: exits 22 on an HTTP error (a HEAD of a
-    /// missing object too), 28 on a timeout. Carries the access key's id
-    /// (in `Credential=`) and the signature, never the secret.
-    pub(crate) fn curl(&self, body: Body<'_>) -> Cmd {
-        let mut c = self.curl_head(body);
-        for h in self.header_lines() {
-            c = c.args(["-H", &h]);
-        }
-        self.curl_tail(c, body)
-    }
-
-    /// The same command with its headers read from stdin (`-H @-`, curl ≥
-    /// 7.55), for when the access key's id must stay out of the host's
-    /// process list: run the command with the returned bytes as its stdin.
-    pub(crate) fn curl_headers_on_stdin(&self, body: Body<'_>) -> (Cmd, Vec<u8>) {
-        let c = self.curl_head(body).args(["-H", "@-"]);
+    /// `curl -fsS …` for a host (exit 22 on an HTTP error, 28 on a timeout)
+    /// with its headers — the access key's id and the signature, never the
+    /// secret — read from `file` (`-H @file`, curl
+    /// ≥ 7.55; `-` for stdin), for when the access key's id must stay out of
+    /// the host's process list: write the returned bytes to `file` first.
+    pub(crate) fn curl_headers_in(&self, file: &str, body: Body<'_>) -> (Cmd, Vec<u8>) {
+        let c = self.curl_head(body).args(["-H", &format!("@{file}")]);
         let headers: String = self
             .header_lines()
             .iter()
@@ -807,31 +785,27 @@ mod tests {
             at,
         );
         let sig = |s: &Signed| signature_of(&s.authorization).to_string();
+        // The signature travels in the headers file, never on the command line.
         let headers = |s: &Signed| {
-            format!(
-                "-H 'Authorization: AWS4-HMAC-SHA256 Credential=GK1/20130524/garage/s3/aws4_request,SignedHeaders=host;x-amz-content-sha256;x-amz-date,Signature={}' -H 'x-amz-date: 20130524T000000Z' -H 'x-amz-content-sha256: {}'",
-                sig(s),
-                s.payload_sha256
-            )
+            let (cmd, file) = s.curl_headers_in(".h", Body::None);
+            let file = String::from_utf8(file).unwrap();
+            assert!(file.contains(&format!("Signature={}\n", sig(s))), "{file}");
+            assert!(!cmd.build().contains("Credential"));
+            "-H @.h"
         };
         let transfer = "--max-time 900 --speed-limit 1024 --speed-time 60";
         assert_eq!(
-            put.curl(Body::Upload("/var/lib/mesh/images/x.zst")).build(),
+            put.curl_headers_in(".h", Body::Upload("/var/lib/mesh/images/x.zst")).0.build(),
             format!("curl -fsS --globoff --path-as-is --connect-timeout 10 {transfer} {} -T /var/lib/mesh/images/x.zst http://127.0.0.1:3900/mesh-images/l/x", headers(&put))
         );
         let get = sign(&key, &Request::get(ep, IMAGES_BUCKET, "l/x"), at);
         assert_eq!(
-            get.curl(Body::Download("/tmp/x")).build(),
+            get.curl_headers_in(".h", Body::Download("/tmp/x")).0.build(),
             format!("curl -fsS --globoff --path-as-is --connect-timeout 10 {transfer} {} -o /tmp/x http://127.0.0.1:3900/mesh-images/l/x", headers(&get))
-        );
-        let head = sign(&key, &Request::head(ep, IMAGES_BUCKET, "l/x"), at);
-        assert_eq!(
-            head.curl(Body::None).build(),
-            format!("curl -fsS --globoff --path-as-is --connect-timeout 10 --max-time 60 --head {} http://127.0.0.1:3900/mesh-images/l/x", headers(&head))
         );
         let delete = sign(&key, &Request::delete(ep, IMAGES_BUCKET, "l/x"), at);
         assert_eq!(
-            delete.curl(Body::None).build(),
+            delete.curl_headers_in(".h", Body::None).0.build(),
             format!("curl -fsS --globoff --path-as-is --connect-timeout 10 --max-time 60 -X DELETE {} http://127.0.0.1:3900/mesh-images/l/x", headers(&delete))
         );
         let list = sign(
@@ -840,12 +814,16 @@ mod tests {
             at,
         );
         assert_eq!(
-            list.curl(Body::None).build(),
+            list.curl_headers_in(".h", Body::None).0.build(),
             format!("curl -fsS --globoff --path-as-is --connect-timeout 10 --max-time 60 {} 'http://127.0.0.1:3900/mesh-images?continuation-token=t%2F1&list-type=2&prefix=l%2F'", headers(&list))
         );
-        for s in [&put, &get, &head, &delete, &list] {
+        for s in [&put, &get, &delete, &list] {
             for body in [Body::None, Body::Download("/tmp/x")] {
-                assert!(!s.curl(body).build().contains("the-secret"));
+                assert!(!s
+                    .curl_headers_in(".h", body)
+                    .0
+                    .build()
+                    .contains("the-secret"));
             }
         }
         assert!(!format!("{key:?}").contains("the-secret"));
@@ -859,7 +837,7 @@ mod tests {
             &Request::get("127.0.0.1:3900", IMAGES_BUCKET, "l/x"),
             aws_time(),
         );
-        let (cmd, stdin) = get.curl_headers_on_stdin(Body::Download("/tmp/x"));
+        let (cmd, stdin) = get.curl_headers_in("-", Body::Download("/tmp/x"));
         let cmd = cmd.build();
         assert_eq!(
             cmd,

@@ -39,6 +39,12 @@ pub struct Args {
     /// Take the lock of a deploy that died.
     #[arg(long)]
     pub break_lock: bool,
+    /// How images reach the hosts: through the fleet's garage (each new
+    /// layer leaves this machine once, every host fetches it from its own
+    /// node), straight by SSH, or auto (garage when the fleet has it and
+    /// more than one host gets an image).
+    #[arg(long, value_enum, default_value = "auto", value_name = "HOW")]
+    pub ship: services::Ship,
 }
 
 /// Why `deploy` refused to start.
@@ -64,6 +70,8 @@ pub(crate) async fn run(s: &mut Session, args: &Args) -> Result<u8, Error> {
         assets: s.global.assets.clone(),
         only: Some(args.service.clone()),
         prune: false,
+        ship: args.ship,
+        images_key: crate::s3::images_key(&s.secrets),
     };
     let prepared = services::prepare(&opts, &s.inv, &ctxs, &s.progress()).await?;
     if !args.rollback {
@@ -73,6 +81,7 @@ pub(crate) async fn run(s: &mut Session, args: &Args) -> Result<u8, Error> {
         plans,
         images,
         traefik_api,
+        fanout,
     } = prepared.into_parts();
     let deploy = deploy::Deploy::new(
         deploy::DeployOptions {
@@ -88,6 +97,7 @@ pub(crate) async fn run(s: &mut Session, args: &Args) -> Result<u8, Error> {
         },
         plans,
         images,
+        fanout.clone(),
         bastions,
     );
     if deploy.needs_traefik_api() {
@@ -106,5 +116,9 @@ pub(crate) async fn run(s: &mut Session, args: &Args) -> Result<u8, Error> {
         undo: (!args.no_rollback && !args.rollback)
             .then(|| Arc::new(deploy.undo()) as Arc<dyn Step>),
     };
-    s.run_phase(deploy.phase(), ctxs, Some(rollout)).await
+    let code = s.run_phase(deploy.phase(), ctxs, Some(rollout)).await?;
+    if let Some(f) = fanout {
+        (s.progress())(&services::fanout_line(&f));
+    }
+    Ok(code)
 }

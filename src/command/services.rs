@@ -21,6 +21,12 @@ pub struct Args {
     /// (containers, images, files, routes). Without it they are kept.
     #[arg(long)]
     pub prune: bool,
+    /// How images reach the hosts: through the fleet's garage (each new
+    /// layer leaves this machine once, every host fetches it from its own
+    /// node), straight by SSH, or auto (garage when the fleet has it and
+    /// more than one host gets an image).
+    #[arg(long, value_enum, default_value = "auto", value_name = "HOW")]
+    pub ship: services::Ship,
 }
 
 /// The bastions' Redis password and CrowdSec bouncer key, made once.
@@ -50,14 +56,21 @@ pub(crate) async fn run(s: &mut Session, args: &Args) -> Result<u8, Error> {
         assets: s.global.assets.clone(),
         only: None,
         prune: args.prune,
+        ship: args.ship,
+        images_key: crate::s3::images_key(&s.secrets),
     };
     let prepared = services::prepare(&opts, &s.inv, &ctxs, &s.progress()).await?;
     prepared.print(s.global.json);
+    let fanout = prepared.fanout();
     let mut phase = services::phase(prepared, &opts, &s.inv, bastions);
     if backs_up {
         phase.stages.extend(backup_timers(s, args, &ctxs)?);
     }
-    s.run_phase(phase, ctxs, None).await
+    let code = s.run_phase(phase, ctxs, None).await?;
+    if let Some(f) = fanout {
+        (s.progress())(&services::fanout_line(&f));
+    }
+    Ok(code)
 }
 
 /// restic and the backup timer on the hosts that run a service with a

@@ -3297,3 +3297,235 @@ fn a_one_file_change_ships_only_the_top_layer_and_every_host_loads_the_controlle
         assert_eq!(image_shipped(&again, &lab.host(i), "web"), None);
     }
 }
+
+/// `(layers put into garage, bytes from garage)` from an image op's detail.
+fn garage_counts(detail: &str) -> (usize, u64) {
+    let puts = detail
+        .split_once(" put into garage)")
+        .and_then(|(head, _)| head.rsplit('(').next())
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let fetched = detail
+        .split(" from garage")
+        .next()
+        .filter(|_| detail.contains(" from garage"))
+        .and_then(|head| head.rsplit([',', '(']).next())
+        .map(|s| {
+            s.trim()
+                .trim_end_matches(" bytes)")
+                .trim_end_matches(" bytes")
+        })
+        .unwrap_or_else(|| panic!("no garage bytes in {detail}"));
+    (puts, fetched.parse().unwrap())
+}
+
+/// Each layer's object in the images' bucket: garage's own count of them.
+fn bucket_objects(lab: &Lab) -> u64 {
+    let info = lab.on(1, "garage bucket info mesh-images").stdout;
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("Objects:"))
+        .unwrap_or_else(|| panic!("no object count in:\n{info}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn images_go_once_through_garage_a_corrupt_layer_is_refused_and_a_stopped_garage_falls_back() {
+    let lab = Lab::start("fanout", 5, 42);
+    lab.install_docker();
+    let assets = lab_assets();
+    for i in 1..=5 {
+        lab.on(i, "ufw allow from 10.77.42.0/24 >/dev/null")
+            .ok_or_log()
+            .unwrap();
+    }
+    let df = util::example_dockerfiles();
+    let dir = df.path().to_str().unwrap().to_string();
+    // Hosts 2-4 run web; host 5 runs nothing yet. Garage spans three zones.
+    let write = |spare: bool| {
+        let inv = lab.services_inventory(
+            "fanout.yml",
+            &services_vars(&lab, "web.example.test").replace("crowdsec: true", "crowdsec: false"),
+        );
+        let mut text = std::fs::read_to_string(&inv).unwrap();
+        for i in 1..=5 {
+            let ip = lab.ip(i);
+            text = text.replace(
+                &format!("overlay_ip: {ip},"),
+                &format!("overlay_ip: {ip}, zone: z{},", (i - 1) % 3 + 1),
+            );
+        }
+        if spare {
+            let line = text
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{}:", lab.host(5))))
+                .unwrap()
+                .to_string();
+            text = text.replace(&format!("{line}\n"), "");
+            text.push_str(&format!("  spare:\n    hosts:\n{line}\n"));
+        }
+        std::fs::write(&inv, text).unwrap();
+        inv
+    };
+    let inv = write(true);
+    let mesh = || Mesh::new(&inv).env("MESH_ASSETS", assets.path());
+    mesh()
+        .args(["nodes", "--first-ip", &lab.ip(1), "--only", "garage"])
+        .run()
+        .ok();
+    let key = util::secret(&inv, "IMAGES_KEY");
+    let secret = util::secret(&inv, "IMAGES_SECRET");
+
+    // A new image to three hosts: each layer leaves the controller once.
+    let first = mesh()
+        .args(["--json", "services", "--dockerfiles", &dir])
+        .run()
+        .ok();
+    let tag = {
+        let said = image_shipped(&first, &lab.host(2), "web").expect("web shipped");
+        assert!(said.contains("from garage"), "{said}");
+        live_image_tag(&first, &lab.host(2))
+    };
+    let controller_id = |tag: &str| {
+        let out = std::process::Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Id}}", tag])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (mut puts, mut by_ssh, mut layers) = (0, 0, 0);
+    for i in 2..=4 {
+        let said = image_shipped(&first, &lab.host(i), "web").unwrap();
+        let (sent, of, ssh) = shipped_counts(&said);
+        let (put, fetched) = garage_counts(&said);
+        assert_eq!(sent, of, "a new host gets every layer: {said}");
+        layers = of;
+        puts += put;
+        by_ssh += ssh;
+        assert!(ssh + fetched > 10_000_000, "the whole image came: {said}");
+        let id = lab.on(
+            i,
+            &format!("docker image inspect --format '{{{{.Id}}}}' {tag}"),
+        );
+        assert_eq!(id.stdout.trim(), controller_id(&tag), "host {i}");
+    }
+    assert_eq!(puts, layers, "one PUT per layer in all");
+    let one_copy = {
+        let said = image_shipped(&first, &lab.host(2), "web").unwrap();
+        let (_, _, ssh) = shipped_counts(&said);
+        ssh + garage_counts(&said).1
+    };
+    assert_eq!(
+        by_ssh, one_copy,
+        "the controller sent one copy of the image"
+    );
+    assert_eq!(
+        bucket_objects(&lab),
+        layers as u64,
+        "garage holds each layer once"
+    );
+    // The bastion alone gets traefik: straight by SSH.
+    let traefik = image_shipped(&first, &lab.host(1), "traefik").expect("traefik shipped");
+    assert!(!traefik.contains("garage"), "{traefik}");
+    mesh().args(["services-up"]).run().ok();
+
+    // A one-file change while host 4's garage is stopped: it gets the new
+    // layer by SSH and says why; the others through garage.
+    lab.on(4, "systemctl stop garage").ok_or_log().unwrap();
+    std::fs::write(df.path().join("web/index.html"), "fanned out\n").unwrap();
+    let deploy = mesh()
+        .args([
+            "--json",
+            "deploy",
+            "--service",
+            "web",
+            "--dockerfiles",
+            &dir,
+        ])
+        .run()
+        .ok();
+    lab.on(4, "systemctl start garage").ok_or_log().unwrap();
+    let said = image_shipped(&deploy, &lab.host(4), "web").expect("host 4 got the new build");
+    assert!(
+        said.contains("garage is not running on this host: by ssh"),
+        "{said}"
+    );
+    assert_eq!(shipped_counts(&said).0, 1, "only the top layer: {said}");
+    let new_tag = live_image(&lab, 2, "web");
+    let put: usize = (2..=3)
+        .map(|i| {
+            let said = image_shipped(&deploy, &lab.host(i), "web").unwrap();
+            garage_counts(&said).0
+        })
+        .sum();
+    assert_eq!(put, 1, "the new top layer went into garage once");
+    for i in 2..=4 {
+        assert_eq!(live_image(&lab, i, "web"), new_tag, "host {i}");
+    }
+
+    // The new top layer's object corrupted in the bucket: host 5, new to web,
+    // refuses it by its sha256, gets it by SSH and never loads the bad one.
+    let top = lab
+        .on(
+            2,
+            &format!("docker image inspect --format '{{{{json .RootFS.Layers}}}}' {new_tag}"),
+        )
+        .stdout;
+    let top: Vec<String> = serde_json::from_str(top.trim()).unwrap();
+    let top = top
+        .last()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    lab.on(
+        1,
+        &format!(
+            "head -c 4096 /dev/urandom > /tmp/bad && curl -fsS --aws-sigv4 aws:amz:garage:s3 --user '{key}:{secret}' \
+             -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T /tmp/bad http://127.0.0.1:3900/mesh-images/layers/{top}.zst"
+        ),
+    )
+    .ok_or_log()
+    .unwrap();
+    let inv = write(false);
+    let third = Mesh::new(&inv)
+        .env("MESH_ASSETS", assets.path())
+        .args(["--json", "services", "--dockerfiles", &dir])
+        .run()
+        .ok();
+    let said = image_shipped(&third, &lab.host(5), "web").expect("host 5 got web");
+    assert!(
+        said.contains(&format!("layer sha256:{top} was corrupt in garage")),
+        "{said}"
+    );
+    let id = lab.on(
+        5,
+        &format!("docker image inspect --format '{{{{.Id}}}}' {new_tag}"),
+    );
+    assert_eq!(id.stdout.trim(), controller_id(&new_tag));
+    let left = lab.on(5, "ls /var/lib/docker/tmp | grep -c '^mesh-load' || true");
+    assert_eq!(left.stdout.trim(), "0", "nothing staged is left");
+    // Put back: the object is the layer again.
+    let back = lab.on(
+        1,
+        &format!(
+            "curl -fsS --aws-sigv4 aws:amz:garage:s3 --user '{key}:{secret}' \
+             -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' http://127.0.0.1:3900/mesh-images/layers/{top}.zst | zstd -dcq | sha256sum"
+        ),
+    );
+    assert!(back.stdout.starts_with(&top), "{}", back.stdout);
+}
+
+/// The tag of the web image a run shipped to `host` (from its op label).
+fn live_image_tag(run: &util::Run, host: &str) -> String {
+    run.events()
+        .into_iter()
+        .filter(|e| e["event"] == "step_done" && e["host"] == host)
+        .flat_map(|e| e["ops"].as_array().cloned().unwrap_or_default())
+        .find_map(|op| {
+            op["label"]
+                .as_str()?
+                .strip_prefix("image mesh/web:")
+                .map(|t| format!("mesh/web:{t}"))
+        })
+        .expect("an image op")
+}

@@ -11,14 +11,18 @@
 //! image, and its report says so.
 //!
 //! The layers come by the controller's SSH stream, in one round trip
-//! ([`script`]); each is checked against its diff id before `docker load`
-//! sees it. The report says how many layers and bytes were sent.
+//! ([`script`]), or — when the run ships through the fleet's garage — from
+//! the host's own garage node, the controller sending each layer once
+//! ([`fanout`]). Each is checked against its diff id before `docker load`
+//! sees it. The report says how many layers and bytes came which way.
 
+pub(crate) mod fanout;
 pub(crate) mod script;
 
 use super::room::human_bytes;
 use super::{field, BoxFut, Decision, Op, OpCtx, OpError};
 use crate::quote::Script;
+use fanout::Fanout;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -104,6 +108,8 @@ pub(crate) fn layers_present(probe: &str, want: &[String]) -> usize {
 const HAVE_MASK: u32 = 0xffff;
 /// …and its image store is containerd's (no layer skipping: the whole image).
 const WHOLE: u32 = 1 << 16;
+/// …and its garage runs (the run ships through garage).
+const GARAGE_UP: u32 = 1 << 17;
 
 /// Bytes for the report: exact when small, with a readable size otherwise.
 fn bytes(n: u64) -> String {
@@ -118,11 +124,22 @@ fn bytes(n: u64) -> String {
 pub struct ImageOp {
     source: Arc<dyn ImageSource>,
     id: Option<String>,
+    fanout: Option<Arc<Fanout>>,
 }
 
 impl ImageOp {
     pub fn new(source: Arc<dyn ImageSource>) -> Self {
-        ImageOp { source, id: None }
+        ImageOp {
+            source,
+            id: None,
+            fanout: None,
+        }
+    }
+
+    /// Ship through the fleet's garage (`None`: by SSH).
+    pub(crate) fn via(mut self, fanout: Option<Arc<Fanout>>) -> Self {
+        self.fanout = fanout;
+        self
     }
 
     /// Name for triggers (e.g. a hook that runs when the image changed).
@@ -141,6 +158,14 @@ pub(crate) struct Tally {
     pub ssh: (usize, u64),
     /// The containerd image store: the whole image.
     pub whole: bool,
+    /// The run ships through garage.
+    pub via_garage: bool,
+    /// Layers (and bytes) fetched from the host's garage node.
+    pub garage: (usize, u64),
+    /// Layers (and bytes) this host put into the bucket for the others.
+    pub uploaded: (usize, u64),
+    /// What went another way than planned, and why.
+    pub notes: Vec<String>,
 }
 
 impl Tally {
@@ -153,7 +178,18 @@ impl Tally {
         } else {
             format!("{} of {} layers", self.layers, self.of)
         };
-        format!("{what}: {} by ssh", bytes(self.ssh.1))
+        let mut out = format!("{what}: {} by ssh", bytes(self.ssh.1));
+        if self.via_garage {
+            if self.uploaded.0 > 0 {
+                out.push_str(&format!(" ({} put into garage)", self.uploaded.0));
+            }
+            out.push_str(&format!(", {} from garage", bytes(self.garage.1)));
+        }
+        for note in &self.notes {
+            out.push_str("; ");
+            out.push_str(note);
+        }
+        out
     }
 }
 
@@ -179,6 +215,9 @@ impl Op for ImageOp {
             &[self.source.id().unwrap_or("")],
         );
         s.raw("docker info --format '{{json .DriverStatus}}' 2>/dev/null | grep -q 'containerd.snapshotter' && echo 'store containerd'");
+        if self.fanout.is_some() {
+            s.raw("systemctl is-active --quiet garage && echo 'garage up'");
+        }
         s.raw("ids=$(docker image ls -aq --no-trunc 2>/dev/null | sort -u)");
         s.raw("[ -z \"$ids\" ] || docker image inspect --format 'layers {{range .RootFS.Layers}} {{.}}{{end}}' $ids 2>/dev/null");
         s.raw("fi");
@@ -212,6 +251,9 @@ impl Op for ImageOp {
         let mut flags = have as u32;
         if containerd {
             flags |= WHOLE;
+        }
+        if probe.lines().any(|l| l.trim() == "garage up") {
+            flags |= GARAGE_UP;
         }
         let reason = if containerd {
             format!("{what}; the whole image (containerd image store)")
@@ -250,16 +292,19 @@ impl Op for ImageOp {
                 ..Tally::default()
             };
             let long = ctx.long();
-            for l in &image.layers[start..] {
-                ctx.log.line(&format!(
-                    "send layer {} (file sha256 {})",
-                    l.diff_id, l.sha256
-                ));
+            match &self.fanout {
+                Some(f) if flags & GARAGE_UP != 0 => {
+                    f.ship(&long, &image, start, &mut tally).await?
+                }
+                Some(_) => {
+                    tally.via_garage = true;
+                    tally
+                        .notes
+                        .push("garage is not running on this host: by ssh".into());
+                    fanout::by_ssh(&long, &image, start, &mut tally).await?
+                }
+                None => fanout::by_ssh(&long, &image, start, &mut tally).await?,
             }
-            let (s, input) = script::streamed(&image, start);
-            long.run_ok(&self.label(), s.as_str(), input).await?;
-            let sent = &image.layers[start..];
-            tally.ssh = (sent.len(), sent.iter().map(|l| l.size).sum());
             Ok((true, Some(tally.describe())))
         })
     }
@@ -347,7 +392,7 @@ mod tests {
             layers: 1,
             of: 7,
             ssh: (1, 612),
-            whole: false,
+            ..Tally::default()
         };
         assert_eq!(t.describe(), "1 of 7 layers: 612 bytes by ssh");
         let big = Tally {
@@ -355,10 +400,36 @@ mod tests {
             of: 7,
             ssh: (7, 40_000_000),
             whole: true,
+            ..Tally::default()
         };
         assert_eq!(
             big.describe(),
             "whole image, 7 layers (the host's containerd image store does not skip layers it has): 40 MB (40000000 bytes) by ssh"
+        );
+        let first = Tally {
+            layers: 3,
+            of: 3,
+            ssh: (3, 40_000_000),
+            via_garage: true,
+            uploaded: (3, 40_000_000),
+            ..Tally::default()
+        };
+        assert_eq!(
+            first.describe(),
+            "3 of 3 layers: 40 MB (40000000 bytes) by ssh (3 put into garage), 0 bytes from garage"
+        );
+        let other = Tally {
+            layers: 3,
+            of: 3,
+            ssh: (1, 900),
+            via_garage: true,
+            garage: (2, 39_999_100),
+            notes: vec!["layer x was corrupt in garage".into()],
+            ..Tally::default()
+        };
+        assert_eq!(
+            other.describe(),
+            "3 of 3 layers: 900 bytes by ssh, 40 MB (39999100 bytes) from garage; layer x was corrupt in garage"
         );
     }
 

@@ -41,6 +41,7 @@ use super::services::{
 };
 use super::{HostCtx, Phase, Step, StepOutcome};
 use crate::inventory::{Publisher, TraefikApi};
+use crate::ops::image::fanout::Fanout;
 use crate::ops::{converge, AptInstall, FileOp, Op, OpError, OpFailure, OpReport, Outcome};
 use crate::quote::Script;
 use crate::ssh::{BoxFut, Input};
@@ -95,6 +96,8 @@ pub struct Deploy {
     opts: DeployOptions,
     plans: Arc<BTreeMap<String, HostPlan>>,
     images: BTreeMap<String, Arc<Image>>,
+    /// Shipping through garage (`None`: by SSH).
+    fanout: Option<Arc<Fanout>>,
     bastions: BTreeMap<String, Arc<HostCtx>>,
     target: Target,
     /// Hosts this run moved to another image (the undo touches only these).
@@ -106,6 +109,7 @@ impl Deploy {
         opts: DeployOptions,
         plans: BTreeMap<String, HostPlan>,
         images: BTreeMap<String, Arc<Image>>,
+        fanout: Option<Arc<Fanout>>,
         bastions: BTreeMap<String, Arc<HostCtx>>,
     ) -> Self {
         let target = if opts.rollback {
@@ -117,6 +121,7 @@ impl Deploy {
             opts,
             plans: Arc::new(plans),
             images,
+            fanout,
             bastions,
             target,
             switched: Arc::default(),
@@ -142,6 +147,7 @@ impl Deploy {
             opts: self.opts.clone(),
             plans: self.plans.clone(),
             images: BTreeMap::new(),
+            fanout: None,
             bastions: self.bastions.clone(),
             target: Target::Undo,
             switched: self.switched.clone(),
@@ -340,7 +346,7 @@ impl Deploy {
             ops.push(Box::new(op));
         }
         ops.extend(
-            service_ops(s, &id, &self.images, false)
+            service_ops(s, &id, &self.images, self.fanout.as_ref(), false)
                 .map_err(|e| DeployError::Ship(e).at("shipping"))?,
         );
         if s.slot.is_none() {

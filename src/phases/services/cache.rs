@@ -202,6 +202,15 @@ async fn docker(args: &[&str]) -> Result<std::process::Output, CacheError> {
         .map_err(|e| CacheError::NoDocker(e.to_string()))
 }
 
+/// The diff ids of the layers of every `mesh/*` image the controller's Docker has.
+pub(crate) async fn local_layers() -> Result<BTreeSet<String>, CacheError> {
+    Ok(list_local()
+        .await?
+        .into_iter()
+        .flat_map(|i| i.layers)
+        .collect())
+}
+
 /// The `mesh/*` tags of the controller's Docker, with when each was built.
 async fn list_local() -> Result<Vec<LocalImage>, CacheError> {
     let out = docker(&[

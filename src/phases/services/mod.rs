@@ -33,11 +33,13 @@ pub use folder::FolderError;
 
 use super::{HostCtx, Phase, Stage, Step, StepOutcome};
 use crate::inventory::{Inventory, Publisher};
+use crate::ops::image::fanout::Fanout;
 use crate::ops::{
     converge, AptInstall, CommandOp, DirOp, FileOp, ImageOp, ImageSource, Op, OpCtx, OpError,
     OpFailure, Outcome, RoomOp,
 };
 use crate::quote::Script;
+use crate::s3::S3Key;
 use crate::ssh::{BoxFut, Input};
 use build::Image;
 use plan::{HostPlan, ServicePlan};
@@ -66,6 +68,22 @@ pub struct ServicesOptions {
     pub only: Option<String>,
     /// Remove the services that vanished from the folder.
     pub prune: bool,
+    /// How the images reach the hosts.
+    pub ship: Ship,
+    /// The images' key of the fleet's garage, once `mesh nodes` made it.
+    pub images_key: Option<S3Key>,
+}
+
+/// How images reach the hosts (`--ship`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ship {
+    /// Through garage when the fleet has it and more than one host gets an image, else by SSH.
+    #[default]
+    Auto,
+    /// Each layer once into the fleet's garage, every host fetching it from its own node.
+    Garage,
+    /// Straight from this machine to every host.
+    Ssh,
 }
 
 /// Why `services` stopped before touching any host.
@@ -79,6 +97,8 @@ pub enum ServicesError {
     Build(#[from] BuildError),
     #[error(transparent)]
     Cache(#[from] cache::CacheError),
+    #[error("--ship garage: the fleet's garage has no images' key yet (IMAGES_KEY and IMAGES_SECRET in secrets.env). Fix: run `mesh nodes` (its garage step makes it), or use --ship ssh")]
+    NoImagesKey,
 }
 
 /// What `services` settled on the controller before touching a host.
@@ -88,9 +108,16 @@ pub struct Prepared {
     report: build::BuildReport,
     /// Where each bastion's Traefik API answers (`None`: it has none).
     traefik_api: Option<crate::inventory::TraefikApi>,
+    /// Shipping through garage (`None`: by SSH).
+    fanout: Option<Arc<Fanout>>,
 }
 
 impl Prepared {
+    /// The run's shipping through garage, for its closing line.
+    pub(crate) fn fanout(&self) -> Option<Arc<Fanout>> {
+        self.fanout.clone()
+    }
+
     /// Print the build report: a JSON event with `--json`, else one line.
     pub fn print(&self, json: bool) {
         if json {
@@ -188,12 +215,68 @@ pub async fn prepare(
     } else {
         build::build_all(&specs, opts.dry_run, &opts.cache, cap, progress).await?
     };
+    let fanout = fanout(opts, &plans, &images).await?;
+    if fanout.is_some() {
+        progress(&format!(
+            "images ship through the fleet's garage ({}): each new layer leaves this machine once",
+            crate::s3::IMAGES_BUCKET
+        ));
+    }
     Ok(Prepared {
         plans,
         images,
         report,
         traefik_api,
+        fanout,
     })
+}
+
+/// The closing line of a run that shipped through garage.
+pub(crate) fn fanout_line(f: &Fanout) -> String {
+    let (layers, bytes) = f.uploaded();
+    format!(
+        "garage: {layers} new layers ({}) went into {} once, for every host",
+        crate::ops::room::human_bytes(bytes),
+        crate::s3::IMAGES_BUCKET
+    )
+}
+
+/// The run's garage fan-out, as `--ship` asks: `auto` takes it when the
+/// fleet's garage has the images' key, for the images more than one host gets.
+async fn fanout(
+    opts: &ServicesOptions,
+    plans: &BTreeMap<String, HostPlan>,
+    images: &BTreeMap<String, Arc<Image>>,
+) -> Result<Option<Arc<Fanout>>, ServicesError> {
+    if opts.build_on_host || opts.dry_run || opts.ship == Ship::Ssh {
+        return Ok(None);
+    }
+    let Some(key) = &opts.images_key else {
+        return match opts.ship {
+            Ship::Garage => Err(ServicesError::NoImagesKey),
+            _ => Ok(None),
+        };
+    };
+    // Images that more than one host gets (auto), or all (garage).
+    let mut receivers: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in plans.values().flat_map(|p| &p.services) {
+        if images.contains_key(&s.tag) {
+            *receivers.entry(&s.tag).or_default() += 1;
+        }
+    }
+    let min = if opts.ship == Ship::Auto { 2 } else { 1 };
+    let tags: BTreeSet<String> = receivers
+        .into_iter()
+        .filter(|(_, n)| *n >= min)
+        .map(|(t, _)| t.to_string())
+        .collect();
+    if tags.is_empty() {
+        return Ok(None);
+    }
+    // The bucket keeps the layers of every image the controller keeps.
+    let mut keep = cache::local_layers().await?;
+    keep.extend(images.values().flat_map(|i| i.diff_ids().to_vec()));
+    Ok(Some(Arc::new(Fanout::new(key.clone(), keep, tags))))
 }
 
 /// Keep only service `only`, on the hosts that run it (deploy).
@@ -234,6 +317,7 @@ pub(crate) struct Parts {
     pub plans: BTreeMap<String, HostPlan>,
     pub images: BTreeMap<String, Arc<Image>>,
     pub traefik_api: Option<crate::inventory::TraefikApi>,
+    pub fanout: Option<Arc<Fanout>>,
 }
 
 impl Prepared {
@@ -242,6 +326,7 @@ impl Prepared {
             plans: self.plans,
             images: self.images,
             traefik_api: self.traefik_api,
+            fanout: self.fanout,
         }
     }
 }
@@ -257,6 +342,7 @@ pub fn phase(
     let step = Services {
         plans: plans.clone(),
         images: prepared.images,
+        fanout: prepared.fanout,
         build_on_host: opts.build_on_host,
         crowdsec: inv.ingress.crowdsec,
         publisher: inv.ingress.publisher,
@@ -325,6 +411,7 @@ pub fn has_bastion(inv: &Inventory) -> bool {
 struct Services {
     plans: Arc<BTreeMap<String, HostPlan>>,
     images: BTreeMap<String, Arc<Image>>,
+    fanout: Option<Arc<Fanout>>,
     build_on_host: bool,
     crowdsec: bool,
     publisher: Publisher,
@@ -401,7 +488,13 @@ impl Services {
                     ops.push((Some(i), Box::new(Hook::new(s, "before.sh", hook, &[]))));
                 }
             }
-            for op in service_ops(s, &id, &self.images, self.build_on_host)? {
+            for op in service_ops(
+                s,
+                &id,
+                &self.images,
+                self.fanout.as_ref(),
+                self.build_on_host,
+            )? {
                 ops.push((Some(i), op));
             }
             if let Some(hook) = &s.after {
@@ -448,6 +541,7 @@ pub(crate) fn service_ops(
     s: &ServicePlan,
     id: &str,
     images: &BTreeMap<String, Arc<Image>>,
+    fanout: Option<&Arc<Fanout>>,
     build_on_host: bool,
 ) -> Result<Vec<Box<dyn Op>>, StepError> {
     let dir = format!("{BUILD_DIR}/{}", s.name);
@@ -484,7 +578,11 @@ pub(crate) fn service_ops(
         let image = images
             .get(&s.tag)
             .ok_or_else(|| StepError::NoImage(s.tag.clone()))?;
-        ops.push(Box::new(ImageOp::new(image.clone()).id(id)));
+        ops.push(Box::new(
+            ImageOp::new(image.clone())
+                .via(fanout.filter(|f| f.ships(&s.tag)).cloned())
+                .id(id),
+        ));
     }
     if let Some(slot) = &s.slot {
         ops.push(Box::new(
@@ -867,6 +965,7 @@ mod tests {
         let step = Services {
             plans: Arc::new(plans),
             images,
+            fanout: None,
             build_on_host: false,
             crowdsec: true,
             publisher: Publisher::TraefikKop,
