@@ -1009,7 +1009,9 @@ fn services_build_once_ship_route_through_the_bastion_and_clean_up() {
             compose.contains(&format!("${{MESH_IMAGE:-{web_tag}}}")),
             "{compose}"
         );
-        assert!(lab.on(i, "test -f /containers/build/web/app.py").code == 0);
+        // The image was built on the controller: web's context stays there
+        // (its compose file mounts nothing of it).
+        assert_eq!(shipped_context(&lab, i, "web"), "", "host {i}");
         assert_eq!(
             lab.on(i, "stat -c %a /etc/logrotate.d/mesh-containers")
                 .stdout
@@ -1036,6 +1038,16 @@ fn services_build_once_ship_route_through_the_bastion_and_clean_up() {
             "{file}"
         );
     }
+    // The bastion gets the traefik.yml its compose file mounts, not the
+    // rest of the context (the Traefik binary, the Dockerfile).
+    assert_eq!(shipped_context(&lab, 1, "traefik"), "traefik.yml");
+    eprintln!(
+        "shipped context bytes: traefik {} of {}, web {} of {}",
+        context_bytes_on(&lab, 1, "traefik"),
+        context_bytes(&df.path().join("traefik")),
+        context_bytes_on(&lab, 2, "web"),
+        context_bytes(&df.path().join("web")),
+    );
     let crowdsec = lab
         .on(1, "systemctl is-active crowdsec crowdsec-firewall-bouncer")
         .stdout;
@@ -1077,6 +1089,13 @@ fn services_build_once_ship_route_through_the_bastion_and_clean_up() {
         }
     });
 
+    // Context files an earlier mesh shipped are removed; mesh's own stay.
+    assert_eq!(
+        lab.on(1, "cp /containers/build/traefik/traefik.yml /containers/build/traefik/Dockerfile && mkdir -p /containers/build/traefik/old && echo x > /containers/build/traefik/old/app.py").code,
+        0
+    );
+    assert_eq!(lab.on(2, "echo x > /containers/build/web/app.py").code, 0);
+
     // Redis restarts, then a route changes: Traefik follows.
     lab.on(1, "systemctl restart redis-server");
     let inv2 = lab.services_inventory("services.yml", &services_vars(&lab, "shop.example.test"));
@@ -1088,6 +1107,13 @@ fn services_build_once_ship_route_through_the_bastion_and_clean_up() {
         other => Err(format!("{other:?}")),
     });
     assert_eq!(util::http_get(&bastion, "web.example.test").unwrap().0, 404);
+    assert_eq!(shipped_context(&lab, 1, "traefik"), "traefik.yml");
+    assert_eq!(lab.on(1, "test -e /containers/build/traefik/old").code, 1);
+    assert_eq!(shipped_context(&lab, 2, "web"), "");
+    assert_eq!(
+        lab.on(2, "cd /containers/build/web && ls -A | sort").stdout,
+        ".mesh-compose.yml\n.mesh-ports\n"
+    );
 
     // A missing variable stops everything before a build or a host is touched.
     let before: Vec<String> = (1..=3)
@@ -1271,6 +1297,42 @@ impl RequestLoop {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.join().unwrap()
     }
+}
+
+/// The files of `service`'s folder on host `i` that came from its context
+/// (mesh's own `.mesh-*` files left out), sorted, one per line.
+fn shipped_context(lab: &Lab, i: usize, service: &str) -> String {
+    lab.on(
+        i,
+        &format!("cd /containers/build/{service} && find . -type f ! -name '.mesh-*' | sed 's|^\\./||' | sort"),
+    )
+    .stdout
+    .trim()
+    .to_string()
+}
+
+/// Bytes of those files.
+fn context_bytes_on(lab: &Lab, i: usize, service: &str) -> u64 {
+    lab.on(
+        i,
+        &format!("find /containers/build/{service} -type f ! -name '.mesh-*' -printf '%s\\n' | awk '{{ n += $1 }} END {{ print n + 0 }}'"),
+    )
+    .stdout
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// Bytes of a service folder's build context on the controller (mesh.yml
+/// and hooks/ are not part of it).
+fn context_bytes(dir: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("find . -type f ! -path ./mesh.yml ! -path './hooks/*' -printf '%s\\n' | awk '{ n += $1 } END { print n + 0 }'")
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
 #[test]
@@ -3181,7 +3243,11 @@ fn a_host_without_room_for_the_image_fails_before_anything_is_written() {
     );
     assert_eq!(image_tags(&lab, 3, "web"), Vec::<String>::new());
     assert_eq!(image_tags(&lab, 2, "web").len(), 1);
-    assert_eq!(lab.on(2, "test -f /containers/build/web/app.py").code, 0);
+    assert_eq!(
+        lab.on(2, "test -f /containers/build/web/.mesh-compose.yml")
+            .code,
+        0
+    );
 
     // Room made: the same run succeeds there too.
     assert_eq!(lab.on(3, "rm /var/lib/docker/filler").code, 0);
@@ -3237,12 +3303,26 @@ fn a_one_file_change_ships_only_the_top_layer_and_every_host_loads_the_controlle
         &services_vars(&lab, "web.example.test").replace("crowdsec: true", "crowdsec: false"),
     );
     let mesh = || Mesh::new(&inv);
+    // 60 MiB of incompressible data in web's context (not in its image):
+    // hashed into the tag, never sent to a host.
+    let big = std::process::Command::new("head")
+        .args(["-c", "62914560", "/dev/urandom"])
+        .output()
+        .unwrap()
+        .stdout;
+    std::fs::write(df.path().join("web/big.bin"), big).unwrap();
     let first = mesh()
         .args(["--json", "services", "--dockerfiles", &dir])
         .run()
         .ok();
     mesh().args(["services-up"]).run().ok();
     for i in 2..=3 {
+        assert_eq!(shipped_context(&lab, i, "web"), "", "host {i}");
+        eprintln!(
+            "host {i}: shipped context bytes: web {} of {}",
+            context_bytes_on(&lab, i, "web"),
+            context_bytes(&df.path().join("web"))
+        );
         let said = image_shipped(&first, &lab.host(i), "web").expect("the web image shipped");
         let (sent, of, ssh) = shipped_counts(&said);
         assert_eq!(sent, of, "a new host gets every layer: {said}");

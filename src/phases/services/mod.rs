@@ -3,8 +3,11 @@
 //! `services`: the dockerfiles folder is loaded and rendered for every
 //! selected host ([`plan`]), every distinct rendered context is built once
 //! on the controller ([`build`]), then each host gets, in one step: the
-//! images it lacks, its services' rendered contexts under
-//! `/containers/build/<service>/`, its compose file, data and log
+//! images it lacks, of its services' rendered contexts only the files the
+//! host itself reads ([`host_files`]: what its compose file mounts, its
+//! hooks name) under `/containers/build/<service>/` (the whole context
+//! with `--build-on-host`; files mesh no longer puts there are removed),
+//! its compose file, data and log
 //! directories, the hooks of the services whose files changed, and — on a
 //! bastion — Redis and CrowdSec ([`bastion`]); a host without room on
 //! Docker's data root for the images it lacks fails before anything is
@@ -20,6 +23,7 @@ pub(crate) mod build;
 pub(crate) mod cache;
 pub(crate) mod compose;
 pub(crate) mod folder;
+pub(crate) mod host_files;
 pub(crate) mod layers;
 pub(crate) mod plan;
 pub(crate) mod publish;
@@ -536,7 +540,9 @@ impl Services {
     }
 }
 
-/// One service's image, files, data and log directories.
+/// One service's image, files, data and log directories. Its folder on
+/// the host gets the whole context only when the host builds the image;
+/// otherwise only the files the host reads ([`host_files`]).
 pub(crate) fn service_ops(
     s: &ServicePlan,
     id: &str,
@@ -546,7 +552,15 @@ pub(crate) fn service_ops(
 ) -> Result<Vec<Box<dyn Op>>, StepError> {
     let dir = format!("{BUILD_DIR}/{}", s.name);
     let mut ops: Vec<Box<dyn Op>> = vec![Box::new(DirOp::new(&dir))];
-    for f in &s.files {
+    let shipped = if build_on_host {
+        &s.files
+    } else {
+        &s.host_files
+    };
+    if let Some(op) = remove_unmanaged(&dir, shipped, &s.named) {
+        ops.push(Box::new(op.id(id)));
+    }
+    for f in shipped {
         ops.push(Box::new(
             FileOp::from_shared(
                 format!("{dir}/{}", f.rel),
@@ -619,6 +633,72 @@ pub(crate) fn service_ops(
     }
     Ok(ops)
 }
+
+/// Files mesh writes in a service's folder itself (besides its context).
+const OWN_FILES: &[&str] = &[plan::SLOT_COMPOSE, ".mesh-ports"];
+
+/// Remove the files in a service's folder on the host that mesh no longer
+/// puts there (a context file an earlier run shipped, a file gone from the
+/// context), with their records and the folders they leave empty; never
+/// mesh's own files, nor what lies under a path the host's compose file or
+/// hooks name (`named`: a container may write there). `None` when the
+/// whole folder is named. Exit 0 of the check: nothing to remove.
+fn remove_unmanaged(
+    dir: &str,
+    shipped: &[plan::RenderedFile],
+    named: &[String],
+) -> Option<CommandOp> {
+    let (check, run) = unmanaged_scripts(dir, shipped, named)?;
+    Some(CommandOp::new(format!("remove unmanaged files in {dir}"), run).unless(check))
+}
+
+/// The check and the removal of [`remove_unmanaged`].
+fn unmanaged_scripts(
+    dir: &str,
+    shipped: &[plan::RenderedFile],
+    named: &[String],
+) -> Option<(Script, Script)> {
+    if named.iter().any(String::is_empty) {
+        return None;
+    }
+    let mut args: Vec<String> = OWN_FILES.iter().map(|f| format!("k:{f}")).collect();
+    args.extend(shipped.iter().map(|f| format!("k:{}", f.rel)));
+    args.extend(named.iter().map(|n| format!("m:{n}")));
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Every file under the folder, less the kept ones (k:) and what lies
+    // under a named path (m:).
+    let stale = |s: &mut Script| {
+        s.line("dir={}", &[dir]);
+        s.line(
+            &format!(
+                "stale() {{ find \"$dir\" -mindepth 1 ! -type d 2>/dev/null | awk '{STALE_AWK}' \"$dir\"{}; }}",
+                " {}".repeat(words.len())
+            ),
+            &words,
+        );
+    };
+    let mut check = Script::new();
+    stale(&mut check);
+    check.raw("! stale | grep -q .");
+    let mut run = Script::new();
+    stale(&mut run);
+    run.raw(&format!(
+        r#"stale | while IFS= read -r f; do
+  rm -f -- "$f"
+  rm -f -- "{}/files/$(printf %s "$f" | sha256sum | cut -c1-32)"
+  d=${{f%/*}}
+  while [ "$d" != "$dir" ] && rmdir -- "$d" 2>/dev/null; do d=${{d%/*}}; done
+  echo "removed $f"
+done"#,
+        crate::ops::STATE_DIR
+    ));
+    Some((check, run))
+}
+
+/// Prints the paths read on stdin that are neither kept (`k:REL`) nor
+/// under a named path (`m:REL`), relative to the folder (first argument).
+const STALE_AWK: &str = r#"BEGIN { dir = ARGV[1]; for (i = 2; i < ARGC; i++) { v = substr(ARGV[i], 3); if (substr(ARGV[i], 1, 2) == "k:") keep[v] = 1; else named[++n] = v } ARGC = 1 }
+{ r = substr($0, length(dir) + 2); if (r in keep) next; for (i = 1; i <= n; i++) if (r == named[i] || index(r, named[i] "/") == 1) next; print }"#;
 
 /// The room check for the images of `services` a host is about to get.
 pub(crate) fn room_op(
@@ -883,6 +963,75 @@ mod tests {
             }
             ok(&out)
         }))
+    }
+
+    fn sh(script: &Script) -> std::process::Output {
+        std::process::Command::new("sh")
+            .args(["-c", script.as_str()])
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn files_mesh_no_longer_ships_are_removed_but_not_its_own_nor_named_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("traefik");
+        for f in [
+            "Dockerfile",
+            "traefik",
+            "traefik.yml",
+            ".mesh-ports",
+            ".mesh-compose.yml",
+            "rules/a.yml",
+            "rules/acme/written-by-the-container",
+            "old/deep/x y",
+        ] {
+            let p = dir.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "x").unwrap();
+        }
+        let shipped = vec![plan::RenderedFile {
+            rel: "traefik.yml".into(),
+            bytes: Arc::new(Vec::new()),
+            sha256: String::new(),
+            mode: 0o600,
+        }];
+        let named = vec!["traefik.yml".to_string(), "rules".to_string()];
+        let d = dir.to_str().unwrap();
+        let (check, run) = unmanaged_scripts(d, &shipped, &named).unwrap();
+        crate::quote::assert_valid_sh(&run);
+        assert!(!sh(&check).status.success(), "stale files found");
+        let out = sh(&run);
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("removed"));
+        assert!(sh(&check).status.success(), "nothing left to remove");
+        let mut left: Vec<String> = walkdir(&dir);
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".mesh-compose.yml",
+                ".mesh-ports",
+                "rules/a.yml",
+                "rules/acme/written-by-the-container",
+                "traefik.yml"
+            ]
+        );
+        assert!(!dir.join("old").exists(), "emptied folders go too");
+        // The whole folder named (mounted): nothing is ever removed.
+        assert!(remove_unmanaged(d, &shipped, &[String::new()]).is_none());
+    }
+
+    fn walkdir(root: &Path) -> Vec<String> {
+        let out = std::process::Command::new("find")
+            .arg(root)
+            .args(["-type", "f"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l[root.to_str().unwrap().len() + 1..].to_string())
+            .collect()
     }
 
     #[test]

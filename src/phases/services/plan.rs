@@ -6,6 +6,7 @@
 
 use super::compose;
 use super::folder::{Folder, ServiceDef, ServiceOptions, SourceFile};
+use super::host_files;
 use super::routes;
 use crate::inventory::{Arch, Host, Inventory};
 use crate::ops::file::sha256_hex;
@@ -35,7 +36,16 @@ pub(crate) struct ServicePlan {
     pub tag: String,
     /// The host's architecture: part of the hash (an arm64 build is another image).
     pub arch: Arch,
+    /// The rendered build context (all of it is hashed into `tag`).
     pub files: Vec<RenderedFile>,
+    /// The files of `files` something on the host reads (see
+    /// [`host_files`]): all a host gets of the context when the image is
+    /// built on the controller.
+    pub host_files: Vec<RenderedFile>,
+    /// Paths in its folder on the host, relative to it, that the host's
+    /// compose file or its hooks name (`""`: the whole folder): what is
+    /// there is never removed as a file mesh no longer manages.
+    pub named: Vec<String>,
     pub options: ServiceOptions,
     pub before: Option<Vec<u8>>,
     pub after: Option<Vec<u8>>,
@@ -313,7 +323,30 @@ pub(crate) fn plan_host(
             s.slot = Some(Slotted { ports, compose });
         }
     }
-    plan.shared = compose::shared(&compose::only_services(&doc, &run));
+    let used = compose::only_services(&doc, &run);
+    plan.shared = compose::shared(&used);
+    // What the host reads of the contexts: its compose file's paths, and
+    // the paths its services' hooks name that are context files or folders.
+    let mut named = host_files::compose_paths(&used);
+    for s in &plan.services {
+        for hook in [&s.before, &s.after].into_iter().flatten() {
+            named.extend(
+                host_files::hook_paths(&s.name, hook)
+                    .into_iter()
+                    .filter(|p| {
+                        plan.services
+                            .iter()
+                            .any(|o| host_files::names_a_file(&o.name, &o.files, p))
+                    }),
+            );
+        }
+    }
+    named.sort();
+    named.dedup();
+    for s in &mut plan.services {
+        s.host_files = host_files::needed(&s.name, &s.files, &named);
+        s.named = host_files::inside(&s.name, &named);
+    }
     for s in &mut plan.services {
         if let Some(def) = compose::service(&doc, &s.name) {
             s.stop_grace = grace_seconds(def.get("stop_grace_period"));
@@ -549,6 +582,8 @@ fn render_service(
         ),
         arch,
         files,
+        host_files: Vec::new(),
+        named: Vec::new(),
         options: def.options.clone(),
         before,
         after,
@@ -715,6 +750,51 @@ mod tests {
         )
         .unwrap();
         assert_ne!(p3.services[0].tag, p1.services[0].tag);
+    }
+
+    #[test]
+    fn a_host_gets_the_files_its_compose_file_and_hooks_read_and_the_tag_hashes_all() {
+        let dir = tempfile::tempdir().unwrap();
+        folder(dir.path());
+        let traefik = dir.path().join("traefik");
+        std::fs::create_dir_all(traefik.join("hooks")).unwrap();
+        std::fs::create_dir_all(traefik.join("rules")).unwrap();
+        std::fs::write(traefik.join("Dockerfile"), "FROM x\nCOPY traefik /\n").unwrap();
+        std::fs::write(traefik.join("traefik"), vec![0u8; 4096]).unwrap();
+        std::fs::write(traefik.join("traefik.yml"), "pw: << REDIS_PWD >>\n").unwrap();
+        std::fs::write(traefik.join("rules/a.yml"), "a\n").unwrap();
+        std::fs::write(traefik.join("seed.sql"), "select 1;\n").unwrap();
+        std::fs::write(
+            traefik.join("hooks/after.sh"),
+            "psql < seed.sql\n. /etc/os-release\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("bastion.yml"),
+            "services:\n  traefik:\n    volumes:\n      - /containers/build/traefik/traefik.yml:/t.yml:ro\n      - ./traefik/rules:/rules\n      - /containers/data/traefik:/data\n",
+        )
+        .unwrap();
+        let f = Folder::load(dir.path()).unwrap();
+        let inv = Inventory::parse(Path::new("i.yml"), INV).unwrap();
+        let plan =
+            |h| plan_host(&f, &inv, inv.host(h).unwrap(), &vars(&inv, h, Some("d"))).unwrap();
+        let edge = plan("edge");
+        let t = &edge.services[0];
+        let rels: Vec<&str> = t.host_files.iter().map(|f| f.rel.as_str()).collect();
+        assert_eq!(rels, ["rules/a.yml", "seed.sql", "traefik.yml"]);
+        assert_eq!(t.named, ["rules", "seed.sql", "traefik.yml"]);
+        // The secret-bearing file keeps its private mode.
+        assert_eq!(t.host_files[2].mode, 0o600);
+        // The image still hashes the whole context.
+        assert_eq!(t.files.len(), 5);
+        assert_eq!(
+            t.tag,
+            format!("mesh/traefik:{}", &context_hash(&t.files, t.arch)[..16])
+        );
+        // web's compose file mounts nothing of its folder: it gets no file.
+        let w1 = plan("w1");
+        assert!(w1.services[0].host_files.is_empty());
+        assert!(w1.services[0].named.is_empty());
     }
 
     #[test]
