@@ -408,9 +408,15 @@ impl SshTransport {
         let (stdout, stderr) = (stdout.map_err(io_err)?, stderr.map_err(io_err)?);
         // The streams are read to their end before waiting (waiting first
         // would cut output still in flight).
-        let status = child.wait().await.map_err(channel_err)?;
+        // openssh reports exit 127 (a command not found) as an error of its
+        // own: it is the command's failure, and its stderr says which.
+        let code = match child.wait().await {
+            Ok(status) => status.code(),
+            Err(openssh::Error::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => Some(127),
+            Err(e) => return Err(channel_err(e)),
+        };
         Ok(Output {
-            code: status.code(),
+            code,
             stdout,
             stderr,
         })

@@ -93,19 +93,39 @@ gcold=$(timed "$DIR/garage-cold.log" garage)
 gwarm=$(timed "$DIR/garage-warm.log" garage)
 grep -q "^$G hosts: 0 changed, 0 failed" "$DIR/garage-warm.log" || {
     echo "bench: warm garage run changed something:" >&2; tail -n 5 "$DIR/garage-warm.log" >&2; exit 1; }
-reset_garage
 
-# services: the example web image to the first S hosts (Docker installed on them once).
-S=${SERVICES_N:-$(( N < 10 ? N : 10 ))}
+# Bytes this machine sent to the lab hosts: the lab bridge's transmit
+# counter (host-to-host traffic, garage's replication, is switched inside
+# the bridge and not counted).
+BRIDGE=br-$(docker network inspect -f '{{.Id}}' meshlab | cut -c1-12)
+sent() { cat "/sys/class/net/$BRIDGE/statistics/tx_bytes"; }
+# "SECONDS BYTES" of a command.
+measured() {
+    local log=$1; shift
+    local b0 t
+    b0=$(sent)
+    t=$(timed "$log" "$@")
+    echo "$t $(( $(sent) - b0 ))"
+}
+mb() { awk -v b="$1" 'BEGIN { printf "%.1f MB", b / 1000000 }'; }
+
+# services: the example web image to the first S hosts (garage's hosts;
+# Docker installed on them once).
+S=${SERVICES_N:-$G}
+(( S <= G )) || S=$G
 slimits=()
 for i in $(seq 1 "$S"); do slimits+=(--limit "bench-$i"); done
-mesh "${slimits[@]}" exec -- 'command -v docker >/dev/null || { apt-get update -qq &&
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io zstd >/dev/null; }' \
+# Debian 13 has the docker CLI in its own package.
+mesh "${slimits[@]}" exec -- 'command -v docker >/dev/null && command -v zstd >/dev/null || { apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io zstd curl \
+        $(apt-cache show docker-cli >/dev/null 2>&1 && echo docker-cli) >/dev/null; }' \
     > "$DIR/docker-install.log" 2>&1
 SVC=$DIR/services
 rm -rf "$SVC" && mkdir -p "$SVC/df"
 cp -a "$ROOT/dockerfiles/web" "$SVC/df/web"
 printf 'services:\n  web:\n    network_mode: host\n    environment: { BIND: "<< OVERLAY_IP >>", PORT: "<< PORT_WEB >>" }\n' > "$SVC/df/web.yml"
+# The garage keys `nodes` made, for --ship garage.
+cp "$DIR/secrets.env" "$SVC/secrets.env"
 # A greeting of its own: this run's image is new to every Docker involved.
 { echo "vars: { BASE_IMAGE: \"$("$ROOT/tests/lab/base-image.sh")\", GREETING: \"bench $(date +%s%N)\" }"
   sed -n '/^ssh:/,/^groups:/p' "$INV"
@@ -113,25 +133,39 @@ printf 'services:\n  web:\n    network_mode: host\n    environment: { BIND: "<< 
   echo "    hosts:"
   grep -E "^      bench-[0-9]+:" "$INV" | head -n "$S"
 } > "$SVC/inventory.yml"
-svc() { "$MESH" -i "$SVC/inventory.yml" --progress never services --dockerfiles "$SVC/df"; }
-scold=$(timed "$DIR/services-cold.log" svc)
+svc() { "$MESH" -i "$SVC/inventory.yml" --progress never services --dockerfiles "$SVC/df" "$@"; }
+scold=$(timed "$DIR/services-cold.log" svc --ship ssh)
 swarm=$(timed "$DIR/services-warm.log" svc)
 grep -q "^$S hosts: 0 changed, 0 failed" "$DIR/services-warm.log" || {
     echo "bench: warm services run changed something:" >&2; tail -n 5 "$DIR/services-warm.log" >&2; exit 1; }
 tag=$(grep -o 'mesh/web:[0-9a-f]*' "$DIR/services-cold.log" | head -n 1)
 size=$(docker image inspect --format '{{.Size}}' "$tag" | awk '{ printf "%d", $1 / 1000000 }')
-# The bare way, same hosts: the image removed, then `docker save | ssh docker load` to each, in parallel.
-mesh "${slimits[@]}" exec -- "docker rmi -f $tag >/dev/null" > "$DIR/reset.log" 2>&1
+zsize=$(docker save "$tag" | zstd -T0 -3 -q | wc -c)
+unship() { mesh "${slimits[@]}" exec -- "docker rmi -f \$(docker image ls -q mesh/web) >/dev/null 2>&1; true" > "$DIR/reset.log" 2>&1; }
+# (a) the new image to S hosts: through garage, straight by SSH, and the bare way.
+unship
+read -r agarage_t agarage_b < <(measured "$DIR/ship-garage.log" svc --ship garage)
+grep -q "0 failed" "$DIR/ship-garage.log" || { echo "bench: --ship garage failed" >&2; tail -n 5 "$DIR/ship-garage.log" >&2; exit 1; }
+unship
+read -r assh_t assh_b < <(measured "$DIR/ship-ssh.log" svc --ship ssh)
+unship
 bare() {
     local ip pids=()
     for ip in $(grep -E "^      bench-[0-9]+:" "$INV" | head -n "$S" | sed 's/.*address: //; s/,.*//'); do
-        docker save "$tag" | ssh -i "$DIR/id_ed25519" -o UserKnownHostsFile="$DIR/known_hosts" \
-            -o StrictHostKeyChecking=accept-new -o BatchMode=yes "root@$ip" docker load >/dev/null &
+        docker save "$tag" | zstd -T0 -3 -q | ssh -i "$DIR/id_ed25519" -o UserKnownHostsFile="$DIR/known_hosts" \
+            -o StrictHostKeyChecking=accept-new -o BatchMode=yes "root@$ip" 'zstd -dcq | docker load' >/dev/null &
         pids+=($!)
     done
     local p; for p in "${pids[@]}"; do wait "$p"; done
 }
-sbare=$(timed "$DIR/services-bare.log" bare)
+read -r abare_t abare_b < <(measured "$DIR/services-bare.log" bare)
+# (b) a one-file change: to one host, then another one-file change to all S.
+svc --ship auto > "$DIR/ship-restore.log" 2>&1
+echo "changed $(date +%s%N)" > "$SVC/df/web/index.html"
+read -r bone_t bone_b < <(measured "$DIR/change-one.log" svc --limit bench-1)
+echo "changed again $(date +%s%N)" > "$SVC/df/web/index.html"
+read -r ball_t ball_b < <(measured "$DIR/change-all.log" svc --ship garage)
+reset_garage
 
 echo "mesh bench on $N lab hosts ($(nproc) cores):"
 echo "  nodes-style step: 20 MB file + 2 templates + 1 unit"
@@ -145,7 +179,18 @@ printf '    %-36s %6ss\n' "status" "$status" "exec -- true" "$floor"
 printf '    %-36s %6s\n' "ratio" "$(awk -v a="$status" -v b="$floor" 'BEGIN { printf "%.1f", a / b }')"
 echo "  nodes --only garage on $G hosts: $(du -m "$DIR/assets/$(uname -m)/garage" | cut -f1) MB binary + config + unit + layout"
 printf '    %-36s %6ss\n' "cold (after reset)" "$gcold" "warm (re-run, 0 changed)" "$gwarm"
-echo "  services on $S hosts: example web image ($size MB), built here once, shipped zstd-compressed"
-printf '    %-36s %6ss\n' "cold (build + ship to all)" "$scold" "warm (re-run: 0 built, 0 shipped)" "$swarm" \
-    "bare docker save | ssh docker load" "$sbare"
-echo "logs: $DIR/{cold,warm,checksum,basic-warm,exec-true,status,garage-cold,garage-warm,services-cold,services-warm}.log"
+echo "  services on $S hosts: example web image ($size MB; $(mb "$zsize") as one docker save | zstd)"
+printf '    %-36s %6ss\n' "cold (build + ship to all by ssh)" "$scold" "warm (re-run: 0 built, 0 shipped)" "$swarm"
+echo "  image shipping to $S hosts with garage: wall time, bytes this machine sent (lab bridge counter)"
+row() { printf '    %-46s %7ss %12s\n' "$1" "$2" "$(mb "$3")"; }
+row "(a) new image, --ship garage" "$agarage_t" "$agarage_b"
+row "(a) new image, --ship ssh" "$assh_t" "$assh_b"
+row "(a) bare docker save | zstd | ssh | docker load" "$abare_t" "$abare_b"
+printf '    %-46s %8s\n' "(a) garage bytes / one compressed image" \
+    "$(awk -v a="$agarage_b" -v b="$zsize" 'BEGIN { printf "%.2f", a / b }')" \
+    "(a) garage time / bare time" "$(awk -v a="$agarage_t" -v b="$abare_t" 'BEGIN { printf "%.2f", a / b }')"
+row "(b) one-file change to 1 host" "$bone_t" "$bone_b"
+row "(b) one-file change to $S hosts, --ship garage" "$ball_t" "$ball_b"
+printf '    %-46s %8s\n' "(b) time $S hosts / time 1 host" \
+    "$(awk -v a="$ball_t" -v b="$bone_t" 'BEGIN { printf "%.2f", a / b }')"
+echo "logs: $DIR/{cold,warm,checksum,basic-warm,exec-true,status,garage-cold,garage-warm,services-cold,services-warm,ship-garage,ship-ssh,services-bare,change-one,change-all}.log"
