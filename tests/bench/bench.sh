@@ -64,11 +64,36 @@ reset_garage() {
 # Garage left off from here until its own cold run (the bench step never touches it).
 reset_garage
 reset
+cold_start=$(date +%s.%N)
 cold=$(timed "$DIR/cold.log" mesh bench --asset "$ASSET")
+cold_logs=$(ls -td "$DIR"/.mesh/logs/*-bench-* | head -n 1)
+# Where the cold run's time went, summed over the hosts (from each host's
+# log): connect (mesh's start, login, mux), the probe round trip, and the
+# one round trip that uploads, reloads systemd and enables/starts the unit.
+stages=$(awk -v t0="$cold_start" '
+    FNR == 1 { step = 0; probe = 0 }
+    /^--- [0-9.]+ step / && !step { step = $2; connect += step - t0 }
+    /^--- [0-9.]+ probe / && !probe { probe = $2; probing += probe - step }
+    /^--- [0-9.]+ / { last[FILENAME] = $2; p[FILENAME] = probe }
+    END { for (f in last) applying += last[f] - p[f];
+          printf "%.1f %.1f %.1f", connect, probing, applying }' "$cold_logs"/bench-*.log)
+read -r st_connect st_probe st_apply <<< "$stages"
 warm=$(timed "$DIR/warm.log" mesh bench --asset "$ASSET")
 grep -q "^$N hosts: 0 changed, 0 failed" "$DIR/warm.log" || {
     echo "bench: warm run changed something:" >&2; tail -n 5 "$DIR/warm.log" >&2; exit 1; }
 checksum=$(timed "$DIR/checksum.log" mesh --checksum bench --asset "$ASSET")
+# The floor: a raw OpenSSH copy of the same 20 MB to every host, in parallel,
+# each on a fresh connection.
+raw() {
+    local ip pids=()
+    for ip in $(grep -E "^      bench-[0-9]+:" "$INV" | sed 's/.*address: //; s/,.*//'); do
+        ssh -i "$DIR/id_ed25519" -o UserKnownHostsFile="$DIR/known_hosts" -o StrictHostKeyChecking=accept-new \
+            -o BatchMode=yes -o ControlPath=none "root@$ip" 'cat > /tmp/mesh-bench-raw.bin' < "$ASSET" &
+        pids+=($!)
+    done
+    local p; for p in "${pids[@]}"; do wait "$p"; done
+}
+rawcopy=$(timed "$DIR/raw-copy.log" raw)
 
 # A converged `nodes --only basic` (packages, firewall, sysctl, ...) against
 # the floor: one login and `true` on the same hosts.
@@ -170,7 +195,10 @@ reset_garage
 echo "mesh bench on $N lab hosts ($(nproc) cores):"
 echo "  nodes-style step: 20 MB file + 2 templates + 1 unit"
 printf '    %-36s %6ss\n' "cold (after reset)" "$cold" "warm (re-run, 0 changed)" "$warm" \
-    "warm with --checksum (re-hash all)" "$checksum"
+    "warm with --checksum (re-hash all)" "$checksum" "raw OpenSSH copy of the 20 MB" "$rawcopy"
+printf '    %-36s %6s\n' "cold / raw copy" "$(awk -v a="$cold" -v b="$rawcopy" 'BEGIN { printf "%.2f", a / b }')"
+echo "    cold run, summed over $N hosts: connect ${st_connect}s, probe ${st_probe}s," \
+    "upload + daemon-reload + enable/start (one round trip) ${st_apply}s"
 echo "  converged nodes --only basic vs one login per host"
 printf '    %-36s %6ss\n' "nodes --only basic (warm)" "$basic" "exec -- true" "$floor"
 printf '    %-36s %6s\n' "ratio" "$(awk -v a="$basic" -v b="$floor" 'BEGIN { printf "%.1f", a / b }')"
