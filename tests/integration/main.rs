@@ -648,6 +648,20 @@ fn lab_assets() -> tempfile::TempDir {
     assets
 }
 
+/// Lab hosts with Docker whose firewall lets garage through between them
+/// (install_docker's lets in SSH and HTTP only), and the assets with garage.
+fn garage_lab(name: &str, count: usize, slot: u8) -> (Lab, tempfile::TempDir) {
+    let lab = Lab::start(name, count, slot);
+    lab.install_docker();
+    let assets = lab_assets();
+    for i in 1..=count {
+        lab.on(i, &format!("ufw allow from 10.77.{slot}.0/24 >/dev/null"))
+            .ok_or_log()
+            .unwrap();
+    }
+    (lab, assets)
+}
+
 /// `garage layout show`'s current version on host `i`.
 fn layout_version(lab: &Lab, i: usize) -> u64 {
     let show = lab.on(i, "garage layout show").stdout;
@@ -2523,15 +2537,7 @@ fn runs_of(mesh: &dyn Fn() -> Mesh, service: &str, host: &str) -> Vec<String> {
 
 #[test]
 fn backups_go_to_the_fleets_garage_and_restore_postgres_rows_and_redis_keys() {
-    let lab = Lab::start("backup", 3, 40);
-    lab.install_docker();
-    let assets = lab_assets();
-    // Garage between the hosts (install_docker's firewall lets in SSH and HTTP only).
-    for i in 1..=3 {
-        lab.on(i, "ufw allow from 10.77.40.0/24 >/dev/null")
-            .ok_or_log()
-            .unwrap();
-    }
+    let (lab, assets) = garage_lab("backup", 3, 40);
     let services = |text: String| {
         let text = text
             .replace(
@@ -3411,14 +3417,7 @@ fn bucket_objects(lab: &Lab) -> u64 {
 
 #[test]
 fn images_go_once_through_garage_a_corrupt_layer_is_refused_and_a_stopped_garage_falls_back() {
-    let lab = Lab::start("fanout", 5, 42);
-    lab.install_docker();
-    let assets = lab_assets();
-    for i in 1..=5 {
-        lab.on(i, "ufw allow from 10.77.42.0/24 >/dev/null")
-            .ok_or_log()
-            .unwrap();
-    }
+    let (lab, assets) = garage_lab("fanout", 5, 42);
     let df = util::example_dockerfiles();
     let dir = df.path().to_str().unwrap().to_string();
     // Hosts 2-4 run web; host 5 runs nothing yet. Garage spans three zones.

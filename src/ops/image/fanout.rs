@@ -39,7 +39,7 @@ pub(crate) fn object_name(diff_id: &str) -> String {
 /// The diff id hex an object of the bucket holds, if it is a layer's.
 fn diff_hex_of(object: &str) -> Option<&str> {
     let h = object.strip_prefix(PREFIX)?.strip_suffix(".zst")?;
-    (h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())).then_some(h)
+    script::is_hex64(h).then_some(h)
 }
 
 /// The layer objects to delete: those of layers not in `keep` (diff id hexes).
@@ -61,6 +61,30 @@ fn curl_said(rc: &str) -> String {
         _ => return format!("curl exit {rc}"),
     };
     format!("{why}, curl exit {rc}")
+}
+
+/// What a script said of a layer: the rest of its `<verb> <hex> …` line.
+fn said<'a>(out: &'a str, verb: &str, layer: &LayerFile) -> Option<&'a str> {
+    let h = hex(&layer.diff_id);
+    out.lines().find_map(|l| {
+        l.strip_prefix(verb)?
+            .strip_prefix(' ')?
+            .strip_prefix(h)?
+            .strip_prefix(' ')
+    })
+}
+
+/// Whether a script loaded the image.
+fn loaded(out: &str) -> bool {
+    out.lines().any(|l| l == "loaded")
+}
+
+/// Log that `layer` is sent by SSH.
+fn log_send(ctx: &OpCtx<'_>, layer: &LayerFile) {
+    ctx.log.line(&format!(
+        "send layer {} (file sha256 {})",
+        layer.diff_id, layer.sha256
+    ));
 }
 
 /// Where a layer is, once its first host settled it.
@@ -211,7 +235,7 @@ impl Fanout {
         let stage = script::stage_name().map_err(|e| OpError::Step(Box::new(e)))?;
         let missing = &image.layers[start..];
         let mut staged: BTreeSet<&str> = BTreeSet::new();
-        let mut placed: BTreeMap<&str, Placed> = BTreeMap::new();
+        let mut placed: BTreeMap<&str, (&LayerFile, Placed)> = BTreeMap::new();
         for layer in missing {
             if placed.contains_key(layer.diff_id.as_str()) {
                 continue;
@@ -230,13 +254,13 @@ impl Fanout {
             if put_here {
                 staged.insert(&layer.diff_id);
             }
-            placed.insert(&layer.diff_id, *at);
+            placed.insert(&layer.diff_id, (layer, *at));
         }
         let unstaged = |want: Placed| -> Vec<&LayerFile> {
             placed
                 .iter()
-                .filter(|(d, p)| **p == want && !staged.contains(*d))
-                .filter_map(|(d, _)| missing.iter().find(|l| l.diff_id == *d))
+                .filter(|(d, (_, p))| *p == want && !staged.contains(*d))
+                .map(|(_, (l, _))| *l)
                 .collect()
         };
         let first = Finish {
@@ -259,12 +283,7 @@ impl Fanout {
             .fetch
             .iter()
             .filter_map(|(l, _)| {
-                let h = hex(&l.diff_id);
-                let said = out.lines().find_map(|line| {
-                    line.strip_prefix("fetch ")?
-                        .strip_prefix(h)?
-                        .strip_prefix(' ')
-                })?;
+                let said = said(&out, "fetch", l)?;
                 match said.split_once(' ') {
                     None if said == "ok" => {
                         tally.garage.0 += 1;
@@ -295,7 +314,7 @@ impl Fanout {
                 }
             })
             .collect();
-        if out.lines().any(|l| l == "loaded") {
+        if loaded(&out) {
             return Ok(());
         }
         if again.is_empty() {
@@ -311,7 +330,7 @@ impl Fanout {
         let out = self
             .finish(ctx, &stage, image, start, &second, tally)
             .await?;
-        if out.lines().any(|l| l == "loaded") {
+        if loaded(&out) {
             Ok(())
         } else {
             Err(OpError::Refused(format!(
@@ -345,11 +364,7 @@ impl Fanout {
 
     /// Read a script's `put <hex> <rc>` line for `layer`.
     fn record_put(&self, out: &str, layer: &LayerFile, tally: &mut Tally) -> Placed {
-        let h = hex(&layer.diff_id);
-        let rc = out
-            .lines()
-            .find_map(|l| l.strip_prefix("put ")?.strip_prefix(h)?.strip_prefix(' '))
-            .unwrap_or("none");
+        let rc = said(out, "put", layer).unwrap_or("none");
         if rc == "0" {
             tally.uploaded.0 += 1;
             tally.uploaded.1 += layer.size;
@@ -381,10 +396,7 @@ impl Fanout {
                 .line(&format!("fetch layer {} from garage", l.diff_id));
         }
         for (l, _) in &what.stream {
-            ctx.log.line(&format!(
-                "send layer {} (file sha256 {})",
-                l.diff_id, l.sha256
-            ));
+            log_send(ctx, l);
         }
         let (s, input) = script::finish(stage, image, start, what);
         let out = ctx
@@ -410,10 +422,7 @@ pub(crate) async fn by_ssh(
     tally: &mut Tally,
 ) -> Result<(), OpError> {
     for l in &image.layers[start..] {
-        ctx.log.line(&format!(
-            "send layer {} (file sha256 {})",
-            l.diff_id, l.sha256
-        ));
+        log_send(ctx, l);
     }
     let (s, input) = script::streamed(image, start);
     ctx.run_ok(&format!("load {}", image.tag), s.as_str(), input)

@@ -24,6 +24,11 @@ pub(crate) fn hex(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
 }
 
+/// Whether `s` is 64 hex digits (a digest without its `sha256:`).
+pub(crate) fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The stage directory in every script: `$d`.
 const D: &str = "\"$d\"";
 
@@ -59,6 +64,15 @@ fn enter_stage(s: &mut Script, name: &str) {
     s.raw("mkdir -p -m 0700 \"$d\"");
     s.raw("trap '[ $? = 0 ] || rm -rf \"$d\"' EXIT");
     s.raw("cd \"$d\"");
+}
+
+/// The start of a garage-path script: strict, zstd there, in the named stage.
+fn in_stage(stage: &str) -> Script {
+    let mut s = Script::new();
+    s.raw("set -e");
+    need_zstd(&mut s);
+    enter_stage(&mut s, stage);
+    s
 }
 
 fn need_zstd(s: &mut Script) {
@@ -176,11 +190,8 @@ fn receive_and_put(s: &mut Script, layer: &LayerFile, put: &Signed, input: &mut 
 /// A layer the first host to lack it gets by SSH and puts into the bucket:
 /// one round trip, the layer left staged for this host's load.
 pub(crate) fn upload(stage: &str, layer: &LayerFile, put: &Signed) -> (Script, Input) {
-    let mut s = Script::new();
+    let mut s = in_stage(stage);
     let mut input = Vec::new();
-    s.raw("set -e");
-    need_zstd(&mut s);
-    enter_stage(&mut s, stage);
     receive_and_put(&mut s, layer, put, &mut input);
     (s, Input::Chain(input))
 }
@@ -223,11 +234,8 @@ pub(crate) fn finish(
     start: usize,
     what: &Finish<'_>,
 ) -> (Script, Input) {
-    let mut s = Script::new();
+    let mut s = in_stage(stage);
     let mut input = Vec::new();
-    s.raw("set -e");
-    need_zstd(&mut s);
-    enter_stage(&mut s, stage);
     write_meta(&mut s, D, image, &mut input);
     s.raw("missing=");
     for (layer, get) in &what.fetch {

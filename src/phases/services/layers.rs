@@ -11,7 +11,7 @@
 //! against its diff id on the way. [`super::cache::prune`] bounds the store.
 
 use super::cache::{local, private_dir, CacheError};
-use crate::ops::image::script::hex;
+use crate::ops::image::script::{hex, is_hex64};
 use crate::ops::image::{LayerFile, Layered};
 use std::collections::BTreeSet;
 use std::os::unix::fs::OpenOptionsExt;
@@ -30,20 +30,16 @@ pub(crate) fn layers_dir(cache: &Path) -> PathBuf {
     cache.join("layers")
 }
 
-fn hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 /// `(diff id hex, content sha256)` of a layer file's name.
 pub(crate) fn parse_layer_name(name: &str) -> Option<(&str, &str)> {
     let (diff, sha) = name.strip_suffix(LAYER_EXT)?.split_once('.')?;
-    (hex64(diff) && hex64(sha)).then_some((diff, sha))
+    (is_hex64(diff) && is_hex64(sha)).then_some((diff, sha))
 }
 
 /// The image id hex of a config file's name.
 pub(crate) fn parse_config_name(name: &str) -> Option<&str> {
     let id = name.strip_suffix(".json")?;
-    hex64(id).then_some(id)
+    is_hex64(id).then_some(id)
 }
 
 fn hash_file(path: &Path) -> std::io::Result<String> {
