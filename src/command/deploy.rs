@@ -117,8 +117,8 @@ pub(crate) async fn run(s: &mut Session, args: &Args) -> Result<u8, Error> {
             .then(|| Arc::new(deploy.undo()) as Arc<dyn Step>),
     };
     let code = s.run_phase(deploy.phase(), ctxs, Some(rollout)).await?;
-    if let Some(f) = fanout {
-        (s.progress())(&services::fanout_line(&f));
+    if let Some(line) = fanout.as_deref().and_then(services::fanout_line) {
+        (s.progress())(&line);
     }
     Ok(code)
 }

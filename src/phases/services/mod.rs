@@ -235,14 +235,16 @@ pub async fn prepare(
     })
 }
 
-/// The closing line of a run that shipped through garage.
-pub(crate) fn fanout_line(f: &Fanout) -> String {
+/// The closing line of a run that put layers into garage (none when it put none).
+pub(crate) fn fanout_line(f: &Fanout) -> Option<String> {
     let (layers, bytes) = f.uploaded();
-    format!(
-        "garage: {layers} new layers ({}) went into {} once, for every host",
-        crate::ops::room::human_bytes(bytes),
-        crate::s3::IMAGES_BUCKET
-    )
+    (layers > 0).then(|| {
+        format!(
+            "garage: {layers} new layers ({}) went into {} once, for every host",
+            crate::ops::room::human_bytes(bytes),
+            crate::s3::IMAGES_BUCKET
+        )
+    })
 }
 
 /// The run's garage fan-out, as `--ship` asks: `auto` takes it when the
