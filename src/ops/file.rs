@@ -35,7 +35,7 @@ pub enum Content {
 /// Largest content sent inside the script rather than on stdin.
 const INLINE_MAX: usize = 16 * 1024;
 
-const CONTENT: u32 = 1;
+pub(crate) const CONTENT: u32 = 1;
 const META: u32 = 2;
 const RECORD: u32 = 4;
 
@@ -258,12 +258,14 @@ impl FileOp {
     fn record_script(&self) -> Script {
         let rec = self.record_path();
         let dir = format!("{STATE_DIR}/files");
+        let next = format!("{rec}.new");
         let mut s = Script::new();
-        s.line("mkdir -p {}", &[&dir]);
-        s.line("r=$(mktemp -p {} .rec.XXXXXXXX)", &[&dir]);
+        s.line("[ -d {} ] || mkdir -p {}", &[&dir, &dir]);
+        // Only root writes under STATE_DIR: a fixed temp name is safe there.
+        // Private, like the temp files: a sha256 can give a short secret away.
         s.line(
-            "echo \"$(stat -c '%s %Y' -- {}) {}\" > \"$r\" && mv -f -- \"$r\" {}",
-            &[&self.path, &self.sha256, &rec],
+            "(umask 077; echo \"$(stat -c '%s %Y' -- {}) {}\" > {}) && mv -f -- {} {}",
+            &[&self.path, &self.sha256, &next, &next, &rec],
         );
         s
     }
@@ -294,28 +296,31 @@ impl FileOp {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "/".into());
             let size = self.size.to_string();
-            s.line("mkdir -p -- {}", &[&dir]);
+            // Builtins where they do: a cold host runs this for every file,
+            // and on a busy host each process started costs milliseconds.
+            s.line("[ -d {} ] || mkdir -p -- {}", &[&dir, &dir]);
             // mktemp creates the temp file exclusively (O_EXCL: no clobber,
             // no symlink followed), mode 0600; it goes on exit and hangup.
             s.line("t=$(mktemp -p {} .mesh-tmp.XXXXXXXX)", &[&dir]);
             s.raw("trap 'rm -f -- \"$t\"' EXIT");
             s.raw("trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 141' PIPE; trap 'exit 143' TERM");
             match inline {
-                // Small public text rides in the script, leaving stdin to one big file.
-                Some(text) => s.line("(umask 077; printf %s {} > \"$t\")", &[text]),
+                // Small public text rides in the script, leaving stdin to one
+                // big file; it cannot arrive other than as sent.
+                Some(text) => {
+                    s.line("(umask 077; printf %s {} > \"$t\")", &[text]);
+                }
                 // Exactly SIZE bytes, so several files can share one stdin (see run_batch).
-                None => s.line("(umask 077; mesh_read {} > \"$t\")", &[&size]),
-            };
-            s.line(
-                "s=$(stat -c %s -- \"$t\"); if [ \"$s\" != {} ]; then echo \"upload cut short: $s of {} bytes\" >&2; exit 1; fi",
-                &[&size, &size],
-            );
-            // What is recorded is what arrived: a local file that changed
-            // after mesh hashed it fails here instead of being recorded.
-            s.line(
-                "h=$(sha256sum < \"$t\" | cut -d' ' -f1); if [ \"$h\" != {} ]; then echo \"upload differs from what mesh checked: sha256 $h, expected {} (did the local file change during the run?)\" >&2; exit 1; fi",
-                &[&self.sha256, &self.sha256],
-            );
+                None => {
+                    s.line("(umask 077; mesh_read {} > \"$t\")", &[&size]);
+                    // What is recorded is what arrived: a local file that changed
+                    // after mesh hashed it fails here instead of being recorded.
+                    s.line(
+                        "h=$(sha256sum < \"$t\"); h=${h%% *}; if [ \"$h\" != {} ]; then s=$(stat -c %s -- \"$t\"); if [ \"$s\" != {} ]; then echo \"upload cut short: $s of {} bytes\" >&2; else echo \"upload differs from what mesh checked: sha256 $h, expected {} (did the local file change during the run?)\" >&2; fi; exit 1; fi",
+                        &[&self.sha256, &size, &size, &self.sha256],
+                    );
+                }
+            }
             s.line("chown {} -- \"$t\"", &[&owner]);
             s.line("chmod {} -- \"$t\"", &[&mode]);
             s.line("mv -f -- \"$t\" {}", &[&self.path]);

@@ -303,6 +303,10 @@ pub struct Part {
 
 const MARK: &str = "@@mesh-op ";
 const DONE: &str = "@@mesh-done ";
+/// A remote mark: `@@mesh-t NAME UPTIME` (`mesh_mark NAME` in a part).
+const STAGE: &str = "@@mesh-t ";
+/// The host's clock when a batch began: `@@mesh-epoch SECONDS`.
+const EPOCH: &str = "@@mesh-epoch ";
 
 /// Longest script sent on the command line. The quoted script is part
 /// of ONE argument (the remote login shell's `-c` command, `... sh -c
@@ -355,6 +359,14 @@ fn spill_if_long(script: &str, input: Input) -> (String, Input) {
 async fn run_batch(ctx: &OpCtx<'_>, parts: Vec<(String, Part)>) -> Result<(), (usize, OpError)> {
     let mut script = Script::new();
     script.raw("set -e");
+    // Where the round trip's time goes, timed on the host (see
+    // remote_stages): marks read the uptime (builtins only, no process),
+    // one wall-clock reading ties them to the controller's log.
+    script.raw(&format!(
+        "mesh_mark() {{ mesh_up=; read -r mesh_up _ < /proc/uptime || true; echo \"{STAGE}$1 $mesh_up\"; }}"
+    ));
+    script.raw(&format!("echo \"{EPOCH}$(date +%s.%N)\""));
+    script.raw("mesh_mark begin");
     let mut inputs = Vec::new();
     // Parts read their stdin bytes with `mesh_read SIZE`: exactly SIZE bytes
     // while others follow (head -c), plain `cat` (big buffers) for the last.
@@ -372,6 +384,7 @@ async fn run_batch(ctx: &OpCtx<'_>, parts: Vec<(String, Part)>) -> Result<(), (u
         script.append(&part.script);
         script.raw(")");
         script.raw(&format!("echo '{DONE}{i}'"));
+        script.raw(&format!("mesh_mark {i}"));
         if !matches!(part.input, Input::None) {
             inputs.push(part.input.clone());
         }
@@ -390,6 +403,16 @@ async fn run_batch(ctx: &OpCtx<'_>, parts: Vec<(String, Part)>) -> Result<(), (u
         .run(&title, script.as_str(), input)
         .await
         .map_err(|e| (0, e))?;
+    let labels: Vec<&str> = parts.iter().map(|(l, _)| l.as_str()).collect();
+    let stages = remote_stages(&out.stdout_str(), &labels);
+    if !stages.is_empty() {
+        let list: Vec<String> = stages
+            .iter()
+            .map(|(name, secs)| format!("{name}={secs:.3}"))
+            .collect();
+        ctx.log
+            .line(&format!("remote stages (s): {}", list.join(", ")));
+    }
     if out.success() {
         return Ok(());
     }
@@ -407,6 +430,29 @@ async fn run_batch(ctx: &OpCtx<'_>, parts: Vec<(String, Part)>) -> Result<(), (u
             tail: ctx.log.redact(&out.tail(8)),
         },
     ))
+}
+
+/// The seconds between a batch's consecutive `mesh_mark`s, each named by
+/// the mark that ends it: a part's own marks (e.g. `daemon-reload`) or, at
+/// its end, the part's label.
+fn remote_stages(stdout: &str, labels: &[&str]) -> Vec<(String, f64)> {
+    let marks = stdout.lines().filter_map(|l| {
+        let (name, at) = l.strip_prefix(STAGE)?.rsplit_once(' ')?;
+        Some((name, at.parse::<f64>().ok()?))
+    });
+    let mut stages = Vec::new();
+    let mut last: Option<f64> = None;
+    for (name, at) in marks {
+        if let Some(prev) = last {
+            let name = match name.parse::<usize>().ok().and_then(|i| labels.get(i)) {
+                Some(label) => label.to_string(),
+                None => name.to_string(),
+            };
+            stages.push((name, (at - prev).max(0.0)));
+        }
+        last = Some(at);
+    }
+    stages
 }
 
 /// Run every probe of `ops` in one script and split the output per op.
@@ -825,6 +871,63 @@ mod tests {
             .into_iter()
             .map(|p| Box::new(FileOp::from_bytes(p, p.as_bytes().to_vec())) as Box<dyn Op>)
             .collect()
+    }
+
+    #[test]
+    fn remote_stages_are_the_gaps_between_marks_named_by_part() {
+        let out = format!(
+            "{STAGE}begin 100.000\n{DONE}0\n{STAGE}0 101.250\nnoise\n\
+             {STAGE}daemon-reload 101.350\n{STAGE}enable 101.375\n{DONE}1\n{STAGE}1 101.875\n"
+        );
+        let stages = remote_stages(&out, &["file /a", "unit x.service"]);
+        let got: Vec<(String, String)> = stages
+            .into_iter()
+            .map(|(n, s)| (n, format!("{s:.3}")))
+            .collect();
+        let want = [
+            ("file /a", "1.250"),
+            ("daemon-reload", "0.100"),
+            ("enable", "0.025"),
+            ("unit x.service", "0.500"),
+        ];
+        assert_eq!(
+            got,
+            want.map(|(n, s)| (n.to_string(), s.to_string())).to_vec()
+        );
+        assert!(remote_stages("no marks\n", &[]).is_empty());
+    }
+
+    #[test]
+    fn a_batch_logs_its_parts_timed_on_the_host() {
+        let conn = RecordingTransport::local_sh(None);
+        let dir = tempfile::tempdir().unwrap();
+        let parts: Vec<(String, Part)> = ["a", "b"]
+            .into_iter()
+            .map(|n| {
+                let op = FileOp::from_bytes(dir.path().join(n).to_str().unwrap(), n);
+                (op.label(), op.part(file::CONTENT))
+            })
+            .collect();
+        let labels: Vec<String> = parts.iter().map(|(l, _)| l.clone()).collect();
+        let log = HostLog::create(dir.path(), "host", Default::default()).unwrap();
+        let ctx = OpCtx {
+            conn: &conn,
+            log: &log,
+            checksum: false,
+            kind: CommandKind::Normal,
+        };
+        run(run_batch(&ctx, parts)).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("host.log")).unwrap();
+        let line = text
+            .lines()
+            .find_map(|l| l.split_once("remote stages (s): ").map(|(_, r)| r))
+            .unwrap_or_else(|| panic!("no stage line in {text}"));
+        let names: Vec<&str> = line
+            .split(", ")
+            .map(|s| s.rsplit_once('=').unwrap().0)
+            .collect();
+        assert_eq!(names, labels);
+        assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), b"b");
     }
 
     #[test]

@@ -139,6 +139,7 @@ impl Op for UnitOp {
         let mut changes = false;
         if let Some(f) = file {
             s.append(&f.script);
+            s.raw("mesh_mark unit-file");
             input = f.input;
             changes = f.changes;
         }
@@ -146,15 +147,17 @@ impl Op for UnitOp {
             // A never-loaded unit is read on first use; a reload (~0.1 s of CPU per
             // host) is needed only when systemd holds an older or broken copy.
             s.line(
-                "ld=$(systemctl show -p LoadState --value {}); nr=$(systemctl show -p NeedDaemonReload --value {})",
-                &[&self.name, &self.name],
+                "st=$(systemctl show -p LoadState -p NeedDaemonReload -- {})",
+                &[&self.name],
             );
-            s.raw("if [ \"$nr\" = yes ] || { [ \"$ld\" != loaded ] && [ \"$ld\" != not-found ]; }; then systemctl daemon-reload; fi");
+            s.raw("case \"$st\" in *NeedDaemonReload=yes*) systemctl daemon-reload ;; *LoadState=loaded*|*LoadState=not-found*) ;; *) systemctl daemon-reload ;; esac");
+            s.raw("mesh_mark daemon-reload");
         }
         let mut state = Script::new();
         if flags & ENABLE != 0 {
             // Enabling only adds symlinks for the next boot: skip its implicit daemon-reload.
             state.line("systemctl enable --quiet --no-reload {}", &[&self.name]);
+            state.raw("mesh_mark enable");
         }
         if flags & RESTART != 0 {
             state.line("systemctl restart {}", &[&self.name]);
@@ -166,12 +169,12 @@ impl Op for UnitOp {
             s.append(&state);
             // Give a starting service a moment before judging it.
             s.line(
-                "for i in 1 2 3 4 5 6 7 8 9 10; do systemctl is-active --quiet {} && break; sleep 0.3; done",
+                "up=; for i in 1 2 3 4 5 6 7 8 9 10; do if systemctl is-active --quiet {}; then up=1; break; fi; sleep 0.3; done",
                 &[&self.name],
             );
             s.line(
-                "systemctl is-active --quiet {} || { systemctl status --no-pager {} 2>&1 | tail -n 15 >&2; exit 1; }",
-                &[&self.name, &self.name],
+                "[ -n \"$up\" ] || { systemctl status --no-pager {} 2>&1 | tail -n 15 >&2; exit 1; }",
+                &[&self.name],
             );
         }
         Some(Part {

@@ -68,16 +68,36 @@ cold_start=$(date +%s.%N)
 cold=$(timed "$DIR/cold.log" mesh bench --asset "$ASSET")
 cold_logs=$(ls -td "$DIR"/.mesh/logs/*-bench-* | head -n 1)
 # Where the cold run's time went, summed over the hosts (from each host's
-# log): connect (mesh's start, login, mux), the probe round trip, and the
-# one round trip that uploads, reloads systemd and enables/starts the unit.
+# log): connect (mesh's start, login, mux), the probe round trip, then the
+# one round trip that applies, split by the marks the host timed itself
+# ("remote stages"): until the script starts on the host, the upload (the
+# files' parts), daemon-reload, enable, start (and the wait for active),
+# and from the last mark until the answer is back.
 stages=$(awk -v t0="$cold_start" '
     FNR == 1 { step = 0; probe = 0 }
     /^--- [0-9.]+ step / && !step { step = $2; connect += step - t0 }
     /^--- [0-9.]+ probe / && !probe { probe = $2; probing += probe - step }
-    /^--- [0-9.]+ / { last[FILENAME] = $2; p[FILENAME] = probe }
-    END { for (f in last) applying += last[f] - p[f];
-          printf "%.1f %.1f %.1f", connect, probing, applying }' "$cold_logs"/bench-*.log)
-read -r st_connect st_probe st_apply <<< "$stages"
+    /^--- [0-9.]+ apply / { sent = $2 }
+    /^@@mesh-epoch [0-9.]+$/ { epoch = $2; to_host += epoch - sent }
+    /^@@mesh-t begin [0-9.]+$/ { up0 = $3 }
+    /^@@mesh-t [^ ]+ [0-9.]+$/ { mark = epoch + $3 - up0 }
+    /^--- [0-9.]+ .*\(exit [0-9]+\)$/ { ended = $2 }
+    /^--- [0-9.]+ remote stages \(s\): / {
+        back += ended - mark
+        line = $0; sub(/^.*remote stages \(s\): /, "", line)
+        n = split(line, parts, ", ")
+        for (i = 1; i <= n; i++) {
+            eq = match(parts[i], /=[0-9.]+$/); name = substr(parts[i], 1, eq - 1)
+            secs = substr(parts[i], eq + 1)
+            if (name ~ /^(file|dir) / || name == "unit-file") upload += secs
+            else if (name == "daemon-reload") reload += secs
+            else if (name == "enable") enable += secs
+            else if (name ~ /^unit /) start += secs
+            else other += secs
+        } }
+    END { printf "%.1f %.1f %.1f %.1f %.1f %.1f %.1f %.1f %.1f", connect, probing, to_host,
+          upload, reload, enable, start, other, back }' "$cold_logs"/bench-*.log)
+read -r st_connect st_probe st_to_host st_upload st_reload st_enable st_start st_other st_back <<< "$stages"
 warm=$(timed "$DIR/warm.log" mesh bench --asset "$ASSET")
 grep -q "^$N hosts: 0 changed, 0 failed" "$DIR/warm.log" || {
     echo "bench: warm run changed something:" >&2; tail -n 5 "$DIR/warm.log" >&2; exit 1; }
@@ -197,8 +217,9 @@ echo "  nodes-style step: 20 MB file + 2 templates + 1 unit"
 printf '    %-36s %6ss\n' "cold (after reset)" "$cold" "warm (re-run, 0 changed)" "$warm" \
     "warm with --checksum (re-hash all)" "$checksum" "raw OpenSSH copy of the 20 MB" "$rawcopy"
 printf '    %-36s %6s\n' "cold / raw copy" "$(awk -v a="$cold" -v b="$rawcopy" 'BEGIN { printf "%.2f", a / b }')"
-echo "    cold run, summed over $N hosts: connect ${st_connect}s, probe ${st_probe}s," \
-    "upload + daemon-reload + enable/start (one round trip) ${st_apply}s"
+echo "    cold run, summed over $N hosts: connect ${st_connect}s, probe ${st_probe}s;" \
+    "one apply round trip: to the host ${st_to_host}s, upload ${st_upload}s," \
+    "daemon-reload ${st_reload}s, enable ${st_enable}s, start ${st_start}s, other ${st_other}s, back ${st_back}s"
 echo "  converged nodes --only basic vs one login per host"
 printf '    %-36s %6ss\n' "nodes --only basic (warm)" "$basic" "exec -- true" "$floor"
 printf '    %-36s %6s\n' "ratio" "$(awk -v a="$basic" -v b="$floor" 'BEGIN { printf "%.1f", a / b }')"
