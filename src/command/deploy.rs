@@ -117,8 +117,6 @@ pub(crate) async fn run(s: &mut Session, args: &Args) -> Result<u8, Error> {
             .then(|| Arc::new(deploy.undo()) as Arc<dyn Step>),
     };
     let code = s.run_phase(deploy.phase(), ctxs, Some(rollout)).await?;
-    if let Some(line) = fanout.as_deref().and_then(services::fanout_line) {
-        (s.progress())(&line);
-    }
+    s.say(services::fanout_line(fanout.as_deref()));
     Ok(code)
 }

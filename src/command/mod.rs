@@ -177,6 +177,13 @@ impl Session {
     }
 
     /// A progress line on stderr (none under `--json`).
+    /// Say a run's closing line, if it has one.
+    pub(crate) fn say(&self, line: Option<String>) {
+        if let Some(line) = line {
+            (self.progress())(&line);
+        }
+    }
+
     pub(crate) fn progress(&self) -> impl Fn(&str) {
         let quiet = self.global.json;
         move |line: &str| {

@@ -67,9 +67,7 @@ pub(crate) async fn run(s: &mut Session, args: &Args) -> Result<u8, Error> {
         phase.stages.extend(backup_timers(s, args, &ctxs)?);
     }
     let code = s.run_phase(phase, ctxs, None).await?;
-    if let Some(line) = fanout.as_deref().and_then(services::fanout_line) {
-        (s.progress())(&line);
-    }
+    s.say(services::fanout_line(fanout.as_deref()));
     Ok(code)
 }
 

@@ -277,6 +277,8 @@ pub(crate) struct CacheReport {
     /// Layer store files removed, and their bytes.
     pub archives: usize,
     pub archive_bytes: u64,
+    /// The diff ids of the layers of the `mesh/*` images left on the controller.
+    pub kept_layers: BTreeSet<String>,
 }
 
 impl CacheReport {
@@ -353,6 +355,11 @@ pub(crate) async fn prune(
         .filter(|i| !gone.contains(&i.tag))
         .flat_map(|i| std::iter::once(&i.id).chain(&i.layers))
         .map(|d| d.trim_start_matches("sha256:").to_string())
+        .collect();
+    report.kept_layers = images
+        .iter()
+        .filter(|i| !gone.contains(&i.tag))
+        .flat_map(|i| i.layers.iter().cloned())
         .collect();
     let dir = layers_dir(cache);
     let all = layers::list(&dir);

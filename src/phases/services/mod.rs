@@ -219,7 +219,7 @@ pub async fn prepare(
     } else {
         build::build_all(&specs, opts.dry_run, &opts.cache, cap, progress).await?
     };
-    let fanout = fanout(opts, &plans, &images).await?;
+    let fanout = fanout(opts, &plans, &images, report.cache.as_ref()).await?;
     if fanout.is_some() {
         progress(&format!(
             "images ship through the fleet's garage ({}): each new layer leaves this machine once",
@@ -236,8 +236,8 @@ pub async fn prepare(
 }
 
 /// The closing line of a run that put layers into garage (none when it put none).
-pub(crate) fn fanout_line(f: &Fanout) -> Option<String> {
-    let (layers, bytes) = f.uploaded();
+pub(crate) fn fanout_line(f: Option<&Fanout>) -> Option<String> {
+    let (layers, bytes) = f?.uploaded();
     (layers > 0).then(|| {
         format!(
             "garage: {layers} new layers ({}) went into {} once, for every host",
@@ -253,6 +253,7 @@ async fn fanout(
     opts: &ServicesOptions,
     plans: &BTreeMap<String, HostPlan>,
     images: &BTreeMap<String, Arc<Image>>,
+    cache: Option<&cache::CacheReport>,
 ) -> Result<Option<Arc<Fanout>>, ServicesError> {
     if opts.build_on_host || opts.dry_run || opts.ship == Ship::Ssh {
         return Ok(None);
@@ -279,8 +280,12 @@ async fn fanout(
     if tags.is_empty() {
         return Ok(None);
     }
-    // The bucket keeps the layers of every image the controller keeps.
-    let mut keep = cache::local_layers().await?;
+    // The bucket keeps the layers of every image the controller keeps (as
+    // the build's cache bound found them, or asked for now).
+    let mut keep = match cache {
+        Some(c) => c.kept_layers.clone(),
+        None => cache::local_layers().await?,
+    };
     keep.extend(images.values().flat_map(|i| i.diff_ids().to_vec()));
     Ok(Some(Arc::new(Fanout::new(key.clone(), keep, tags))))
 }
