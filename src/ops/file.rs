@@ -321,8 +321,20 @@ impl FileOp {
                     );
                 }
             }
-            s.line("chown {} -- \"$t\"", &[&owner]);
-            s.line("chmod {} -- \"$t\"", &[&mode]);
+            if owner == "root:root" {
+                // mktemp made it as the running user (scripts run as root);
+                // a setgid directory may have given it another group.
+                s.line(
+                    "[ -O \"$t\" ] && [ -G \"$t\" ] || chown {} -- \"$t\"",
+                    &[&owner],
+                );
+            } else {
+                s.line("chown {} -- \"$t\"", &[&owner]);
+            }
+            // mktemp made it 0600.
+            if mode != "600" {
+                s.line("chmod {} -- \"$t\"", &[&mode]);
+            }
             s.line("mv -f -- \"$t\" {}", &[&self.path]);
             s.raw("trap - EXIT");
         } else if flags & META != 0 {

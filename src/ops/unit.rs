@@ -1,10 +1,11 @@
 //! `unit`: a systemd unit file, enabled and running.
 //!
-//! `daemon-reload` runs only when the unit file changed; the service is
+//! `daemon-reload` runs only when the unit file changed and systemd had
+//! loaded the old one (a unit it never found is read on first use); the service is
 //! restarted when its unit file or one of its trigger ops changed, started
 //! when it is not running, and checked to be active afterwards.
 
-use super::{field, Decision, FileOp, Op, OpCtx, Part};
+use super::{Decision, FileOp, Op, OpCtx, Part};
 use crate::log::HostLog;
 use crate::quote::Script;
 use crate::ssh::Input;
@@ -14,6 +15,7 @@ const FILE_CONTENT: u32 = 1;
 const ENABLE: u32 = 0x100;
 const START: u32 = 0x200;
 const RESTART: u32 = 0x400;
+const RELOAD: u32 = 0x800;
 
 #[derive(Debug, Clone)]
 pub struct UnitOp {
@@ -77,12 +79,10 @@ impl Op for UnitOp {
             Some(f) => f.probe_script(ctx.checksum),
             None => Script::new(),
         };
+        // One systemctl for the three: `LoadState=…`, `UnitFileState=…`
+        // (what is-enabled says), `ActiveState=…` (what is-active says).
         s.line(
-            "echo \"enabled $(systemctl is-enabled {} 2>/dev/null)\"",
-            &[&self.name],
-        );
-        s.line(
-            "echo \"active $(systemctl is-active {} 2>/dev/null)\"",
+            "systemctl show -p LoadState -p UnitFileState -p ActiveState -- {} 2>/dev/null || true",
             &[&self.name],
         );
         Some(s)
@@ -104,8 +104,11 @@ impl Op for UnitOp {
             }
             other @ (Decision::Recheck(_) | Decision::Fail(_)) => return other,
         }
-        let active = field(probe, "active").unwrap_or_default();
-        if self.enable && field(probe, "enabled") != Some("enabled") {
+        let active = property(probe, "ActiveState").unwrap_or_default();
+        if flags & FILE_CONTENT != 0 && property(probe, "LoadState") != Some("not-found") {
+            flags |= RELOAD;
+        }
+        if self.enable && property(probe, "UnitFileState") != Some("enabled") {
             flags |= ENABLE;
             reasons.push("not enabled".into());
         }
@@ -143,14 +146,10 @@ impl Op for UnitOp {
             input = f.input;
             changes = f.changes;
         }
-        if flags & FILE_CONTENT != 0 {
-            // A never-loaded unit is read on first use; a reload (~0.1 s of CPU per
-            // host) is needed only when systemd holds an older or broken copy.
-            s.line(
-                "st=$(systemctl show -p LoadState -p NeedDaemonReload -- {})",
-                &[&self.name],
-            );
-            s.raw("case \"$st\" in *NeedDaemonReload=yes*) systemctl daemon-reload ;; *LoadState=loaded*|*LoadState=not-found*) ;; *) systemctl daemon-reload ;; esac");
+        if flags & RELOAD != 0 {
+            // A reload costs ~0.1 s of CPU per host: only when systemd holds
+            // an older (or broken, or masked) copy.
+            s.raw("systemctl daemon-reload");
             s.raw("mesh_mark daemon-reload");
         }
         let mut state = Script::new();
@@ -204,11 +203,22 @@ impl Op for UnitOp {
     }
 }
 
+/// The value of a `Key=value` line of `systemctl show`.
+fn property<'a>(probe: &'a str, key: &str) -> Option<&'a str> {
+    probe
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const BODY: &str = "[Service]\nExecStart=/bin/true\n";
+
+    /// A host where systemd never found the unit.
+    const NEW: &str =
+        "stat absent\nrec none\nLoadState=not-found\nUnitFileState=\nActiveState=inactive\n";
 
     fn unit() -> UnitOp {
         UnitOp::new("demo.service", BODY)
@@ -219,7 +229,7 @@ mod tests {
         let u = unit();
         let n = BODY.len();
         let p = format!(
-            "stat {n} 5 644 root:root regular file\nrec {n} 5 {}\nenabled enabled\nactive active\n",
+            "stat {n} 5 644 root:root regular file\nrec {n} 5 {}\nLoadState=loaded\nUnitFileState=enabled\nActiveState=active\n",
             u.file.as_ref().unwrap().sha256()
         );
         assert_eq!(u.decide(&p, None, false), Decision::Unchanged);
@@ -232,7 +242,7 @@ mod tests {
     #[test]
     fn a_new_unit_file_previews_as_a_diff_from_nothing() {
         let u = unit();
-        let probe = "stat absent\nrec none\nenabled \nactive inactive\n";
+        let probe = NEW;
         let Decision::Change { reason, flags } = u.decide(probe, None, false) else {
             panic!("a change");
         };
@@ -250,18 +260,40 @@ mod tests {
     #[test]
     fn new_unit_is_written_enabled_and_restarted() {
         let u = unit();
-        let d = u.decide(
-            "stat absent\nrec none\nenabled \nactive inactive\n",
-            None,
-            false,
-        );
+        let d = u.decide(NEW, None, false);
         match d {
             Decision::Change { flags, .. } => {
                 assert_ne!(flags & FILE_CONTENT, 0);
                 assert_ne!(flags & ENABLE, 0);
                 assert_ne!(flags & RESTART, 0);
+                assert_eq!(
+                    flags & RELOAD,
+                    0,
+                    "systemd reads a unit it never found on first use"
+                );
             }
             d => panic!("{d:?}"),
         }
+    }
+
+    #[test]
+    fn a_changed_unit_file_systemd_has_loaded_is_reloaded_once() {
+        let u = unit();
+        let probe = "stat 3 5 644 root:root regular file\nrec 3 5 0000\n\
+                     LoadState=loaded\nUnitFileState=enabled\nActiveState=active\n";
+        let Decision::Change { flags, .. } = u.decide(probe, None, false) else {
+            panic!("a change");
+        };
+        assert_eq!(flags & (RELOAD | RESTART | ENABLE), RELOAD | RESTART);
+        let part = u.apply_part(flags).unwrap();
+        assert_eq!(
+            part.script
+                .as_str()
+                .matches("systemctl daemon-reload")
+                .count(),
+            1
+        );
+        let new = u.apply_part(flags & !RELOAD).unwrap();
+        assert!(!new.script.as_str().contains("daemon-reload"));
     }
 }
