@@ -27,6 +27,10 @@ ASSET=$ROOT/target/bench/asset-20M.bin
 
 cd "$ROOT"
 [[ -x $MESH ]] || cargo build --release --quiet
+# Fresh hosts every run: what an earlier run left (images, containers,
+# garage's bucket) would change what is measured.
+"$ROOT/tests/lab/lab.sh" down --name bench-edge >/dev/null
+"$ROOT/tests/lab/lab.sh" down --name bench >/dev/null
 "$ROOT/tests/lab/lab.sh" up --name bench --count "$N" --slot 2 --dir "$DIR" >/dev/null
 mkdir -p "$(dirname "$ASSET")"
 [[ -s $ASSET ]] || head -c 20000000 /dev/urandom > "$ASSET"
@@ -47,6 +51,13 @@ timed() {
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }'
 }
 
+# CPU time the whole machine (controller and every lab host) spent busy,
+# in core-seconds: with all hosts on this machine's cores, a wall time
+# near busy / cores is the machine's limit, not mesh waiting.
+busy() { awk '/^cpu / { printf "%d", $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+# Core-seconds busy since the busy reading $1.
+core_s() { awk -v a="$1" -v b="$(busy)" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (b - a) / hz }'; }
+
 reset() {
     mesh exec -- 'systemctl disable --now mesh-bench.service 2>/dev/null;
         rm -rf /opt/mesh-bench /etc/systemd/system/mesh-bench.service /var/lib/mesh/files;
@@ -65,7 +76,9 @@ reset_garage() {
 reset_garage
 reset
 cold_start=$(date +%s.%N)
+c0=$(busy)
 cold=$(timed "$DIR/cold.log" mesh bench --asset "$ASSET")
+cold_c=$(core_s "$c0")
 cold_logs=$(ls -td "$DIR"/.mesh/logs/*-bench-* | head -n 1)
 # Where the cold run's time went, summed over the hosts (from each host's
 # log): connect (mesh's start, login, mux), the probe round trip, then the
@@ -113,7 +126,9 @@ raw() {
     done
     local p; for p in "${pids[@]}"; do wait "$p"; done
 }
+c0=$(busy)
 rawcopy=$(timed "$DIR/raw-copy.log" raw)
+raw_c=$(core_s "$c0")
 
 # A converged `nodes --only basic` (packages, firewall, sysctl, ...) against
 # the floor: one login and `true` on the same hosts.
@@ -144,13 +159,14 @@ grep -q "^$G hosts: 0 changed, 0 failed" "$DIR/garage-warm.log" || {
 # the bridge and not counted).
 BRIDGE=br-$(docker network inspect -f '{{.Id}}' meshlab | cut -c1-12)
 sent() { cat "/sys/class/net/$BRIDGE/statistics/tx_bytes"; }
-# "SECONDS BYTES" of a command.
+# "SECONDS BYTES BUSY" of a command.
 measured() {
     local log=$1; shift
-    local b0 t
+    local b0 c0 t
     b0=$(sent)
+    c0=$(busy)
     t=$(timed "$log" "$@")
-    echo "$t $(( $(sent) - b0 ))"
+    echo "$t $(( $(sent) - b0 )) $(core_s "$c0")"
 }
 mb() { awk -v b="$1" 'BEGIN { printf "%.1f MB", b / 1000000 }'; }
 
@@ -161,10 +177,10 @@ S=${SERVICES_N:-$G}
 slimits=()
 for i in $(seq 1 "$S"); do slimits+=(--limit "bench-$i"); done
 # Debian 13 has the docker CLI in its own package.
-mesh "${slimits[@]}" exec -- 'command -v docker >/dev/null && command -v zstd >/dev/null || { apt-get update -qq &&
+docker_install='command -v docker >/dev/null && command -v zstd >/dev/null || { apt-get update -qq &&
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io zstd curl \
-        $(apt-cache show docker-cli >/dev/null 2>&1 && echo docker-cli) >/dev/null; }' \
-    > "$DIR/docker-install.log" 2>&1
+        $(apt-cache show docker-cli >/dev/null 2>&1 && echo docker-cli) >/dev/null; }'
+mesh "${slimits[@]}" exec -- "$docker_install" > "$DIR/docker-install.log" 2>&1
 SVC=$DIR/services
 rm -rf "$SVC" && mkdir -p "$SVC/df"
 cp -a "$ROOT/dockerfiles/web" "$SVC/df/web"
@@ -189,10 +205,10 @@ zsize=$(docker save "$tag" | zstd -T0 -3 -q | wc -c)
 unship() { mesh "${slimits[@]}" exec -- "docker rmi -f \$(docker image ls -q mesh/web) >/dev/null 2>&1; true" > "$DIR/reset.log" 2>&1; }
 # (a) the new image to S hosts: through garage, straight by SSH, and the bare way.
 unship
-read -r agarage_t agarage_b < <(measured "$DIR/ship-garage.log" svc --ship garage)
+read -r agarage_t agarage_b agarage_c < <(measured "$DIR/ship-garage.log" svc --ship garage)
 grep -q "0 failed" "$DIR/ship-garage.log" || { echo "bench: --ship garage failed" >&2; tail -n 5 "$DIR/ship-garage.log" >&2; exit 1; }
 unship
-read -r assh_t assh_b < <(measured "$DIR/ship-ssh.log" svc --ship ssh)
+read -r assh_t assh_b assh_c < <(measured "$DIR/ship-ssh.log" svc --ship ssh)
 unship
 bare() {
     local ip pids=()
@@ -203,13 +219,59 @@ bare() {
     done
     local p; for p in "${pids[@]}"; do wait "$p"; done
 }
-read -r abare_t abare_b < <(measured "$DIR/services-bare.log" bare)
+read -r abare_t abare_b abare_c < <(measured "$DIR/services-bare.log" bare)
 # (b) a one-file change: to one host, then another one-file change to all S.
 svc --ship auto > "$DIR/ship-restore.log" 2>&1
 echo "changed $(date +%s%N)" > "$SVC/df/web/index.html"
-read -r bone_t bone_b < <(measured "$DIR/change-one.log" svc --limit bench-1)
+read -r bone_t bone_b bone_c < <(measured "$DIR/change-one.log" svc --limit bench-1)
 echo "changed again $(date +%s%N)" > "$SVC/df/web/index.html"
-read -r ball_t ball_b < <(measured "$DIR/change-all.log" svc --ship garage)
+read -r ball_t ball_b ball_c < <(measured "$DIR/change-all.log" svc --ship garage)
+
+# (b) with `deploy`: web routed by a real Traefik on a bastion of its own
+# (lab bench-edge, one host, slot 3, its own key), on the same S workers.
+# A one-file change rolled out to one host, then another to all S at once
+# (--batch 100%): each waits for the new copy's health check, the route's
+# switch on the bastion and the old copy's drain.
+EDGE=$DIR/edge
+"$ROOT/tests/lab/lab.sh" up --name bench-edge --count 1 --slot 3 --dir "$EDGE" >/dev/null
+edge=$(awk '/address:/ { sub(/.*address: /, ""); sub(/,.*/, ""); print; exit }' "$EDGE/inventory.yml")
+DEP=$DIR/deploy
+rm -rf "$DEP" && mkdir -p "$DEP"
+cp -a "$ROOT/dockerfiles" "$DEP/df"
+# Backups are not what this measures (and the bucket outlives this folder's restic password).
+sed -i '/^backup:/d' "$DEP/df/web/mesh.yml"
+cp "$("$ROOT/tests/lab/traefik.sh" 2> "$DIR/traefik.log")" "$DEP/df/traefik/traefik"
+cp "$DIR/secrets.env" "$DEP/secrets.env"
+{ echo "vars: { BASE_IMAGE: \"$("$ROOT/tests/lab/base-image.sh")\", WEB_DOMAIN: web.bench.test, GREETING: \"bench deploy $(date +%s%N)\" }"
+  echo "ingress: { crowdsec: false }"
+  sed -n '/^ssh:/,/^groups:/p' "$INV"
+  echo "  bastion:"
+  echo "    hosts:"
+  echo "      edge: { address: $edge, overlay_ip: $edge, services: [traefik, redis],"
+  echo "              ssh: { identity_file: $EDGE/id_ed25519, options: { UserKnownHostsFile: $EDGE/known_hosts } } }"
+  echo "  web:"
+  echo "    hosts:"
+  grep -E "^      bench-[0-9]+:" "$INV" | head -n "$S" | sed 's/ }$/, traefik_host: edge }/'
+} > "$DEP/inventory.yml"
+dmesh() { "$MESH" -i "$DEP/inventory.yml" --progress never "$@"; }
+# Docker on the bastion, compose everywhere (Debian 13's docker-compose is v2).
+dmesh exec -- "$docker_install; { docker compose version || apt-get install -y -qq --no-install-recommends docker-compose; } >/dev/null 2>&1" \
+    > "$DIR/deploy-docker.log" 2>&1
+timed "$DIR/deploy-services.log" dmesh services --dockerfiles "$DEP/df" >/dev/null
+timed "$DIR/deploy-up.log" dmesh services-up >/dev/null
+routed=0
+for _ in $(seq 60); do
+    curl -fsS -m 3 -H 'Host: web.bench.test' "http://$edge/" >/dev/null 2>&1 && { routed=1; break; }
+    sleep 0.5
+done
+((routed)) || { echo "bench: web.bench.test does not answer on the bastion $edge" >&2; exit 1; }
+deploy() { dmesh deploy --service web --dockerfiles "$DEP/df" "$@"; }
+echo "deployed to one $(date +%s%N)" > "$DEP/df/web/index.html"
+read -r done_t done_b done_c < <(measured "$DIR/deploy-one.log" deploy --limit bench-1)
+echo "deployed to all $(date +%s%N)" > "$DEP/df/web/index.html"
+read -r dall_t dall_b dall_c < <(measured "$DIR/deploy-all.log" deploy --batch 100%)
+curl -fsS -m 3 -H 'Host: web.bench.test' "http://$edge/" | grep -q "deployed to all" || {
+    echo "bench: the bastion does not serve the deployed page" >&2; exit 1; }
 reset_garage
 
 echo "mesh bench on $N lab hosts ($(nproc) cores):"
@@ -217,6 +279,7 @@ echo "  nodes-style step: 20 MB file + 2 templates + 1 unit"
 printf '    %-36s %6ss\n' "cold (after reset)" "$cold" "warm (re-run, 0 changed)" "$warm" \
     "warm with --checksum (re-hash all)" "$checksum" "raw OpenSSH copy of the 20 MB" "$rawcopy"
 printf '    %-36s %6s\n' "cold / raw copy" "$(awk -v a="$cold" -v b="$rawcopy" 'BEGIN { printf "%.2f", a / b }')"
+echo "    machine busy: cold ${cold_c}, raw copy ${raw_c} core-seconds on $(nproc) cores"
 echo "    cold run, summed over $N hosts: connect ${st_connect}s, probe ${st_probe}s;" \
     "one apply round trip: to the host ${st_to_host}s, upload ${st_upload}s," \
     "daemon-reload ${st_reload}s, enable ${st_enable}s, start ${st_start}s, other ${st_other}s, back ${st_back}s"
@@ -231,15 +294,20 @@ printf '    %-36s %6ss\n' "cold (after reset)" "$gcold" "warm (re-run, 0 changed
 echo "  services on $S hosts: example web image ($size MB; $(mb "$zsize") as one docker save | zstd)"
 printf '    %-36s %6ss\n' "cold (build + ship to all by ssh)" "$scold" "warm (re-run: 0 built, 0 shipped)" "$swarm"
 echo "  image shipping to $S hosts with garage: wall time, bytes this machine sent (lab bridge counter)"
-row() { printf '    %-46s %7ss %12s\n' "$1" "$2" "$(mb "$3")"; }
-row "(a) new image, --ship garage" "$agarage_t" "$agarage_b"
-row "(a) new image, --ship ssh" "$assh_t" "$assh_b"
-row "(a) bare docker save | zstd | ssh | docker load" "$abare_t" "$abare_b"
+echo "    (wall time, bytes sent, machine busy core-seconds on $(nproc) cores)"
+row() { printf '    %-46s %7ss %12s %7s\n' "$1" "$2" "$(mb "$3")" "$4"; }
+row "(a) new image, --ship garage" "$agarage_t" "$agarage_b" "$agarage_c"
+row "(a) new image, --ship ssh" "$assh_t" "$assh_b" "$assh_c"
+row "(a) bare docker save | zstd | ssh | docker load" "$abare_t" "$abare_b" "$abare_c"
 printf '    %-46s %8s\n' "(a) garage bytes / one compressed image" \
     "$(awk -v a="$agarage_b" -v b="$zsize" 'BEGIN { printf "%.2f", a / b }')" \
     "(a) garage time / bare time" "$(awk -v a="$agarage_t" -v b="$abare_t" 'BEGIN { printf "%.2f", a / b }')"
-row "(b) one-file change to 1 host" "$bone_t" "$bone_b"
-row "(b) one-file change to $S hosts, --ship garage" "$ball_t" "$ball_b"
+row "(b) one-file change to 1 host, services" "$bone_t" "$bone_b" "$bone_c"
+row "(b) one-file change to $S hosts, services --ship garage" "$ball_t" "$ball_b" "$ball_c"
 printf '    %-46s %8s\n' "(b) time $S hosts / time 1 host" \
     "$(awk -v a="$ball_t" -v b="$bone_t" 'BEGIN { printf "%.2f", a / b }')"
-echo "logs: $DIR/{cold,warm,checksum,basic-warm,exec-true,status,garage-cold,garage-warm,services-cold,services-warm,ship-garage,ship-ssh,services-bare,change-one,change-all}.log"
+row "(b) one-file change, deploy to 1 host" "$done_t" "$done_b" "$done_c"
+row "(b) one-file change, deploy to $S (--batch 100%)" "$dall_t" "$dall_b" "$dall_c"
+printf '    %-46s %8s\n' "(b) deploy time $S hosts / time 1 host" \
+    "$(awk -v a="$dall_t" -v b="$done_t" 'BEGIN { printf "%.2f", a / b }')"
+echo "logs: $DIR/{cold,warm,checksum,basic-warm,exec-true,status,garage-cold,garage-warm,services-cold,services-warm,ship-garage,ship-ssh,services-bare,change-one,change-all,deploy-one,deploy-all}.log"
