@@ -176,7 +176,6 @@ impl Session {
         Ok(out)
     }
 
-    /// A progress line on stderr (none under `--json`).
     /// Say a run's closing line, if it has one.
     pub(crate) fn say(&self, line: Option<String>) {
         if let Some(line) = line {
@@ -184,6 +183,7 @@ impl Session {
         }
     }
 
+    /// A progress line on stderr (none under `--json`).
     pub(crate) fn progress(&self) -> impl Fn(&str) {
         let quiet = self.global.json;
         move |line: &str| {

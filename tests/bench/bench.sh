@@ -145,7 +145,9 @@ status=$(timed "$DIR/status.log" status_read)
 # garage: the real binary (built once, cached) as the asset.
 mkdir -p "$DIR/assets/$(uname -m)"
 cp "$("$ROOT/tests/lab/garage.sh")" "$DIR/assets/$(uname -m)/garage"
-first=$(awk '/address:/ { sub(/.*address: /, ""); sub(/,.*/, ""); print; exit }' "$INV")
+# The address of an inventory's first host.
+first_address() { awk '/address:/ { sub(/.*address: /, ""); sub(/,.*/, ""); print; exit }' "$1"; }
+first=$(first_address "$INV")
 limits=()
 for i in $(seq 1 "$G"); do limits+=(--limit "bench-$i"); done
 garage() { mesh --assets "$DIR/assets" "${limits[@]}" nodes --first-ip "$first" --only garage; }
@@ -234,7 +236,7 @@ read -r ball_t ball_b ball_c < <(measured "$DIR/change-all.log" svc --ship garag
 # switch on the bastion and the old copy's drain.
 EDGE=$DIR/edge
 "$ROOT/tests/lab/lab.sh" up --name bench-edge --count 1 --slot 3 --dir "$EDGE" >/dev/null
-edge=$(awk '/address:/ { sub(/.*address: /, ""); sub(/,.*/, ""); print; exit }' "$EDGE/inventory.yml")
+edge=$(first_address "$EDGE/inventory.yml")
 DEP=$DIR/deploy
 rm -rf "$DEP" && mkdir -p "$DEP"
 cp -a "$ROOT/dockerfiles" "$DEP/df"

@@ -349,17 +349,13 @@ pub(crate) async fn prune(
             gone.insert(image.tag);
         }
     }
+    let left: Vec<&LocalImage> = images.iter().filter(|i| !gone.contains(&i.tag)).collect();
+    report.kept_layers = left.iter().flat_map(|i| i.layers.iter().cloned()).collect();
     // Live: the configs and layers of the images Docker still has.
-    let live: BTreeSet<String> = images
+    let live: BTreeSet<String> = left
         .iter()
-        .filter(|i| !gone.contains(&i.tag))
         .flat_map(|i| std::iter::once(&i.id).chain(&i.layers))
         .map(|d| d.trim_start_matches("sha256:").to_string())
-        .collect();
-    report.kept_layers = images
-        .iter()
-        .filter(|i| !gone.contains(&i.tag))
-        .flat_map(|i| i.layers.iter().cloned())
         .collect();
     let dir = layers_dir(cache);
     let all = layers::list(&dir);
