@@ -5,7 +5,10 @@
 //! mtime still match that record, the content is known without hashing; only
 //! otherwise (or with `--checksum`) the host hashes the file. Content goes to
 //! a temp name in the same directory and is renamed into place, so a reader
-//! never sees a half-written file.
+//! never sees a half-written file. The host keeps the temp file only after
+//! the controller's closing line ([`SENT`]): every byte arrived (SSH checks
+//! them in transit) and a local source still is the file mesh hashed, so the
+//! host does not hash what it received again.
 //!
 //! Under `--dry-run` a content change is shown as a unified diff (binary or
 //! large files: sizes and sha256s), secrets redacted; the host's current
@@ -16,20 +19,24 @@
 use super::{field, Decision, Op, OpCtx, Part, STATE_DIR};
 use crate::log::HostLog;
 use crate::quote::Script;
-use crate::ssh::Input;
+use crate::ssh::{FileStamp, Input, Stamped, SENT};
 use sha2::{Digest, Sha256};
 use similar::TextDiff;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
 
 /// Where the content comes from.
 #[derive(Debug, Clone)]
 pub enum Content {
     Bytes(Arc<Vec<u8>>),
-    /// A local file, streamed at upload time.
-    Local(PathBuf),
+    /// A local file, streamed at upload time as it was when it was hashed.
+    Local(Stamped),
+}
+
+/// The line that ends streamed content (see [`SENT`]).
+fn sent_line() -> Arc<Vec<u8>> {
+    Arc::new(format!("{SENT}\n").into_bytes())
 }
 
 /// Largest content sent inside the script rather than on stdin.
@@ -67,24 +74,42 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-type HashKey = (PathBuf, u64, SystemTime);
-
-/// sha256 of a local file, computed once per run per (path, size, mtime):
-/// the same 20 MB asset pushed to 200 hosts is hashed once.
+/// sha256 of a local file, computed once per run while the file stays the
+/// same (inode, size, mtime, ctime): the same 20 MB asset pushed to 200
+/// hosts is hashed once.
 pub fn sha256_local(path: &Path) -> std::io::Result<(u64, String)> {
-    static CACHE: OnceLock<Mutex<HashMap<HashKey, String>>> = OnceLock::new();
-    let meta = std::fs::metadata(path)?;
-    let key = (path.to_path_buf(), meta.len(), meta.modified()?);
+    stamped_local(path).map(|(sha, s)| (s.stamp.len, sha))
+}
+
+/// sha256 of a local file and the stamp it had while it was hashed.
+fn stamped_local(path: &Path) -> std::io::Result<(String, Stamped)> {
+    static CACHE: OnceLock<Mutex<HashMap<PathBuf, (FileStamp, String)>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Mutex::default);
-    if let Some(h) = cache.lock().unwrap().get(&key) {
-        return Ok((meta.len(), h.clone()));
+    let stamped = |stamp| Stamped {
+        path: path.to_path_buf(),
+        stamp,
+    };
+    let now = FileStamp::of(&std::fs::metadata(path)?);
+    if let Some((stamp, h)) = cache.lock().unwrap().get(path) {
+        if *stamp == now {
+            return Ok((h.clone(), stamped(now)));
+        }
     }
-    let mut hasher = Sha256::new();
     let mut f = std::fs::File::open(path)?;
+    let before = FileStamp::of(&f.metadata()?);
+    let mut hasher = Sha256::new();
     std::io::copy(&mut f, &mut hasher)?;
+    if FileStamp::of(&f.metadata()?) != before {
+        return Err(std::io::Error::other(
+            "it changed while mesh hashed it; run again once nothing writes to it",
+        ));
+    }
     let h = hex(&hasher.finalize());
-    cache.lock().unwrap().insert(key, h.clone());
-    Ok((meta.len(), h))
+    cache
+        .lock()
+        .unwrap()
+        .insert(path.to_path_buf(), (before, h.clone()));
+    Ok((h, stamped(before)))
 }
 
 impl FileOp {
@@ -120,12 +145,12 @@ impl FileOp {
 
     /// A copy of a local file (hashed once per run, streamed on upload).
     pub fn from_local(path: impl Into<String>, local: &Path) -> std::io::Result<Self> {
-        let (size, sha256) = sha256_local(local)?;
+        let (sha256, stamped) = stamped_local(local)?;
         Ok(FileOp {
             path: path.into(),
-            size,
+            size: stamped.stamp.len,
             sha256,
-            content: Content::Local(local.to_path_buf()),
+            content: Content::Local(stamped),
             mode: 0o644,
             owner: "root".into(),
             group: "root".into(),
@@ -313,11 +338,14 @@ impl FileOp {
                 // Exactly SIZE bytes, so several files can share one stdin (see run_batch).
                 None => {
                     s.line("(umask 077; mesh_read {} > \"$t\")", &[&size]);
-                    // What is recorded is what arrived: a local file that changed
-                    // after mesh hashed it fails here instead of being recorded.
+                    // The controller ends the bytes with the line SENT only
+                    // when they are all there and are what it hashed (a local
+                    // file that changed meanwhile stops the stream instead):
+                    // what is recorded is what arrived, without hashing it
+                    // again here (SSH already checks every byte in transit).
                     s.line(
-                        "h=$(sha256sum < \"$t\"); h=${h%% *}; if [ \"$h\" != {} ]; then s=$(stat -c %s -- \"$t\"); if [ \"$s\" != {} ]; then echo \"upload cut short: $s of {} bytes\" >&2; else echo \"upload differs from what mesh checked: sha256 $h, expected {} (did the local file change during the run?)\" >&2; fi; exit 1; fi",
-                        &[&self.sha256, &size, &size, &self.sha256],
+                        "IFS= read -r m || m=; [ \"$m\" = {} ] || { echo \"upload cut short: $(stat -c %s -- \"$t\") of {} bytes arrived\" >&2; exit 1; }",
+                        &[SENT, &size],
                     );
                 }
             }
@@ -346,8 +374,10 @@ impl FileOp {
         }
         let input = match &self.content {
             _ if flags & CONTENT == 0 || inline.is_some() => Input::None,
-            Content::Bytes(b) => Input::Bytes(b.clone()),
-            Content::Local(p) => Input::File(p.clone()),
+            Content::Bytes(b) => {
+                Input::Chain(vec![Input::Bytes(b.clone()), Input::Bytes(sent_line())])
+            }
+            Content::Local(s) => Input::Stamped(s.clone()),
         };
         Part {
             script: s,
@@ -427,7 +457,7 @@ impl FileOp {
         let bytes = match &self.content {
             _ if self.size > DIFF_MAX_BYTES => None,
             Content::Bytes(b) => Some(b.to_vec()),
-            Content::Local(p) => std::fs::read(p).ok(),
+            Content::Local(s) => std::fs::read(&s.path).ok(),
         };
         match bytes {
             Some(b) => Side::of(b),
@@ -621,10 +651,7 @@ mod tests {
         // Same size, other bytes: the size check alone would pass.
         std::fs::write(&local, b"changed bytes\n").unwrap();
         let err = upload_locally(op.part(CONTENT)).unwrap_err().to_string();
-        assert!(
-            err.contains("upload differs from what mesh checked"),
-            "{err}"
-        );
+        assert!(err.contains("upload cut short"), "{err}");
         assert!(!dest.exists(), "a file that differs was put in place");
         let left: Vec<_> = std::fs::read_dir(dest.parent().unwrap())
             .unwrap()

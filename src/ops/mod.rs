@@ -354,6 +354,14 @@ fn spill_if_long(script: &str, input: Input) -> (String, Input) {
     (command, input)
 }
 
+/// The command that copies exactly `count` bytes (a number or a shell
+/// expression) of stdin to stdout, so more input can follow, in 1 MiB
+/// blocks: `head -c` reads 8 KiB at a time, which costs a cold host as much
+/// CPU as hashing the bytes.
+pub(crate) fn read_exactly(count: &str) -> String {
+    format!("dd bs=1M count={count} iflag=count_bytes,fullblock status=none")
+}
+
 /// Run several ops' parts in ONE round trip. On failure, returns the index
 /// of the failing part; the parts before it completed.
 async fn run_batch(ctx: &OpCtx<'_>, parts: Vec<(String, Part)>) -> Result<(), (usize, OpError)> {
@@ -368,19 +376,11 @@ async fn run_batch(ctx: &OpCtx<'_>, parts: Vec<(String, Part)>) -> Result<(), (u
     script.raw(&format!("echo \"{EPOCH}$(date +%s.%N)\""));
     script.raw("mesh_mark begin");
     let mut inputs = Vec::new();
-    // Parts read their stdin bytes with `mesh_read SIZE`: exactly SIZE bytes
-    // while others follow (head -c), plain `cat` (big buffers) for the last.
-    let last_reader = parts
-        .iter()
-        .rposition(|(_, p)| !matches!(p.input, Input::None));
+    // Parts read their stdin bytes with `mesh_read SIZE`.
+    script.raw(&format!("mesh_read() {{ {}; }}", read_exactly("\"$1\"")));
     for (i, (_, part)) in parts.iter().enumerate() {
         script.raw("(");
         script.raw("set -e");
-        if Some(i) == last_reader {
-            script.raw("mesh_read() { cat; }");
-        } else {
-            script.raw("mesh_read() { head -c \"$1\"; }");
-        }
         script.append(&part.script);
         script.raw(")");
         script.raw(&format!("echo '{DONE}{i}'"));

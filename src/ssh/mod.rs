@@ -27,6 +27,47 @@ pub enum Input {
     File(PathBuf),
     /// Several inputs, one after the other (batched file uploads).
     Chain(Vec<Input>),
+    /// A local file checked against the stamp taken when it was hashed:
+    /// its bytes, then the line [`SENT`]. The file is sent only while it is
+    /// still the one that was hashed; if it is not, the stream stops before
+    /// [`SENT`] and the host, which keeps an upload only after that line,
+    /// keeps nothing. [`SENT`] also proves every byte before it arrived.
+    Stamped(Stamped),
+}
+
+/// The line after an [`Input::Stamped`] file sent as it was hashed.
+pub const SENT: &str = "sent";
+
+/// A local file and what it was when it was hashed.
+#[derive(Debug, Clone)]
+pub struct Stamped {
+    pub path: PathBuf,
+    pub stamp: FileStamp,
+}
+
+/// Identity and last change of a local file: if any of it differs, the file
+/// is not the one that was hashed (a write moves ctime even when mtime is put
+/// back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub len: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+}
+
+impl FileStamp {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 /// Where [`Transport::exec_streaming`] hands a command's stdout, as it comes.
@@ -80,6 +121,8 @@ pub enum SshError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("local file {path} changed after mesh hashed it, while this run sent it; the host kept nothing. Fix: run again once nothing writes to it")]
+    LocalChanged { path: PathBuf },
 }
 
 /// How long a command may take: every remote command has a deadline.

@@ -12,7 +12,10 @@
 //! ends the groups still running through the same master: TERM, then KILL
 //! after [`KILL_GRACE`]. A package install (dpkg, apt) is left to finish.
 
-use super::{BoxFut, CommandKind, CommandTimeouts, Input, Output, SshError, StdoutSink, Transport};
+use super::{
+    BoxFut, CommandKind, CommandTimeouts, FileStamp, Input, Output, SshError, Stamped, StdoutSink,
+    Transport, SENT,
+};
 use crate::quote::quote;
 use openssh::{Session, Stdio};
 use std::collections::BTreeMap;
@@ -362,7 +365,7 @@ impl SshTransport {
             let _ = stdin.shutdown().await;
             drop(stdin);
             match fed {
-                Err(e @ SshError::LocalFile { .. }) => Err(e),
+                Err(e @ (SshError::LocalFile { .. } | SshError::LocalChanged { .. })) => Err(e),
                 _ => Ok(()),
             }
         };
@@ -569,6 +572,7 @@ async fn feed<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, input: Input) -> Resu
                     queue.push_front(p);
                 }
             }
+            Input::Stamped(s) => feed_stamped(w, &s, &mut buf).await?,
             Input::File(path) => {
                 let local = |source| SshError::LocalFile {
                     path: path.clone(),
@@ -586,6 +590,43 @@ async fn feed<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, input: Input) -> Resu
         }
     }
     Ok(())
+}
+
+/// A stamped file's bytes and [`SENT`], or an error (and no [`SENT`]) as
+/// soon as the file is not the one that was hashed.
+async fn feed_stamped<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    s: &Stamped,
+    buf: &mut [u8],
+) -> Result<(), SshError> {
+    let local = |source| SshError::LocalFile {
+        path: s.path.clone(),
+        source,
+    };
+    let changed = || SshError::LocalChanged {
+        path: s.path.clone(),
+    };
+    let mut f = tokio::fs::File::open(&s.path).await.map_err(local)?;
+    let same = |meta: std::fs::Metadata| FileStamp::of(&meta) == s.stamp;
+    if !same(f.metadata().await.map_err(local)?) {
+        return Err(changed());
+    }
+    let mut left = s.stamp.len;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = f.read(&mut buf[..want]).await.map_err(local)?;
+        if n == 0 {
+            return Err(changed());
+        }
+        w.write_all(&buf[..n]).await.map_err(pipe_err)?;
+        left -= n as u64;
+    }
+    if !same(f.metadata().await.map_err(local)?) {
+        return Err(changed());
+    }
+    w.write_all(format!("{SENT}\n").as_bytes())
+        .await
+        .map_err(pipe_err)
 }
 
 fn pipe_err(e: std::io::Error) -> SshError {
@@ -786,6 +827,54 @@ mod tests {
 
     const ADDED: &str =
         "Warning: Permanently added '[127.0.0.1]:42222' (ED25519) to the list of known hosts.\r\n";
+
+    fn stamped(path: &Path) -> Stamped {
+        Stamped {
+            path: path.to_path_buf(),
+            stamp: FileStamp::of(&std::fs::metadata(path).unwrap()),
+        }
+    }
+
+    fn fed(s: &Stamped) -> (Vec<u8>, Result<(), SshError>) {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 4];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let r = rt.block_on(feed_stamped(&mut out, s, &mut buf));
+        (out, r)
+    }
+
+    #[test]
+    fn a_stamped_file_ends_with_sent_only_while_it_is_the_one_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("asset");
+        std::fs::write(&path, b"hashed bytes").unwrap();
+        let s = stamped(&path);
+        let (out, r) = fed(&s);
+        r.unwrap();
+        assert_eq!(out, b"hashed bytessent\n");
+        // Same size, other bytes, written later: refused before a byte goes.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(&path, b"other  bytes").unwrap();
+        let (out, r) = fed(&s);
+        assert!(matches!(r, Err(SshError::LocalChanged { .. })), "{r:?}");
+        assert!(out.is_empty(), "{out:?}");
+        // Replaced by another file of the same size: another inode.
+        let s = stamped(&path);
+        std::fs::write(dir.path().join("new"), b"hashed bytes").unwrap();
+        std::fs::rename(dir.path().join("new"), &path).unwrap();
+        let (out, r) = fed(&s);
+        assert!(matches!(r, Err(SshError::LocalChanged { .. })), "{r:?}");
+        assert!(!out.ends_with(b"sent\n"));
+        // Shorter than it was: the stream stops without the line.
+        let s = stamped(&path);
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(5).unwrap();
+        let (out, r) = fed(&s);
+        assert!(matches!(r, Err(SshError::LocalChanged { .. })), "{r:?}");
+        assert!(!out.ends_with(b"sent\n"));
+    }
 
     #[test]
     fn a_newly_trusted_host_key_is_read_from_the_log() {

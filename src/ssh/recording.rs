@@ -14,6 +14,14 @@ pub fn input_bytes(input: &Input) -> Vec<u8> {
             Input::Bytes(b) => out.extend_from_slice(b),
             Input::File(p) => out.extend(std::fs::read(p).expect("reading an input file")),
             Input::Chain(parts) => parts.iter().for_each(|p| flatten(p, out)),
+            // As the real feed: the line SENT only while the file is the one hashed.
+            Input::Stamped(s) => {
+                out.extend(std::fs::read(&s.path).expect("reading an input file"));
+                let meta = std::fs::metadata(&s.path).expect("reading an input file");
+                if super::FileStamp::of(&meta) == s.stamp {
+                    out.extend_from_slice(format!("{}\n", super::SENT).as_bytes());
+                }
+            }
         }
     }
     let mut out = Vec::new();

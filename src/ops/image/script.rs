@@ -11,6 +11,7 @@
 //! a day old (an interrupted run's) go with the next one.
 
 use super::{LayerFile, Layered};
+use crate::ops::read_exactly;
 use crate::quote::{quote, Cmd, Script};
 use crate::s3::{Body, Signed};
 use crate::ssh::Input;
@@ -124,8 +125,8 @@ fn receive(s: &mut Script, dir: &str, layer: &super::LayerFile, input: &mut Vec<
     let h = quote(hex(&layer.diff_id));
     s.raw(&format!("mkdir -p {dir}/{h}"));
     s.raw(&format!(
-        "head -c {} | zstd -dcq > {dir}/{h}/layer.tar",
-        layer.size
+        "{} | zstd -dcq > {dir}/{h}/layer.tar",
+        read_exactly(&layer.size.to_string())
     ));
     input.push(Input::File(layer.path.clone()));
     verify(
@@ -173,7 +174,11 @@ fn receive_and_put(s: &mut Script, layer: &LayerFile, put: &Signed, input: &mut 
     let h = hex(&layer.diff_id);
     let zst = format!("{h}.zst");
     s.line("mkdir -p {}", &[h]);
-    s.raw(&format!("head -c {} > {}", layer.size, quote(&zst)));
+    s.raw(&format!(
+        "{} > {}",
+        read_exactly(&layer.size.to_string()),
+        quote(&zst)
+    ));
     input.push(Input::File(layer.path.clone()));
     verify(s, D, &zst, &layer.sha256, "layer file");
     s.raw(&format!(
@@ -305,7 +310,9 @@ mod tests {
         assert_valid_sh(&s);
         let text = s.as_str();
         let c = "c".repeat(64);
-        assert!(text.contains(&format!("head -c 10 | zstd -dcq > \"$d\"/{c}/layer.tar")));
+        assert!(text.contains(&format!(
+            "dd bs=1M count=10 iflag=count_bytes,fullblock status=none | zstd -dcq > \"$d\"/{c}/layer.tar"
+        )));
         assert!(
             !text.contains(&"a".repeat(64)),
             "a present layer is not sent: {text}"
