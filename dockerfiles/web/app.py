@@ -4,7 +4,6 @@ import os
 import signal
 import socket
 import sys
-import urllib.request
 
 # PID 1 in its container ignores SIGTERM unless it handles it: stop at once
 # when deploy (or docker stop) asks, instead of waiting out the grace period.
@@ -13,10 +12,6 @@ signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 BIND = os.environ.get("BIND", "0.0.0.0")
 PORT = int(os.environ.get("PORT", "8000"))
 PAGE = open(os.path.join(os.path.dirname(__file__), "index.html"), "rb").read()
-
-if "--check" in sys.argv:
-    urllib.request.urlopen(f"http://{BIND}:{PORT}/up", timeout=2)
-    sys.exit(0)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
