@@ -11,7 +11,8 @@
 # the cluster layout applied once from the controller), cold and warm. Last,
 # `services` on S hosts (default 10): the example web image (≈150 MB: Debian
 # base + python3) built here and shipped to hosts that lack it, cold and warm,
-# against a bare `docker save | ssh HOST docker load` to the same hosts.
+# against a bare `docker save | ssh HOST docker load` to the same hosts, then
+# both again with this machine's uplink shaped to UPLINK (tc, default 50mbit).
 set -euo pipefail
 
 N=${1:-50}
@@ -222,6 +223,28 @@ bare() {
     local p; for p in "${pids[@]}"; do wait "$p"; done
 }
 read -r abare_t abare_b abare_c < <(measured "$DIR/services-bare.log" bare)
+# (a) again with this machine's uplink shaped to UPLINK (default 50mbit, the
+# issue's home uplink): a token bucket on the lab bridge's egress, which only
+# what this machine sends passes (host-to-host traffic is switched past it).
+# A new garage first: the bucket of the first cluster already holds the layers.
+UPLINK=${UPLINK:-50mbit}
+shaped=0
+shape() { tc qdisc add dev "$BRIDGE" root tbf rate "$UPLINK" burst 64kb latency 100ms; }
+if shape 2> "$DIR/tc.log" && tc qdisc del dev "$BRIDGE" root; then
+    shaped=1
+    reset_garage
+    timed "$DIR/garage-again.log" garage >/dev/null
+    cp "$DIR/secrets.env" "$SVC/secrets.env"
+    unship
+    shape
+    trap 'tc qdisc del dev "$BRIDGE" root 2>/dev/null || true' EXIT
+    read -r sgarage_t sgarage_b sgarage_c < <(measured "$DIR/ship-garage-shaped.log" svc --ship garage)
+    grep -q "0 failed" "$DIR/ship-garage-shaped.log" || { echo "bench: shaped --ship garage failed" >&2; exit 1; }
+    unship
+    read -r sbare_t sbare_b sbare_c < <(measured "$DIR/services-bare-shaped.log" bare)
+    tc qdisc del dev "$BRIDGE" root
+    trap - EXIT
+fi
 # (b) a one-file change: to one host, then another one-file change to all S.
 svc --ship auto > "$DIR/ship-restore.log" 2>&1
 echo "changed $(date +%s%N)" > "$SVC/df/web/index.html"
@@ -304,6 +327,14 @@ row "(a) bare docker save | zstd | ssh | docker load" "$abare_t" "$abare_b" "$ab
 printf '    %-46s %8s\n' "(a) garage bytes / one compressed image" \
     "$(awk -v a="$agarage_b" -v b="$zsize" 'BEGIN { printf "%.2f", a / b }')" \
     "(a) garage time / bare time" "$(awk -v a="$agarage_t" -v b="$abare_t" 'BEGIN { printf "%.2f", a / b }')"
+if ((shaped)); then
+    row "(a) new image, --ship garage, uplink $UPLINK" "$sgarage_t" "$sgarage_b" "$sgarage_c"
+    row "(a) bare, uplink $UPLINK" "$sbare_t" "$sbare_b" "$sbare_c"
+    printf '    %-46s %8s\n' "(a) garage time / bare time, uplink $UPLINK" \
+        "$(awk -v a="$sgarage_t" -v b="$sbare_t" 'BEGIN { printf "%.2f", a / b }')"
+else
+    echo "    (a) with a shaped uplink: not measured, tc could not shape $BRIDGE: $(head -c 200 "$DIR/tc.log")"
+fi
 row "(b) one-file change to 1 host, services" "$bone_t" "$bone_b" "$bone_c"
 row "(b) one-file change to $S hosts, services --ship garage" "$ball_t" "$ball_b" "$ball_c"
 printf '    %-46s %8s\n' "(b) time $S hosts / time 1 host" \
@@ -312,4 +343,4 @@ row "(b) one-file change, deploy to 1 host" "$done_t" "$done_b" "$done_c"
 row "(b) one-file change, deploy to $S (--batch 100%)" "$dall_t" "$dall_b" "$dall_c"
 printf '    %-46s %8s\n' "(b) deploy time $S hosts / time 1 host" \
     "$(awk -v a="$dall_t" -v b="$done_t" 'BEGIN { printf "%.2f", a / b }')"
-echo "logs: $DIR/{cold,warm,checksum,basic-warm,exec-true,status,garage-cold,garage-warm,services-cold,services-warm,ship-garage,ship-ssh,services-bare,change-one,change-all,deploy-one,deploy-all}.log"
+echo "logs: $DIR/{cold,warm,checksum,basic-warm,exec-true,status,garage-cold,garage-warm,services-cold,services-warm,ship-garage,ship-ssh,services-bare,ship-garage-shaped,services-bare-shaped,change-one,change-all,deploy-one,deploy-all}.log"
