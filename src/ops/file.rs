@@ -19,7 +19,7 @@
 use super::{field, Decision, Op, OpCtx, Part, STATE_DIR};
 use crate::log::HostLog;
 use crate::quote::Script;
-use crate::ssh::{FileStamp, Input, Stamped, SENT};
+use crate::ssh::{sent_line, FileStamp, Input, Stamped, SENT};
 use sha2::{Digest, Sha256};
 use similar::TextDiff;
 use std::collections::HashMap;
@@ -32,11 +32,6 @@ pub enum Content {
     Bytes(Arc<Vec<u8>>),
     /// A local file, streamed at upload time as it was when it was hashed.
     Local(Stamped),
-}
-
-/// The line that ends streamed content (see [`SENT`]).
-fn sent_line() -> Arc<Vec<u8>> {
-    Arc::new(format!("{SENT}\n").into_bytes())
 }
 
 /// Largest content sent inside the script rather than on stdin.

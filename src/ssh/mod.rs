@@ -38,6 +38,11 @@ pub enum Input {
 /// The line after an [`Input::Stamped`] file sent as it was hashed.
 pub const SENT: &str = "sent";
 
+/// [`SENT`] as the bytes that end a stream.
+pub fn sent_line() -> Arc<Vec<u8>> {
+    Arc::new(format!("{SENT}\n").into_bytes())
+}
+
 /// A local file and what it was when it was hashed.
 #[derive(Debug, Clone)]
 pub struct Stamped {

@@ -13,8 +13,8 @@
 //! after [`KILL_GRACE`]. A package install (dpkg, apt) is left to finish.
 
 use super::{
-    BoxFut, CommandKind, CommandTimeouts, FileStamp, Input, Output, SshError, Stamped, StdoutSink,
-    Transport, SENT,
+    sent_line, BoxFut, CommandKind, CommandTimeouts, FileStamp, Input, Output, SshError, Stamped,
+    StdoutSink, Transport,
 };
 use crate::quote::quote;
 use openssh::{Session, Stdio};
@@ -592,7 +592,7 @@ async fn feed<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, input: Input) -> Resu
     Ok(())
 }
 
-/// A stamped file's bytes and [`SENT`], or an error (and no [`SENT`]) as
+/// A stamped file's bytes and [`super::SENT`], or an error (and no [`super::SENT`]) as
 /// soon as the file is not the one that was hashed.
 async fn feed_stamped<W: tokio::io::AsyncWrite + Unpin>(
     w: &mut W,
@@ -624,9 +624,7 @@ async fn feed_stamped<W: tokio::io::AsyncWrite + Unpin>(
     if !same(f.metadata().await.map_err(local)?) {
         return Err(changed());
     }
-    w.write_all(format!("{SENT}\n").as_bytes())
-        .await
-        .map_err(pipe_err)
+    w.write_all(&sent_line()).await.map_err(pipe_err)
 }
 
 fn pipe_err(e: std::io::Error) -> SshError {

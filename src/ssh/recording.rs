@@ -19,7 +19,7 @@ pub fn input_bytes(input: &Input) -> Vec<u8> {
                 out.extend(std::fs::read(&s.path).expect("reading an input file"));
                 let meta = std::fs::metadata(&s.path).expect("reading an input file");
                 if super::FileStamp::of(&meta) == s.stamp {
-                    out.extend_from_slice(format!("{}\n", super::SENT).as_bytes());
+                    out.extend_from_slice(&super::sent_line());
                 }
             }
         }
