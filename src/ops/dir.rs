@@ -4,6 +4,9 @@ use super::{field, Decision, Op, OpCtx, Part};
 use crate::quote::Script;
 use crate::ssh::Input;
 
+/// The directory is absent: made with its mode in one `mkdir`.
+const CREATE: u32 = 1;
+
 #[derive(Debug, Clone)]
 pub struct DirOp {
     path: String,
@@ -56,7 +59,7 @@ impl Op for DirOp {
             && self.group.bytes().all(|b| b.is_ascii_digit());
         let stat = if numeric { "num" } else { "stat" };
         match field(probe, stat) {
-            Some("absent") => Decision::change("create", 0),
+            Some("absent") => Decision::change("create", CREATE),
             Some(s) if s == want => Decision::Unchanged,
             Some(s) if !s.ends_with(" directory") => Decision::Fail(format!(
                 "{} exists but is not a directory ({s}). Fix: remove it on the host",
@@ -67,14 +70,25 @@ impl Op for DirOp {
         }
     }
 
-    fn apply_part(&self, _flags: u32) -> Option<Part> {
+    fn apply_part(&self, flags: u32) -> Option<Part> {
         let mut s = Script::new();
-        s.line("mkdir -p -- {}", &[&self.path]);
-        s.line(
-            "chown {} -- {}",
-            &[&format!("{}:{}", self.owner, self.group), &self.path],
-        );
-        s.line("chmod {} -- {}", &[&format!("{:o}", self.mode), &self.path]);
+        let owner = format!("{}:{}", self.owner, self.group);
+        let mode = format!("{:o}", self.mode);
+        if flags & CREATE != 0 && owner == "root:root" {
+            // A cold host makes many directories: one process each. (chown
+            // only for a setgid parent's group; it may clear set-id bits.)
+            s.line("mkdir -p -m {} -- {}", &[&mode, &self.path]);
+            s.line(
+                "[ -O {} ] && [ -G {} ] || { chown {} -- {}; chmod {} -- {}; }",
+                &[
+                    &self.path, &self.path, &owner, &self.path, &mode, &self.path,
+                ],
+            );
+        } else {
+            s.line("mkdir -p -- {}", &[&self.path]);
+            s.line("chown {} -- {}", &[&owner, &self.path]);
+            s.line("chmod {} -- {}", &[&mode, &self.path]);
+        }
         Some(Part {
             script: s,
             input: Input::None,
@@ -92,7 +106,7 @@ mod tests {
         let d = DirOp::new("/containers/log").mode(0o750);
         assert_eq!(
             d.decide("stat absent\n", None, false),
-            Decision::change("create", 0)
+            Decision::change("create", CREATE)
         );
         assert_eq!(
             d.decide("stat 750 root:root directory\n", None, false),
@@ -113,5 +127,26 @@ mod tests {
             data.decide("stat absent\nnum absent\n", None, false),
             Decision::Change { .. }
         ));
+    }
+
+    #[test]
+    fn a_new_directory_is_made_with_its_mode_by_one_mkdir() {
+        let script = |d: &DirOp| d.apply_part(CREATE).unwrap().script.into_string();
+        assert_eq!(
+            script(&DirOp::new("/srv/a b").mode(0o750)),
+            "mkdir -p -m 750 -- '/srv/a b'\n\
+             [ -O '/srv/a b' ] && [ -G '/srv/a b' ] || { chown root:root -- '/srv/a b'; chmod 750 -- '/srv/a b'; }\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("made/here");
+        let made = DirOp::new(path.to_str().unwrap()).mode(0o710);
+        let out = std::process::Command::new("sh")
+            .args(["-ec", &script(&made)])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o710);
     }
 }

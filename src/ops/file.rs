@@ -60,6 +60,16 @@ pub struct FileOp {
     id: Option<String>,
 }
 
+/// A temp file name's random part: no two runs (nor a run killed before it
+/// could remove its temp file) pick the same one.
+fn temp_token(path: &str) -> String {
+    use std::hash::BuildHasher;
+    format!(
+        "{:016x}",
+        std::collections::hash_map::RandomState::new().hash_one(path)
+    )
+}
+
 /// Hex sha256 of bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
@@ -241,7 +251,8 @@ impl FileOp {
             Some(sum == self.sha256)
         } else {
             match field(probe, "rec").map(|r| r.split(' ').collect::<Vec<_>>()) {
-                Some(r) if r.len() == 3 && r[0] == size && r[1] == mtime => {
+                // A record cut short (see record_script) is no record.
+                Some(r) if r.len() == 3 && r[0] == size && r[1] == mtime && r[2].len() == 64 => {
                     Some(r[2] == self.sha256)
                 }
                 _ => None,
@@ -278,14 +289,14 @@ impl FileOp {
     fn record_script(&self) -> Script {
         let rec = self.record_path();
         let dir = format!("{STATE_DIR}/files");
-        let next = format!("{rec}.new");
         let mut s = Script::new();
         s.line("[ -d {} ] || mkdir -p {}", &[&dir, &dir]);
-        // Only root writes under STATE_DIR: a fixed temp name is safe there.
+        // Written in place: only root writes under STATE_DIR, and a record cut
+        // short is no record (the next probe hashes the file instead).
         // Private, like the temp files: a sha256 can give a short secret away.
         s.line(
-            "(umask 077; echo \"$(stat -c '%s %Y' -- {}) {}\" > {}) && mv -f -- {} {}",
-            &[&self.path, &self.sha256, &next, &next, &rec],
+            "(umask 077; echo \"$(stat -c '%s %Y' -- {}) {}\" > {})",
+            &[&self.path, &self.sha256, &rec],
         );
         s
     }
@@ -319,20 +330,33 @@ impl FileOp {
             // Builtins where they do: a cold host runs this for every file,
             // and on a busy host each process started costs milliseconds.
             s.line("[ -d {} ] || mkdir -p -- {}", &[&dir, &dir]);
-            // mktemp creates the temp file exclusively (O_EXCL: no clobber,
-            // no symlink followed), mode 0600; it goes on exit and hangup.
-            s.line("t=$(mktemp -p {} .mesh-tmp.XXXXXXXX)", &[&dir]);
+            // The temp file is made exclusively (noclobber: O_EXCL, so no
+            // symlink is followed and nothing existing is reused) under a
+            // name no earlier run left, then checked to be the regular file
+            // this shell owns; it goes on exit and hangup. Content anyone may
+            // read is made 0644 at once, anything else 0600 until it is whole.
+            let (umask, made) = if self.mode & 0o644 == 0o644 {
+                ("022", 0o644)
+            } else {
+                ("077", 0o600)
+            };
+            s.line(
+                "t={}",
+                &[&format!("{dir}/.mesh-tmp.{}", temp_token(&self.path))],
+            );
+            s.line("(set -C; umask {}; : > \"$t\")", &[umask]);
+            s.raw("[ -f \"$t\" ] && [ ! -h \"$t\" ] && [ -O \"$t\" ] || { echo \"$t: not the temp file mesh made\" >&2; exit 1; }");
             s.raw("trap 'rm -f -- \"$t\"' EXIT");
             s.raw("trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 141' PIPE; trap 'exit 143' TERM");
             match inline {
                 // Small public text rides in the script, leaving stdin to one
                 // big file; it cannot arrive other than as sent.
                 Some(text) => {
-                    s.line("(umask 077; printf %s {} > \"$t\")", &[text]);
+                    s.line("printf %s {} > \"$t\"", &[text]);
                 }
                 // Exactly SIZE bytes, so several files can share one stdin (see run_batch).
                 None => {
-                    s.line("(umask 077; mesh_read {} > \"$t\")", &[&size]);
+                    s.line("mesh_read {} > \"$t\"", &[&size]);
                     // The controller ends the bytes with the line SENT only
                     // when they are all there and are what it hashed (a local
                     // file that changed meanwhile stops the stream instead):
@@ -345,17 +369,14 @@ impl FileOp {
                 }
             }
             if owner == "root:root" {
-                // mktemp made it as the running user (scripts run as root);
-                // a setgid directory may have given it another group.
-                s.line(
-                    "[ -O \"$t\" ] && [ -G \"$t\" ] || chown {} -- \"$t\"",
-                    &[&owner],
-                );
+                // Made by the running user (scripts run as root); a setgid
+                // directory may have given it another group.
+                s.line("[ -G \"$t\" ] || chown {} -- \"$t\"", &[&owner]);
             } else {
                 s.line("chown {} -- \"$t\"", &[&owner]);
             }
-            // mktemp made it 0600.
-            if mode != "600" {
+            // chown clears set-id bits: the mode comes after it.
+            if self.mode != made {
                 s.line("chmod {} -- \"$t\"", &[&mode]);
             }
             s.line("mv -f -- \"$t\" {}", &[&self.path]);
@@ -656,17 +677,83 @@ mod tests {
     }
 
     #[test]
-    fn temp_files_are_made_by_mktemp_and_removed_on_hangup() {
-        let script = FileOp::from_bytes("/etc/x.conf", vec![0u8; 5000])
-            .part(CONTENT)
-            .script
-            .into_string();
-        assert!(
-            script.contains("t=$(mktemp -p /etc .mesh-tmp.XXXXXXXX)"),
-            "{script}"
+    fn temp_files_are_made_exclusively_under_a_new_name_and_removed_on_hangup() {
+        let part = |op: &FileOp| op.part(CONTENT).script.into_string();
+        let op = FileOp::from_bytes("/etc/x.conf", vec![0u8; 5000]).mode(0o600);
+        let (a, b) = (part(&op), part(&op));
+        let temp = |s: &str| s.lines().find(|l| l.starts_with("t=")).unwrap().to_string();
+        assert!(temp(&a).starts_with("t=/etc/.mesh-tmp."), "{a}");
+        assert_ne!(temp(&a), temp(&b), "two runs share a temp name");
+        assert!(a.contains("(set -C; umask 077; : > \"$t\")"), "{a}");
+        assert!(a.contains("trap 'exit 129' HUP"), "{a}");
+        assert!(!a.contains("$$"), "{a}");
+        // Content anyone may read is made 0644, so needs no chmod.
+        let public = part(&FileOp::from_bytes("/etc/x.conf", "a\n"));
+        assert!(public.contains("umask 022"), "{public}");
+        assert!(!public.contains("chmod"), "{public}");
+        let script = part(&FileOp::from_bytes("/etc/x.sh", "a\n").mode(0o755));
+        assert!(script.contains("chmod 755 -- \"$t\""), "{script}");
+    }
+
+    #[test]
+    fn a_symlink_at_the_temp_name_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("app.conf");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep\n").unwrap();
+        let part = FileOp::from_bytes(dest.to_str().unwrap(), "new\n").part(CONTENT);
+        let script = part.script.clone().into_string();
+        let temp = script.lines().find_map(|l| l.strip_prefix("t=")).unwrap();
+        std::os::unix::fs::symlink(&victim, temp).unwrap();
+        assert!(upload_locally(part).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep\n");
+        assert!(!dest.exists());
+    }
+
+    #[test]
+    fn files_are_written_with_their_mode_and_a_record() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, mode) in [("public", 0o644), ("private", 0o600), ("script", 0o755)] {
+            let dest = dir.path().join(name);
+            let op = FileOp::from_bytes(dest.to_str().unwrap(), "x\n").mode(mode);
+            let mut part = op.part(CONTENT);
+            // The record goes beside the file here, not under STATE_DIR.
+            let rec = dir.path().join(format!("{name}.rec"));
+            let script = part
+                .script
+                .clone()
+                .into_string()
+                .replace(&op.record_path(), rec.to_str().unwrap())
+                .replace(&format!("{STATE_DIR}/files"), dir.path().to_str().unwrap());
+            part.script = Script::new();
+            part.script.raw(&script);
+            upload_locally(part).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(&dest).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o7777, mode, "{name}");
+            let record = std::fs::read_to_string(&rec).unwrap();
+            assert!(
+                record.starts_with("2 ") && record.trim_end().ends_with(op.sha256()),
+                "{record}"
+            );
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".mesh-tmp"))
+            .collect();
+        assert!(left.is_empty(), "temp files left: {left:?}");
+    }
+
+    #[test]
+    fn a_record_cut_short_is_no_record() {
+        let op = op();
+        let sha = op.sha256().to_string();
+        let probe = format!(
+            "stat 6 100 600 root:root regular file\nrec 6 100 {}\n",
+            &sha[..20]
         );
-        assert!(script.contains("trap 'exit 129' HUP"), "{script}");
-        assert!(!script.contains("$$"), "{script}");
+        assert!(matches!(op.decide_file(&probe, None), Decision::Recheck(_)));
     }
 
     fn op() -> FileOp {

@@ -23,6 +23,8 @@ pub struct UnitOp {
     /// `None` for a unit a package ships (only its state is managed).
     file: Option<FileOp>,
     enable: bool,
+    /// The unit file has an `[Install]` section, so `enable --now` starts it.
+    installable: bool,
     triggers: Vec<String>,
     id: Option<String>,
 }
@@ -31,6 +33,10 @@ impl UnitOp {
     /// Unit `name` (e.g. `wesher.service`) with this unit file content,
     /// written to `/etc/systemd/system/`, enabled and started.
     pub fn new(name: &str, content: impl Into<Vec<u8>>) -> Self {
+        let content: Vec<u8> = content.into();
+        let installable = String::from_utf8_lossy(&content)
+            .lines()
+            .any(|l| l.trim() == "[Install]");
         UnitOp {
             file: Some(FileOp::from_bytes(
                 format!("/etc/systemd/system/{name}"),
@@ -38,6 +44,7 @@ impl UnitOp {
             )),
             name: name.into(),
             enable: true,
+            installable,
             triggers: Vec::new(),
             id: None,
         }
@@ -49,6 +56,7 @@ impl UnitOp {
             file: None,
             name: name.into(),
             enable: true,
+            installable: false,
             triggers: Vec::new(),
             id: None,
         }
@@ -112,7 +120,10 @@ impl Op for UnitOp {
             flags |= ENABLE;
             reasons.push("not enabled".into());
         }
-        if flags & FILE_CONTENT != 0 || triggered {
+        // A stopped unit is started: the same as a restart, and with a new
+        // unit file one `systemctl enable --now` (see apply_part).
+        let stopped = matches!(active, "" | "inactive" | "failed");
+        if (flags & FILE_CONTENT != 0 || triggered) && !stopped {
             flags |= RESTART;
             if triggered {
                 reasons.push("restart: configuration changed".into());
@@ -153,15 +164,23 @@ impl Op for UnitOp {
             s.raw("mesh_mark daemon-reload");
         }
         let mut state = Script::new();
-        if flags & ENABLE != 0 {
-            // Enabling only adds symlinks for the next boot: skip its implicit daemon-reload.
-            state.line("systemctl enable --quiet --no-reload {}", &[&self.name]);
-            state.raw("mesh_mark enable");
-        }
-        if flags & RESTART != 0 {
-            state.line("systemctl restart {}", &[&self.name]);
-        } else if flags & START != 0 {
-            state.line("systemctl start {}", &[&self.name]);
+        // Enabling only adds symlinks for the next boot: skip its implicit daemon-reload.
+        if flags & ENABLE != 0 && flags & START != 0 && self.installable {
+            // One systemctl, not two: a cold host starts many units.
+            state.line(
+                "systemctl enable --now --quiet --no-reload {}",
+                &[&self.name],
+            );
+        } else {
+            if flags & ENABLE != 0 {
+                state.line("systemctl enable --quiet --no-reload {}", &[&self.name]);
+                state.raw("mesh_mark enable");
+            }
+            if flags & RESTART != 0 {
+                state.line("systemctl restart {}", &[&self.name]);
+            } else if flags & START != 0 {
+                state.line("systemctl start {}", &[&self.name]);
+            }
         }
         if !state.is_empty() {
             changes = true;
@@ -258,22 +277,46 @@ mod tests {
     }
 
     #[test]
-    fn new_unit_is_written_enabled_and_restarted() {
+    fn new_unit_is_written_enabled_and_started() {
         let u = unit();
-        let d = u.decide(NEW, None, false);
+        let d = u.decide(NEW, None, true);
         match d {
             Decision::Change { flags, .. } => {
                 assert_ne!(flags & FILE_CONTENT, 0);
                 assert_ne!(flags & ENABLE, 0);
-                assert_ne!(flags & RESTART, 0);
+                assert_eq!(flags & (START | RESTART), START, "nothing runs to restart");
                 assert_eq!(
                     flags & RELOAD,
                     0,
                     "systemd reads a unit it never found on first use"
                 );
+                let script = u.apply_part(flags).unwrap().script.into_string();
+                assert!(
+                    script.contains(
+                        "systemctl enable --quiet --no-reload demo.service\nmesh_mark enable\nsystemctl start demo.service\n"
+                    ),
+                    "no [Install]: enable --now might not start it\n{script}"
+                );
             }
             d => panic!("{d:?}"),
         }
+        let installable = UnitOp::new(
+            "demo.service",
+            format!("{BODY}[Install]\nWantedBy=multi-user.target\n"),
+        );
+        let Decision::Change { flags, .. } = installable.decide(NEW, None, false) else {
+            panic!("a change");
+        };
+        let script = installable.apply_part(flags).unwrap().script.into_string();
+        assert!(
+            script.contains("mesh_mark unit-file\nsystemctl enable --now --quiet --no-reload demo.service\nup=;"),
+            "{script}"
+        );
+        assert_eq!(
+            script.matches("systemctl ").count(),
+            3,
+            "enable, is-active, status on failure: {script}"
+        );
     }
 
     #[test]
