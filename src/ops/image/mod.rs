@@ -214,7 +214,8 @@ impl Op for ImageOp {
             "if [ \"$id\" != {} ]; then",
             &[self.source.id().unwrap_or("")],
         );
-        s.raw("docker info --format '{{json .DriverStatus}}' 2>/dev/null | grep -q 'containerd.snapshotter' && echo 'store containerd'");
+        s.append(&super::room::docker_info_script());
+        s.raw("printf '%s' \"$dinfo\" | grep -qF '\"driver-type\",\"io.containerd.snapshotter' && echo 'store containerd'");
         if self.fanout.is_some() {
             s.raw("systemctl is-active --quiet garage && echo 'garage up'");
         }

@@ -35,7 +35,8 @@ const D: &str = "\"$d\"";
 
 /// Set `$root` to Docker's root directory and remove stages a day old.
 fn docker_root(s: &mut Script) {
-    s.raw("root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null) || root=");
+    s.append(&super::super::room::docker_info_script());
+    s.raw(super::super::room::ROOT_FROM_INFO);
     s.raw("root=${root:-/var/lib/docker}");
     s.raw("mkdir -p \"$root/tmp\"");
     s.raw(&format!(

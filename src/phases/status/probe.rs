@@ -89,7 +89,8 @@ pub(crate) fn script(probe: &Probe) -> Script {
         s.raw("echo @@mesh-backups");
         s.raw(&last_backups(BACKUP_DIR));
         s.raw("echo @@mesh-disk");
-        s.raw("root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null)");
+        s.append(&crate::ops::room::docker_info_script());
+        s.raw(crate::ops::room::ROOT_FROM_INFO);
         s.raw("for p in / \"$root\"; do [ -n \"$p\" ] || continue; d=$(df -Pk \"$p\" 2>/dev/null | tail -n 1) && echo \"$p $d\"; done");
         s.raw("echo @@mesh-units");
         let units = UNITS.iter().map(|u| format!("{u}.service"));
