@@ -59,6 +59,25 @@ busy() { awk '/^cpu / { printf "%d", $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 # Core-seconds busy since the busy reading $1.
 core_s() { awk -v a="$1" -v b="$(busy)" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (b - a) / hz }'; }
 
+# CPU microseconds the bench hosts (their containers' cgroups, v1 or v2)
+# have used: what the lab hosts did, apart from this machine's own side.
+hosts_cpu() {
+    local id f total=0 v
+    for id in $(docker ps -q --no-trunc --filter 'name=^bench-[0-9]'); do
+        for f in /sys/fs/cgroup/cpuacct/docker/"$id"/cpuacct.usage /sys/fs/cgroup/system.slice/docker-"$id".scope/cpu.stat; do
+            [[ -r $f ]] || continue
+            case $f in
+                *cpuacct.usage) v=$(( $(cat "$f") / 1000 )) ;;
+                *) v=$(awk '$1 == "usage_usec" { print $2 }' "$f") ;;
+            esac
+            total=$(( total + v )); break
+        done
+    done
+    echo "$total"
+}
+# Core-seconds the bench hosts used since the hosts_cpu reading $1.
+hosts_s() { awk -v a="$1" -v b="$(hosts_cpu)" 'BEGIN { printf "%.1f", (b - a) / 1000000 }'; }
+
 reset() {
     mesh exec -- 'systemctl disable --now mesh-bench.service 2>/dev/null;
         rm -rf /opt/mesh-bench /etc/systemd/system/mesh-bench.service /var/lib/mesh/files;
@@ -78,8 +97,10 @@ reset_garage
 reset
 cold_start=$(date +%s.%N)
 c0=$(busy)
+h0=$(hosts_cpu)
 cold=$(timed "$DIR/cold.log" mesh bench --asset "$ASSET")
 cold_c=$(core_s "$c0")
+cold_h=$(hosts_s "$h0")
 cold_logs=$(ls -td "$DIR"/.mesh/logs/*-bench-* | head -n 1)
 # Where the cold run's time went, summed over the hosts (from each host's
 # log): connect (mesh's start, login, mux), the probe round trip, then the
@@ -128,8 +149,10 @@ raw() {
     local p; for p in "${pids[@]}"; do wait "$p"; done
 }
 c0=$(busy)
+h0=$(hosts_cpu)
 rawcopy=$(timed "$DIR/raw-copy.log" raw)
 raw_c=$(core_s "$c0")
+raw_h=$(hosts_s "$h0")
 
 # A converged `nodes --only basic` (packages, firewall, sysctl, ...) against
 # the floor: one login and `true` on the same hosts.
@@ -304,10 +327,11 @@ echo "  nodes-style step: 20 MB file + 2 templates + 1 unit"
 printf '    %-36s %6ss\n' "cold (after reset)" "$cold" "warm (re-run, 0 changed)" "$warm" \
     "warm with --checksum (re-hash all)" "$checksum" "raw OpenSSH copy of the 20 MB" "$rawcopy"
 printf '    %-36s %6s\n' "cold / raw copy" "$(awk -v a="$cold" -v b="$rawcopy" 'BEGIN { printf "%.2f", a / b }')"
-echo "    machine busy: cold ${cold_c}, raw copy ${raw_c} core-seconds on $(nproc) cores"
+echo "    machine busy: cold ${cold_c}, raw copy ${raw_c} core-seconds on $(nproc) cores;" \
+    "of which the lab hosts: cold ${cold_h}, raw copy ${raw_h}"
 echo "    cold run, summed over $N hosts: connect ${st_connect}s, probe ${st_probe}s;" \
     "one apply round trip: to the host ${st_to_host}s, upload ${st_upload}s," \
-    "daemon-reload ${st_reload}s, enable ${st_enable}s, start ${st_start}s, other ${st_other}s, back ${st_back}s"
+    "daemon-reload ${st_reload}s, enable ${st_enable}s, start (a new unit's enable --now) ${st_start}s, other ${st_other}s, back ${st_back}s"
 echo "  converged nodes --only basic vs one login per host"
 printf '    %-36s %6ss\n' "nodes --only basic (warm)" "$basic" "exec -- true" "$floor"
 printf '    %-36s %6s\n' "ratio" "$(awk -v a="$basic" -v b="$floor" 'BEGIN { printf "%.1f", a / b }')"
