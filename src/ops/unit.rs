@@ -3,7 +3,8 @@
 //! `daemon-reload` runs only when the unit file changed and systemd had
 //! loaded the old one (a unit it never found is read on first use); the service is
 //! restarted when its unit file or one of its trigger ops changed, started
-//! when it is not running, and checked to be active afterwards.
+//! when it is not running (a new unit with an `[Install]` section by one
+//! `systemctl enable --now`), and checked to be active afterwards.
 
 use super::{Decision, FileOp, Op, OpCtx, Part};
 use crate::log::HostLog;
