@@ -252,7 +252,12 @@ impl FileOp {
         } else {
             match field(probe, "rec").map(|r| r.split(' ').collect::<Vec<_>>()) {
                 // A record cut short (see record_script) is no record.
-                Some(r) if r.len() == 3 && r[0] == size && r[1] == mtime && r[2].len() == 64 => {
+                Some(r)
+                    if r.len() == 3
+                        && r[0] == size
+                        && r[1] == mtime
+                        && super::image::script::is_hex64(r[2]) =>
+                {
                     Some(r[2] == self.sha256)
                 }
                 _ => None,

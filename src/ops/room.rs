@@ -34,13 +34,21 @@ pub(crate) fn docker_info_script() -> Script {
 pub(crate) const ROOT_FROM_INFO: &str =
     r#"root=$(printf '%s\n' "$dinfo" | sed -n 's/.*"DockerRootDir":"\([^"]*\)".*/\1/p')"#;
 
+/// The shell that sets `$root` to Docker's data root, `/var/lib/docker` when
+/// Docker cannot say.
+pub(crate) fn docker_root_var() -> Script {
+    let mut s = docker_info_script();
+    s.raw(ROOT_FROM_INFO);
+    s.raw("root=${root:-/var/lib/docker}");
+    s
+}
+
 /// The shell that prints `root DIR` (Docker's data root, `/var/lib/docker`
 /// when Docker cannot say) and `avail KIB` (free space on the filesystem
 /// that holds it, or of its nearest existing parent).
 pub(crate) fn docker_root_script() -> Script {
-    let mut s = docker_info_script();
-    s.raw(ROOT_FROM_INFO);
-    s.raw("root=${root:-/var/lib/docker}; d=$root");
+    let mut s = docker_root_var();
+    s.raw("d=$root");
     s.raw("while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done");
     s.raw("echo \"root $root\"");
     s.raw("echo \"avail $(df -Pk \"$d\" 2>/dev/null | awk 'NR==2 {print $4}')\"");
@@ -231,7 +239,8 @@ mod tests {
             op.probe_script().as_str(),
             format!(
                 "{}{ROOT_FROM_INFO}\n\
-             root=${{root:-/var/lib/docker}}; d=$root\n\
+             root=${{root:-/var/lib/docker}}\n\
+             d=$root\n\
              while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done\n\
              echo \"root $root\"\n\
              echo \"avail $(df -Pk \"$d\" 2>/dev/null | awk 'NR==2 {{print $4}}')\"\n\

@@ -35,9 +35,7 @@ const D: &str = "\"$d\"";
 
 /// Set `$root` to Docker's root directory and remove stages a day old.
 fn docker_root(s: &mut Script) {
-    s.append(&super::super::room::docker_info_script());
-    s.raw(super::super::room::ROOT_FROM_INFO);
-    s.raw("root=${root:-/var/lib/docker}");
+    s.append(&super::super::room::docker_root_var());
     s.raw("mkdir -p \"$root/tmp\"");
     s.raw(&format!(
         "find \"$root/tmp\" -maxdepth 1 -name '{STAGE_PREFIX}*' -mmin +1440 -exec rm -rf {{}} + 2>/dev/null || true"
