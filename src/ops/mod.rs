@@ -11,6 +11,7 @@
 pub mod apt;
 pub mod command;
 pub mod dir;
+pub(crate) mod docker_api;
 pub mod file;
 pub mod image;
 pub mod room;

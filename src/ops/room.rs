@@ -8,27 +8,13 @@
 //! data root before it adds the layers) and [`SPARE`] stays free. A host
 //! short of that fails with both numbers; it never changes anything.
 
+use super::docker_api::docker_info_script;
 use super::{Decision, ImageSource, Op, OpCtx};
 use crate::quote::Script;
 use std::sync::Arc;
 
 /// What stays free on the data root after an image is loaded.
 pub(crate) const SPARE: u64 = 100 * 1000 * 1000;
-
-/// The shell that sets `$dinfo` to what Docker's daemon says about itself
-/// (its `/info`, JSON; empty when it cannot say). Straight from the daemon's
-/// socket by curl where it can: `docker info` first runs every CLI plugin to
-/// list them, which costs ~3 times the answer (on a small host ~70 ms of CPU
-/// against ~25), and a deploy asks several times per host.
-pub(crate) fn docker_info_script() -> Script {
-    let mut s = Script::new();
-    s.raw("dinfo=");
-    s.raw("if [ -z \"${DOCKER_HOST:-}${DOCKER_CONTEXT:-}\" ] && [ -S /var/run/docker.sock ] && command -v curl >/dev/null 2>&1; then");
-    s.raw("  dinfo=$(curl -sf --max-time 10 --unix-socket /var/run/docker.sock http://docker/info 2>/dev/null) || dinfo=");
-    s.raw("fi");
-    s.raw("[ -n \"$dinfo\" ] || dinfo=$(docker info --format '{{json .}}' 2>/dev/null) || dinfo=");
-    s
-}
 
 /// Sets `$root` to Docker's data root from `$dinfo` (empty if it is not there).
 pub(crate) const ROOT_FROM_INFO: &str =

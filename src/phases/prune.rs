@@ -18,6 +18,7 @@ use super::services::build::SERVICE_LABEL;
 use super::services::slots::{recorded_services, state_fn, State, SLOT_DIR};
 use super::services::BUILD_DIR;
 use super::{HostCtx, Phase, Step, StepOutcome};
+use crate::ops::docker_api::DOCKER_API;
 use crate::ops::room::{docker_root_script, human_bytes, parse_root};
 use crate::ops::{OpFailure, OpReport, Outcome};
 use crate::quote::Script;
@@ -43,6 +44,28 @@ pub(crate) struct HostImages {
     pub locked: BTreeSet<String>,
     /// Tags the host's compose files name.
     pub refs: BTreeSet<String>,
+    /// Docker's answer could not be read: nothing is removed.
+    pub unreadable: bool,
+}
+
+/// A container of the API's `/containers/json?all=1` (what GC reads of it).
+#[derive(Debug, serde::Deserialize)]
+struct ApiContainer {
+    #[serde(rename = "ImageID")]
+    image_id: String,
+}
+
+/// An image of the API's `/images/json` (what GC reads of it).
+#[derive(Debug, serde::Deserialize)]
+struct ApiImage {
+    #[serde(rename = "Id")]
+    id: String,
+    #[serde(rename = "RepoTags", default)]
+    repo_tags: Option<Vec<String>>,
+    #[serde(rename = "Size", default)]
+    size: u64,
+    #[serde(rename = "Labels", default)]
+    labels: Option<BTreeMap<String, String>>,
 }
 
 /// One image (a tag, or the id of a dangling image) to remove.
@@ -64,6 +87,13 @@ pub(crate) fn read_script() -> Script {
     let mut s = Script::new();
     s.raw("command -v docker >/dev/null 2>&1 || { echo 'docker absent'; exit 0; }");
     s.append(&docker_root_script());
+    // Two answers of the daemon's API (one line of JSON each) where its
+    // socket answers; five docker CLI runs where it does not.
+    s.raw("api=");
+    s.raw(&format!(
+        "[ -z \"$dapi\" ] || {{ c=$({DOCKER_API} 'http://docker/containers/json?all=1') && i=$({DOCKER_API} http://docker/images/json) && api=1 && printf 'api-containers %s\\napi-images %s\\n' \"$c\" \"$i\"; }}"
+    ));
+    s.raw("if [ -z \"$api\" ]; then");
     s.raw(
         "docker ps -aq --no-trunc | xargs -r docker inspect --format 'ctr {{.Image}}' 2>/dev/null",
     );
@@ -76,6 +106,7 @@ pub(crate) fn read_script() -> Script {
     s.raw("printf '%s\\n' \"$dang\" | sed -n 's/^./dangling &/p'");
     s.raw("ids=$(printf '%s\\n%s\\n' \"$imgs\" \"$dang\" | awk 'NF {print $1}' | sort -u)");
     s.raw("[ -z \"$ids\" ] || docker image inspect --format 'size {{.Id}} {{.Size}}' $ids");
+    s.raw("fi");
     s.raw(&state_fn());
     s.raw(&format!(
         "for n in $({}); do mesh_state \"$n\" | sed \"s|^|state $n |\"; done",
@@ -103,6 +134,20 @@ impl HostImages {
         };
         let mut states: BTreeMap<String, String> = BTreeMap::new();
         for line in text.lines() {
+            if let Some(json) = line.strip_prefix("api-containers ") {
+                match serde_json::from_str::<Vec<ApiContainer>>(json) {
+                    Ok(list) => h.in_use.extend(list.into_iter().map(|c| c.image_id)),
+                    Err(_) => h.unreadable = true,
+                }
+                continue;
+            }
+            if let Some(json) = line.strip_prefix("api-images ") {
+                match serde_json::from_str::<Vec<ApiImage>>(json) {
+                    Ok(list) => list.into_iter().for_each(|img| h.add_api_image(img)),
+                    Err(_) => h.unreadable = true,
+                }
+                continue;
+            }
             let mut words = line.splitn(3, ' ');
             let (key, a, b) = (words.next(), words.next(), words.next());
             match (key, a, b) {
@@ -139,6 +184,35 @@ impl HostImages {
         h
     }
 
+    /// One image of the API's `/images/json`, as the CLI path lists it:
+    /// its `mesh/*` tags, or (untagged, built by mesh) a dangling one, and
+    /// then its size.
+    fn add_api_image(&mut self, img: ApiImage) {
+        let tags: Vec<String> = img
+            .repo_tags
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| t != "<none>:<none>")
+            .collect();
+        let ours = tags.iter().filter(|t| service_of(t).is_some());
+        let mut listed = false;
+        for tag in ours {
+            self.tags.push((img.id.clone(), tag.clone()));
+            listed = true;
+        }
+        let built_by_mesh = img
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(SERVICE_LABEL));
+        if tags.is_empty() && built_by_mesh {
+            self.dangling.push(img.id.clone());
+            listed = true;
+        }
+        if listed {
+            self.sizes.insert(img.id, img.size);
+        }
+    }
+
     /// The tags the records name: live images and the rollback window.
     fn named(&self) -> BTreeSet<&str> {
         self.states
@@ -151,6 +225,9 @@ impl HostImages {
     /// What goes, in the host's listing order: tags nothing keeps, then
     /// dangling images no container uses.
     pub(crate) fn removals(&self) -> Vec<Removal> {
+        if self.unreadable {
+            return Vec::new();
+        }
         let named = self.named();
         let keep = |id: &str, tag: &str| {
             self.in_use.contains(id)
@@ -473,6 +550,34 @@ ref mesh/traefik:t1
     }
 
     #[test]
+    fn the_daemons_api_answer_reads_as_the_cli_listing_does() {
+        let cli = HostImages::parse(
+            "root /var/lib/docker\navail 5\nctr sha256:w6\nctr sha256:a0\n\
+             tag sha256:w6 mesh/web:b6\ntag sha256:w1 mesh/web:b1\ntag sha256:w1 mesh/web:b1-again\n\
+             dangling sha256:d1\nsize sha256:w6 60000000\nsize sha256:w1 40000000\nsize sha256:d1 30000000\n\
+             state web image mesh/web:b6\n",
+        );
+        let api = HostImages::parse(concat!(
+            "root /var/lib/docker\navail 5\n",
+            r#"api-containers [{"Id":"c1","Image":"mesh/web:b6","ImageID":"sha256:w6","Command":"python3 /app/app.py","Status":"Up 3 minutes"},{"Id":"c2","ImageID":"sha256:a0"}]"#,
+            "\n",
+            r#"api-images [{"Id":"sha256:w6","Labels":{"mesh.service":"web"},"RepoTags":["mesh/web:b6"],"Size":60000000},"#,
+            r#"{"Id":"sha256:w1","Labels":null,"RepoTags":["mesh/web:b1","mesh/web:b1-again","other/x:1"],"Size":40000000},"#,
+            r#"{"Id":"sha256:d1","Labels":{"mesh.service":"web"},"RepoTags":[],"Size":30000000},"#,
+            r#"{"Id":"sha256:d2","Labels":{"mesh.service":"web"},"RepoTags":["<none>:<none>"],"Size":30000000},"#,
+            r#"{"Id":"sha256:n1","Labels":{},"RepoTags":null,"Size":7},{"Id":"sha256:o1","RepoTags":["debian:13"],"Size":9}]"#,
+            "\nstate web image mesh/web:b6\n"
+        ));
+        let mut want = cli.clone();
+        want.dangling.push("sha256:d2".into());
+        want.sizes.insert("sha256:d2".into(), 30000000);
+        assert_eq!(api, want);
+        // An answer mesh cannot read removes nothing.
+        let torn = HostImages::parse(&format!("{LISTING}api-images [{{\"Id\":\n"));
+        assert!(torn.unreadable && torn.removals().is_empty());
+    }
+
+    #[test]
     fn the_remote_scripts_read_exactly_this() {
         let read = read_script();
         let text = read.as_str();
@@ -482,6 +587,7 @@ ref mesh/traefik:t1
             "imgs=$(docker image ls --no-trunc --format '{{.ID}} {{.Repository}}:{{.Tag}}' | grep ' mesh/')\n",
             "dang=$(docker image ls -q --no-trunc --filter dangling=true --filter label=mesh.service)\n",
             "[ -z \"$ids\" ] || docker image inspect --format 'size {{.Id}} {{.Size}}' $ids\n",
+            "[ -z \"$dapi\" ] || { c=$(curl -sf --max-time 10 --unix-socket /var/run/docker.sock 'http://docker/containers/json?all=1') && i=$(curl -sf --max-time 10 --unix-socket /var/run/docker.sock http://docker/images/json) && api=1 && printf 'api-containers %s\\napi-images %s\\n' \"$c\" \"$i\"; }\n",
             "for l in /var/lib/mesh/deploy/*.lock; do [ ! -d \"$l\" ] || echo \"locked $(basename \"$l\" .lock)\"; done\n",
             "cat /containers/build/docker-compose.yml /containers/build/*/.mesh-compose.yml 2>/dev/null | grep -o 'mesh/[a-z0-9_-]*:[A-Za-z0-9_.-]*' | sort -u | sed 's/^/ref /'\n",
         ] {

@@ -214,7 +214,7 @@ impl Op for ImageOp {
             "if [ \"$id\" != {} ]; then",
             &[self.source.id().unwrap_or("")],
         );
-        s.append(&super::room::docker_info_script());
+        s.append(&super::docker_api::docker_info_script());
         s.raw("printf '%s' \"$dinfo\" | grep -qF '\"driver-type\",\"io.containerd.snapshotter' && echo 'store containerd'");
         if self.fanout.is_some() {
             s.raw("systemctl is-active --quiet garage && echo 'garage up'");

@@ -10,6 +10,7 @@ use super::super::services::up::PROJECT;
 use super::super::services::BUILD_DIR;
 use super::super::HostCtx;
 use crate::inventory::TraefikApi;
+use crate::ops::docker_api::{container_ids, CONTAINER_STATE, DAPI_CHECK};
 use crate::quote::{quote, Script};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -112,12 +113,8 @@ impl Launch {
 /// The shell that stops a copy's containers gracefully, then removes them.
 pub(super) fn stop_script(filters: &[String], grace: u64) -> Script {
     let mut sc = Script::new();
-    let mut args = String::new();
-    for f in filters {
-        args.push_str(" --filter ");
-        args.push_str(&quote(f));
-    }
-    sc.raw(&format!("ids=$(docker ps -aq{args})"));
+    sc.raw(DAPI_CHECK);
+    sc.raw(&container_ids("ids", filters));
     sc.line(
         "[ -z \"$ids\" ] || { docker stop -t {} $ids >/dev/null 2>&1; docker rm -f $ids >/dev/null 2>&1; }; true",
         &[&grace.to_string()],
@@ -223,19 +220,16 @@ pub(super) fn health_script(ctx: &HostCtx, s: &ServicePlan, launch: &Launch) -> 
         .unwrap_or(&ctx.host.address)
         .to_string();
     let mut sc = Script::new();
-    let mut args = String::new();
-    for f in &launch.filters {
-        args.push_str(" --filter ");
-        args.push_str(&quote(f));
-    }
-    sc.raw(&format!("id=$(docker ps -aq{args} | head -n 1)"));
+    sc.raw(DAPI_CHECK);
+    sc.raw(&container_ids("id", &launch.filters));
+    sc.raw("id=${id%%[!0-9a-f]*}");
     sc.raw("[ -n \"$id\" ] || { echo 'not healthy: no container'; exit 0; }");
     sc.line("end=$(( $(date +%s) + {} ))", &[&deadline.to_string()]);
     sc.raw("passes=0; up=0");
+    sc.raw("while :; do");
+    sc.raw(CONTAINER_STATE);
     sc.raw(
-        r#"while :; do
-  st=$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$id" 2>/dev/null)
-  case "$st" in
+        r#"  case "$st" in
     "running unhealthy"|exited*|dead*|restarting*|"") break ;;
     "running healthy"|"running none") docker_ok=1 ;;
     *) docker_ok=0 ;;

@@ -89,7 +89,7 @@ pub(crate) fn script(probe: &Probe) -> Script {
         s.raw("echo @@mesh-backups");
         s.raw(&last_backups(BACKUP_DIR));
         s.raw("echo @@mesh-disk");
-        s.append(&crate::ops::room::docker_info_script());
+        s.append(&crate::ops::docker_api::docker_info_script());
         s.raw(crate::ops::room::ROOT_FROM_INFO);
         s.raw("for p in / \"$root\"; do [ -n \"$p\" ] || continue; d=$(df -Pk \"$p\" 2>/dev/null | tail -n 1) && echo \"$p $d\"; done");
         s.raw("echo @@mesh-units");
