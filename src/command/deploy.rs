@@ -42,7 +42,8 @@ pub struct Args {
     /// How images reach the hosts: through the fleet's garage (each new
     /// layer leaves this machine once, every host fetches it from its own
     /// node), straight by SSH, or auto (garage when the fleet has it and
-    /// more than one host gets an image).
+    /// more than one host gets an image, unless the layers they lack come
+    /// to 1 MiB or less for all of them together: a small change goes by SSH).
     #[arg(long, value_enum, default_value = "auto", value_name = "HOW")]
     pub ship: services::Ship,
 }

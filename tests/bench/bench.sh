@@ -279,7 +279,8 @@ read -r ball_t ball_b ball_c < <(measured "$DIR/change-all.log" svc --ship garag
 # (lab bench-edge, one host, slot 3, its own key), on the same S workers.
 # A one-file change rolled out to one host, then another to all S at once
 # (--batch 100%): each waits for the new copy's health check, the route's
-# switch on the bastion and the old copy's drain.
+# switch on the bastion and the old copy's drain. `--ship auto` sends a
+# change this small (under 1 MiB for all hosts together) straight by SSH.
 EDGE=$DIR/edge
 "$ROOT/tests/lab/lab.sh" up --name bench-edge --count 1 --slot 3 --dir "$EDGE" >/dev/null
 edge=$(first_address "$EDGE/inventory.yml")
@@ -364,7 +365,7 @@ row "(b) one-file change to $S hosts, services --ship garage" "$ball_t" "$ball_b
 printf '    %-46s %8s\n' "(b) time $S hosts / time 1 host" \
     "$(awk -v a="$ball_t" -v b="$bone_t" 'BEGIN { printf "%.2f", a / b }')"
 row "(b) one-file change, deploy to 1 host" "$done_t" "$done_b" "$done_c"
-row "(b) one-file change, deploy to $S (--batch 100%)" "$dall_t" "$dall_b" "$dall_c"
+row "(b) one-file change, deploy to $S (--batch 100%, auto: ssh)" "$dall_t" "$dall_b" "$dall_c"
 printf '    %-46s %8s\n' "(b) deploy time $S hosts / time 1 host" \
     "$(awk -v a="$dall_t" -v b="$done_t" 'BEGIN { printf "%.2f", a / b }')"
 echo "logs: $DIR/{cold,warm,checksum,basic-warm,exec-true,status,garage-cold,garage-warm,services-cold,services-warm,ship-garage,ship-ssh,services-bare,ship-garage-shaped,services-bare-shaped,change-one,change-all,deploy-one,deploy-all}.log"

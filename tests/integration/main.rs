@@ -3508,8 +3508,34 @@ fn images_go_once_through_garage_a_corrupt_layer_is_refused_and_a_stopped_garage
     assert!(!traefik.contains("garage"), "{traefik}");
     mesh().args(["services-up"]).run().ok();
 
-    // A one-file change while host 4's garage is stopped: it gets the new
-    // layer by SSH and says why; the others through garage.
+    // A one-file change under --ship auto: its one small layer to three
+    // hosts is far under the 1 MiB that garage is worth, so it goes by SSH
+    // and the bucket gets nothing.
+    let objects = bucket_objects(&lab);
+    std::fs::write(df.path().join("web/index.html"), "small change\n").unwrap();
+    let small = mesh()
+        .args([
+            "--json",
+            "deploy",
+            "--service",
+            "web",
+            "--dockerfiles",
+            &dir,
+        ])
+        .run()
+        .ok();
+    for i in 2..=4 {
+        let said = image_shipped(&small, &lab.host(i), "web").expect("web deployed");
+        assert!(!said.contains("garage"), "host {i}: {said}");
+        let (sent, _, ssh) = shipped_counts(&said);
+        assert_eq!(sent, 1, "only the top layer: {said}");
+        assert!(ssh > 0 && ssh < 100_000, "host {i}: {said}");
+    }
+    assert_eq!(bucket_objects(&lab), objects, "nothing went into garage");
+
+    // Another one-file change through garage while host 4's garage is
+    // stopped: it gets the new layer by SSH and says why; the others
+    // through garage.
     lab.on(4, "systemctl stop garage").ok_or_log().unwrap();
     std::fs::write(df.path().join("web/index.html"), "fanned out\n").unwrap();
     let deploy = mesh()
@@ -3520,6 +3546,8 @@ fn images_go_once_through_garage_a_corrupt_layer_is_refused_and_a_stopped_garage
             "web",
             "--dockerfiles",
             &dir,
+            "--ship",
+            "garage",
         ])
         .run()
         .ok();

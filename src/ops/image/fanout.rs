@@ -30,6 +30,16 @@ use tokio::sync::OnceCell;
 const ENDPOINT: &str = "127.0.0.1:3900";
 /// The bucket's folder of layer files.
 const PREFIX: &str = "layers/";
+/// Under `--ship auto`, an image whose missing layers, times the hosts that
+/// get it, come to at most this many bytes goes straight by SSH: through
+/// garage every host would first wait for a bucket listing and one host's
+/// put, to spare the uplink less than a second at 10 Mbit/s.
+pub(crate) const DIRECT_MAX_BYTES: u64 = 1 << 20;
+
+/// Whether `bytes` to each of `hosts` is little enough to skip garage.
+fn small_enough(bytes: u64, hosts: usize) -> bool {
+    bytes.saturating_mul(hosts as u64) <= DIRECT_MAX_BYTES
+}
 
 /// The object of a layer: `layers/<diff id hex>.zst`.
 pub(crate) fn object_name(diff_id: &str) -> String {
@@ -100,8 +110,11 @@ pub(crate) struct Fanout {
     key: S3Key,
     /// Diff id hexes whose objects stay in the bucket.
     keep: BTreeSet<String>,
-    /// The image tags that ship this way.
-    tags: BTreeSet<String>,
+    /// The image tags that ship this way, each with the number of hosts
+    /// of the run that get it.
+    tags: BTreeMap<String, usize>,
+    /// `--ship auto`: a small change goes straight by SSH ([`DIRECT_MAX_BYTES`]).
+    auto: bool,
     /// The bucket's layer objects, listed once a run (after the stale ones went).
     listed: OnceCell<Arc<BTreeSet<String>>>,
     layers: Mutex<HashMap<String, Arc<OnceCell<Placed>>>>,
@@ -121,16 +134,19 @@ impl std::fmt::Debug for Fanout {
 impl Fanout {
     /// `keep`: the diff ids (hex or `sha256:`) of every image the
     /// controller still has; other layers' objects are removed. `tags`:
-    /// the images that ship this way.
+    /// the images that ship this way, with how many hosts get each. `auto`:
+    /// small changes go by SSH instead.
     pub(crate) fn new(
         key: S3Key,
         keep: impl IntoIterator<Item = String>,
-        tags: BTreeSet<String>,
+        tags: BTreeMap<String, usize>,
+        auto: bool,
     ) -> Self {
         Fanout {
             key,
             keep: keep.into_iter().map(|d| hex(&d).to_string()).collect(),
             tags,
+            auto,
             listed: OnceCell::new(),
             layers: Mutex::new(HashMap::new()),
             puts: AtomicUsize::new(0),
@@ -140,7 +156,19 @@ impl Fanout {
 
     /// Whether the image `tag` ships this way.
     pub(crate) fn ships(&self, tag: &str) -> bool {
-        self.tags.contains(tag)
+        self.tags.contains_key(tag)
+    }
+
+    /// Whether the layers of `image` from `start` go to this host straight
+    /// by SSH after all: under `--ship auto`, when their copies for every
+    /// host that gets `tag` come to at most [`DIRECT_MAX_BYTES`].
+    pub(crate) fn direct(&self, tag: &str, image: &Layered, start: usize) -> bool {
+        let hosts = self.tags.get(tag).copied().unwrap_or(1);
+        let bytes = image.layers[start.min(image.layers.len())..]
+            .iter()
+            .map(|l| l.size)
+            .sum();
+        self.auto && small_enough(bytes, hosts)
     }
 
     /// Layers put into the bucket by this run, and their bytes.
@@ -456,6 +484,19 @@ mod tests {
         .into();
         let keep: BTreeSet<String> = ["a".repeat(64)].into();
         assert_eq!(stale(&objects, &keep), vec![object_name(&d('b')).as_str()]);
+    }
+
+    #[test]
+    fn under_auto_only_a_change_small_for_the_whole_fleet_skips_garage() {
+        // A one-file change (a few hundred bytes) to 10 or 200 hosts.
+        assert!(small_enough(790, 10));
+        assert!(small_enough(790, 200));
+        // The budget is for all copies together.
+        assert!(small_enough(DIRECT_MAX_BYTES / 4, 4));
+        assert!(!small_enough(DIRECT_MAX_BYTES / 4 + 1, 4));
+        // A new base layer, even to two hosts; no overflow at any size.
+        assert!(!small_enough(40_000_000, 2));
+        assert!(!small_enough(u64::MAX, 3));
     }
 
     #[test]

@@ -294,6 +294,9 @@ impl Op for ImageOp {
             };
             let long = ctx.long();
             match &self.fanout {
+                Some(f) if f.direct(self.source.tag(), &image, start) => {
+                    fanout::by_ssh(&long, &image, start, &mut tally).await?
+                }
                 Some(f) if flags & GARAGE_UP != 0 => {
                     f.ship(&long, &image, start, &mut tally).await?
                 }

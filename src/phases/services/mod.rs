@@ -81,7 +81,9 @@ pub struct ServicesOptions {
 /// How images reach the hosts (`--ship`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Ship {
-    /// Through garage when the fleet has it and more than one host gets an image, else by SSH.
+    /// Through garage when the fleet has it and more than one host gets an
+    /// image, else by SSH; a change of 1 MiB or less for all hosts together
+    /// goes by SSH too.
     #[default]
     Auto,
     /// Each layer once into the fleet's garage, every host fetching it from its own node.
@@ -271,11 +273,12 @@ async fn fanout(
             *receivers.entry(&s.tag).or_default() += 1;
         }
     }
-    let min = if opts.ship == Ship::Auto { 2 } else { 1 };
-    let tags: BTreeSet<String> = receivers
+    let auto = opts.ship == Ship::Auto;
+    let min = if auto { 2 } else { 1 };
+    let tags: BTreeMap<String, usize> = receivers
         .into_iter()
         .filter(|(_, n)| *n >= min)
-        .map(|(t, _)| t.to_string())
+        .map(|(t, n)| (t.to_string(), n))
         .collect();
     if tags.is_empty() {
         return Ok(None);
@@ -287,7 +290,7 @@ async fn fanout(
         None => cache::local_layers().await?,
     };
     keep.extend(images.values().flat_map(|i| i.diff_ids().to_vec()));
-    Ok(Some(Arc::new(Fanout::new(key.clone(), keep, tags))))
+    Ok(Some(Arc::new(Fanout::new(key.clone(), keep, tags, auto))))
 }
 
 /// Keep only service `only`, on the hosts that run it (deploy).
