@@ -3298,6 +3298,22 @@ fn shipped_counts(detail: &str) -> (usize, usize, u64) {
     (num(sent) as usize, num(of) as usize, ssh)
 }
 
+/// Write `page` as web's index.html in `df` and deploy web (`--json`, and `extra`).
+fn deploy_web_change(
+    mesh: &dyn Fn() -> Mesh,
+    df: &std::path::Path,
+    page: &str,
+    extra: &[&str],
+) -> util::Run {
+    std::fs::write(df.join("web/index.html"), page).unwrap();
+    mesh()
+        .args(["--json", "deploy", "--service", "web", "--dockerfiles"])
+        .args([df.to_str().unwrap()])
+        .args(extra.iter().copied())
+        .run()
+        .ok()
+}
+
 #[test]
 fn a_one_file_change_ships_only_the_top_layer_and_every_host_loads_the_controllers_image() {
     let lab = Lab::start("layers", 3, 41);
@@ -3336,18 +3352,7 @@ fn a_one_file_change_ships_only_the_top_layer_and_every_host_loads_the_controlle
     }
 
     // One file changes: each host gets the new top layer only.
-    std::fs::write(df.path().join("web/index.html"), "one line changed\n").unwrap();
-    let deploy = mesh()
-        .args([
-            "--json",
-            "deploy",
-            "--service",
-            "web",
-            "--dockerfiles",
-            &dir,
-        ])
-        .run()
-        .ok();
+    let deploy = deploy_web_change(&mesh, df.path(), "one line changed\n", &[]);
     let tag = live_image(&lab, 2, "web");
     let controller = std::process::Command::new("docker")
         .args(["image", "inspect", "--format", "{{.Id}}", &tag])
@@ -3512,18 +3517,7 @@ fn images_go_once_through_garage_a_corrupt_layer_is_refused_and_a_stopped_garage
     // hosts is far under the 1 MiB that garage is worth, so it goes by SSH
     // and the bucket gets nothing.
     let objects = bucket_objects(&lab);
-    std::fs::write(df.path().join("web/index.html"), "small change\n").unwrap();
-    let small = mesh()
-        .args([
-            "--json",
-            "deploy",
-            "--service",
-            "web",
-            "--dockerfiles",
-            &dir,
-        ])
-        .run()
-        .ok();
+    let small = deploy_web_change(&mesh, df.path(), "small change\n", &[]);
     for i in 2..=4 {
         let said = image_shipped(&small, &lab.host(i), "web").expect("web deployed");
         assert!(!said.contains("garage"), "host {i}: {said}");
@@ -3537,20 +3531,7 @@ fn images_go_once_through_garage_a_corrupt_layer_is_refused_and_a_stopped_garage
     // stopped: it gets the new layer by SSH and says why; the others
     // through garage.
     lab.on(4, "systemctl stop garage").ok_or_log().unwrap();
-    std::fs::write(df.path().join("web/index.html"), "fanned out\n").unwrap();
-    let deploy = mesh()
-        .args([
-            "--json",
-            "deploy",
-            "--service",
-            "web",
-            "--dockerfiles",
-            &dir,
-            "--ship",
-            "garage",
-        ])
-        .run()
-        .ok();
+    let deploy = deploy_web_change(&mesh, df.path(), "fanned out\n", &["--ship", "garage"]);
     lab.on(4, "systemctl start garage").ok_or_log().unwrap();
     let said = image_shipped(&deploy, &lab.host(4), "web").expect("host 4 got the new build");
     assert!(
