@@ -161,13 +161,10 @@ impl Fanout {
 
     /// Whether the layers of `image` from `start` go to this host straight
     /// by SSH after all: under `--ship auto`, when their copies for every
-    /// host that gets `tag` come to at most [`DIRECT_MAX_BYTES`].
-    pub(crate) fn direct(&self, tag: &str, image: &Layered, start: usize) -> bool {
-        let hosts = self.tags.get(tag).copied().unwrap_or(1);
-        let bytes = image.layers[start.min(image.layers.len())..]
-            .iter()
-            .map(|l| l.size)
-            .sum();
+    /// host that gets the image come to at most [`DIRECT_MAX_BYTES`].
+    pub(crate) fn direct(&self, image: &Layered, start: usize) -> bool {
+        let hosts = self.tags.get(&image.tag).copied().unwrap_or(1);
+        let bytes = image.layers[start..].iter().map(|l| l.size).sum();
         self.auto && small_enough(bytes, hosts)
     }
 

@@ -294,7 +294,7 @@ impl Op for ImageOp {
             };
             let long = ctx.long();
             match &self.fanout {
-                Some(f) if f.direct(self.source.tag(), &image, start) => {
+                Some(f) if f.direct(&image, start) => {
                     fanout::by_ssh(&long, &image, start, &mut tally).await?
                 }
                 Some(f) if flags & GARAGE_UP != 0 => {
